@@ -11,6 +11,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pret
 
 # Each module exposes ``register(app)`` adding its commands (or a sub-app). Missing modules are skipped so
 # the CLI works while parts of the package are absent.
+@app.callback()
+def _root() -> None:
+    """deepmetric: train, evaluate, search and serve deep metric learning models."""
+
+
 _COMMAND_MODULES = (
     "deepmetric.train.cli",
     "deepmetric.data.cli",
