@@ -7,3 +7,6 @@ ref_labels=None)`` and registered under the key used in configs.
 from deepmetric.losses.base import BaseLoss, MetricLoss, check_embeddings
 
 __all__ = ["BaseLoss", "MetricLoss", "check_embeddings"]
+from deepmetric.losses.pair import ContrastiveLoss, QuadrupletLoss, TripletLoss  # noqa: E402,F401
+from deepmetric.losses.batch import LiftedStructureLoss, MultiSimilarityLoss, NPairLoss, NTXentLoss, ProxyAnchorLoss  # noqa: E402,F401
+from deepmetric.losses.magnet import MagnetLoss  # noqa: E402,F401

@@ -1,0 +1,112 @@
+"""Building blocks shared by the pair, triplet and batch losses: which (anchor, other) pairs take part
+(from labels or from a miner's output), a log-sum-exp over masked entries that never produces NaN, and the
+sum of every hinge ``[p - n + m]_+`` between two sets of values without enumerating the pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepmetric.distances import Distance
+from deepmetric.miners.base import label_masks, triplets_from_masks
+from deepmetric.types import Pairs, Triplets
+
+
+def _check_range(name: str, index: torch.Tensor, size: int) -> None:
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+        raise ValueError(f"mined {name} indices must lie in [0, {size}), got values in "
+                         f"[{int(index.min())}, {int(index.max())}]")
+
+
+def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None, mined: Pairs | Triplets | None,
+               num_refs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean (B, R) masks of the positive and negative pairs that take part.
+
+    Without ``mined`` every pair given by the labels takes part (see ``label_masks``); with ``mined`` only
+    the mined ones: a Triplets ``(a, p, n)`` contributes the pairs ``(a, p)`` and ``(a, n)``. A pair mined
+    twice counts once.
+    """
+    if mined is None:
+        return label_masks(labels, ref_labels)
+    num_anchors = labels.shape[0]
+    positive = torch.zeros(num_anchors, num_refs, dtype=torch.bool, device=labels.device)
+    negative = torch.zeros_like(positive)
+    if isinstance(mined, Pairs):
+        parts = (("anchor_positive", "positive", positive), ("anchor_negative", "negative", negative))
+    else:
+        parts = (("anchor", "positive", positive), ("anchor", "negative", negative))
+    for anchor_name, other_name, mask in parts:
+        anchor, other = getattr(mined, anchor_name).to(labels.device), getattr(mined, other_name).to(labels.device)
+        _check_range(anchor_name, anchor, num_anchors)
+        _check_range(other_name, other, num_refs)
+        mask[anchor, other] = True
+    return positive, negative
+
+
+def triplets_for(labels: torch.Tensor, ref_labels: torch.Tensor | None, mined: Pairs | Triplets | None,
+                 num_refs: int) -> Triplets:
+    """The triplets a triplet-style loss uses: the mined ones, or every (a, p, n) combining a positive and a
+    negative pair of the same anchor (from the labels or from mined Pairs)."""
+    if isinstance(mined, Triplets):
+        for name, size in (("anchor", labels.shape[0]), ("positive", num_refs), ("negative", num_refs)):
+            _check_range(name, getattr(mined, name), size)
+        return mined.to(labels.device)
+    return triplets_from_masks(*pair_masks(labels, ref_labels, mined, num_refs))
+
+
+def farther_than(distance: Distance, values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """How much farther apart than ``threshold`` the pairs are, in the units of ``distance``:
+    ``d - t`` for a distance, ``t - s`` for a similarity (so margins are thresholds on the same scale)."""
+    return threshold - values if distance.is_similarity else values - threshold
+
+
+def as_dissimilarity(distance: Distance, values: torch.Tensor) -> torch.Tensor:
+    """Values where larger means farther apart: distances unchanged, similarities negated."""
+    return -values if distance.is_similarity else values
+
+
+def masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int = -1, *,
+                     add_one: bool = False) -> torch.Tensor:
+    r""":math:`\log \sum_{j: mask_j} e^{x_j}` along ``dim`` (:math:`\log(1 + \sum ...)` with ``add_one``).
+
+    An empty selection gives ``-inf`` (``0`` with ``add_one``) with a zero gradient, never NaN, which is
+    what lets a loss skip anchors without positives or negatives inside one vectorised expression.
+    """
+    masked = values.masked_fill(~mask, float("-inf"))
+    peak = masked.amax(dim, keepdim=True)
+    if add_one:
+        peak = peak.clamp_min(0.0)
+    # The shift only stabilises exp(); it is a constant for autograd (the result does not depend on it).
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)).detach()
+    total = torch.exp(masked - peak).sum(dim, keepdim=True)
+    if add_one:
+        total = total + torch.exp(-peak)
+    empty = total <= 0
+    result = torch.log(torch.where(empty, torch.ones_like(total), total)) + peak
+    result = torch.where(empty, torch.full_like(result, float("-inf")), result)
+    return result.squeeze(dim)
+
+
+def hinge_sums(positive_values: torch.Tensor, positive_mask: torch.Tensor, negative_values: torch.Tensor,
+               negative_mask: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per row r: :math:`\sum_{i \in P_r} \sum_{j \in N_r} [p_{ri} - n_{rj} + m]_+`, the number of positive
+    terms, and the number of terms |P_r| |N_r|, for (R, I) and (R, J) value matrices with masks.
+
+    Instead of the |P| x |N| terms, each row's negatives are sorted once; for a positive ``p`` the
+    negatives below ``p + m`` are a prefix, so its terms sum to ``count * (p + m) - prefix_sum``. Time
+    O(R J log J), memory O(R (I + J)), and the gradient is exact (sort and cumsum are differentiable).
+    """
+    inf = torch.tensor(float("inf"), dtype=negative_values.dtype, device=negative_values.device)
+    ordered, _ = torch.where(negative_mask, negative_values, inf).sort(dim=-1)
+    finite = torch.isfinite(ordered)
+    prefix = torch.cumsum(torch.where(finite, ordered, torch.zeros_like(ordered)), dim=-1)
+    prefix = torch.cat([torch.zeros_like(prefix[..., :1]), prefix], dim=-1)
+    thresholds = positive_values + margin
+    # Masked-out positives get threshold -inf so that no negative lies below them (count 0).
+    search = torch.where(positive_mask, thresholds, -inf).detach().contiguous()
+    counts = torch.searchsorted(ordered.detach().contiguous(), search)
+    counts = torch.where(positive_mask, counts, torch.zeros_like(counts))
+    terms = counts.to(thresholds.dtype) * torch.where(positive_mask, thresholds, torch.zeros_like(thresholds))
+    totals = (terms - prefix.gather(-1, counts)).sum(-1)
+    pair_counts = positive_mask.sum(-1) * negative_mask.sum(-1)
+    return totals, counts.sum(-1), pair_counts
