@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from deepmetric.distances import Distance, get_distance
-from deepmetric.losses.base import check_embeddings
 from deepmetric.types import Pairs, Triplets
 
 
@@ -70,6 +69,9 @@ class BaseMiner(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None) -> Pairs | Triplets:
+        # Imported here: deepmetric.losses imports the miners' helpers, so a module-level import is a cycle.
+        from deepmetric.losses.base import check_embeddings
+
         check_embeddings(embeddings, labels)
         if labels is None:
             raise ValueError("miners need labels")

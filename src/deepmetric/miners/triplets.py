@@ -1,0 +1,206 @@
+"""Triplet miners: all triplets, hardest-k, batch-hard (Hermans et al. 2017) and semi-hard (FaceNet).
+
+All of them work on a (B, R) matrix and return index tensors; none builds a (B, R, R) tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deepmetric.distances import Distance
+from deepmetric.miners._util import distance_like
+from deepmetric.miners.base import BaseMiner, label_masks, triplets_from_masks
+from deepmetric.registry import register
+from deepmetric.types import Pairs, Triplets
+
+
+@register("miner", "all_triplets", example={})
+class AllTripletsMiner(BaseMiner):
+    r"""Every valid triplet :math:`\{(a, p, n): y_a = y_p \ne y_n,\ a \ne p\}` (Weinberger & Saul 2009;
+    the "batch all" strategy of Hermans et al. 2017, "In Defense of the Triplet Loss").
+
+    The result itself has :math:`\sum_a |P_a| |N_a|` entries (cubic in B for few classes), but no dense
+    (B, R, R) tensor is built: triplets are enumerated anchor by anchor.
+
+    Shapes: embeddings (B, D), labels (B,); optional ref_embeddings (R, D), ref_labels (R,). Returns
+    ``Triplets``.
+
+    Example:
+        >>> import torch
+        >>> len(AllTripletsMiner()(torch.randn(4, 8), torch.tensor([0, 0, 1, 1])))
+        8
+    """
+
+    def __init__(self, *, distance: Distance | str | None = None) -> None:
+        super().__init__(distance=distance)
+
+    def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Triplets:
+        return triplets_from_masks(*label_masks(labels, ref_labels))
+
+
+def _hardest(closeness: torch.Tensor, mask: torch.Tensor, k: int, *, farthest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the columns of the ``k`` hardest entries allowed by ``mask`` (farthest positives or closest
+    negatives) and whether each chosen column is really allowed (rows may have fewer than ``k``)."""
+    fill = float("-inf") if farthest else float("inf")
+    masked = closeness.masked_fill(~mask, fill)
+    if k == 1:
+        # max/min is cheaper than topk and is the batch-hard hot path.
+        columns = (masked.argmax(1) if farthest else masked.argmin(1)).unsqueeze(1)
+    else:
+        columns = torch.topk(masked, min(k, masked.shape[1]), dim=1, largest=farthest).indices
+    return columns, mask.gather(1, columns)
+
+
+_TUPLE_TYPES = ("triplets", "pairs")
+
+
+def _check_positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@register("miner", "hard", example={"tuple_type": "triplets", "k": 2})
+class HardMiner(BaseMiner):
+    r"""The ``k`` hardest positives and the ``k`` hardest negatives of every anchor, as pairs or triplets.
+
+    Hardest positives are the farthest same-label items, hardest negatives the closest other-label items:
+
+    .. math::
+        P_a^k = \operatorname{top\text{-}k}_{p: y_p = y_a, p \ne a} d(a, p), \qquad
+        N_a^k = \operatorname{bottom\text{-}k}_{n: y_n \ne y_a} d(a, n)
+
+    (for a similarity the order flips). ``tuple_type="pairs"`` returns :math:`(a, p), p \in P_a^k` and
+    :math:`(a, n), n \in N_a^k`; ``tuple_type="triplets"`` returns every :math:`(a, p, n) \in \{a\} \times
+    P_a^k \times N_a^k`. With ``k=1`` and triplets this is batch-hard mining (Hermans, Beyer & Leibe 2017,
+    "In Defense of the Triplet Loss for Person Re-Identification"). Anchors with fewer than ``k`` positives
+    or negatives use those they have; anchors with none give no tuple.
+
+    Args:
+        tuple_type: ``"triplets"`` or ``"pairs"``.
+        k: hardest items kept per anchor and side, >= 1.
+        distance: distance or similarity (default euclidean).
+
+    Shapes: embeddings (B, D), labels (B,); optional ref_embeddings (R, D), ref_labels (R,). At most
+    ``B k^2`` triplets or ``2 B k`` pairs; memory O(B R).
+
+    Example:
+        >>> import torch
+        >>> miner = HardMiner(tuple_type="pairs", k=1)
+        >>> pairs = miner(torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2]))
+        >>> pairs.num_positive, pairs.num_negative
+        (6, 6)
+    """
+
+    def __init__(self, *, tuple_type: str = "triplets", k: int = 1, distance: Distance | str | None = None) -> None:
+        super().__init__(distance=distance)
+        if tuple_type not in _TUPLE_TYPES:
+            raise ValueError(f"tuple_type must be one of {_TUPLE_TYPES}, got {tuple_type!r}")
+        self.tuple_type = tuple_type
+        self.k = _check_positive_int("k", k)
+
+    def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Pairs | Triplets:
+        positive, negative = label_masks(labels, ref_labels)
+        closeness = distance_like(self.distance, embeddings, ref_embeddings)
+        pos_cols, pos_valid = _hardest(closeness, positive, self.k, farthest=True)
+        neg_cols, neg_valid = _hardest(closeness, negative, self.k, farthest=False)
+        rows = torch.arange(closeness.shape[0], device=closeness.device)
+        if self.tuple_type == "pairs":
+            return Pairs(rows[:, None].expand_as(pos_cols)[pos_valid], pos_cols[pos_valid],
+                         rows[:, None].expand_as(neg_cols)[neg_valid], neg_cols[neg_valid])
+        grid = (rows.shape[0], pos_cols.shape[1], neg_cols.shape[1])
+        valid = pos_valid[:, :, None] & neg_valid[:, None, :]
+        return Triplets(rows[:, None, None].expand(grid)[valid], pos_cols[:, :, None].expand(grid)[valid],
+                        neg_cols[:, None, :].expand(grid)[valid])
+
+
+@register("miner", "batch_hard", example={})
+class BatchHardMiner(HardMiner):
+    r"""Batch-hard triplets (Hermans, Beyer & Leibe 2017, "In Defense of the Triplet Loss for Person
+    Re-Identification"): for every anchor its hardest positive and hardest negative,
+
+    .. math::
+        \Big(a,\ \arg\max_{p: y_p = y_a, p \ne a} d(a, p),\ \arg\min_{n: y_n \ne y_a} d(a, n)\Big)
+
+    (arg min / arg max swap for a similarity). Anchors without a positive or a negative give no triplet.
+
+    Shapes: embeddings (B, D), labels (B,); optional ref_embeddings (R, D), ref_labels (R,). At most B
+    triplets; memory O(B R).
+
+    Example:
+        >>> import torch
+        >>> len(BatchHardMiner()(torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 7])))
+        4
+    """
+
+    def __init__(self, *, distance: Distance | str | None = None) -> None:
+        super().__init__(tuple_type="triplets", k=1, distance=distance)
+
+
+@register("miner", "semi_hard", example={"margin": 0.2})
+class SemiHardMiner(BaseMiner):
+    r"""Semi-hard triplets (Schroff, Kalenichenko & Philbin 2015, "FaceNet"): for every positive pair
+    :math:`(a, p)` the closest negative that is farther than the positive but inside the margin,
+
+    .. math::
+        n^*(a, p) = \arg\min_{n:\ y_n \ne y_a,\ d(a,p) < d(a,n) < d(a,p) + m} d(a, n)
+
+    (for a similarity: :math:`s(a,p) - m < s(a,n) < s(a,p)`, the largest such :math:`s(a,n)`). Pairs with
+    no semi-hard negative are dropped, or with ``fallback_to_hardest=True`` get the hardest negative
+    :math:`\arg\min_n d(a,n)`.
+
+    Each anchor's negative distances are sorted once and every positive distance is located with
+    ``searchsorted``, so time is O(B R log R) and memory O(B R) (never the (B, R, R) tensor of a naive
+    implementation). The number of triplets is at most the number of positive pairs.
+
+    Args:
+        margin: m, > 0, in the units of the distance (similarity units for cosine / dot).
+        fallback_to_hardest: give positive pairs without a semi-hard negative the hardest negative.
+        distance: distance or similarity (default euclidean).
+
+    Shapes: embeddings (B, D), labels (B,); optional ref_embeddings (R, D), ref_labels (R,). Returns
+    ``Triplets``.
+
+    Example:
+        >>> import torch
+        >>> from deepmetric.distances import EuclideanDistance
+        >>> embeddings = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.25, 0.0], [1.0, 0.0]])
+        >>> miner = SemiHardMiner(margin=0.2, distance=EuclideanDistance(normalize_embeddings=False))
+        >>> triplets = miner(embeddings, torch.tensor([0, 0, 1, 1]))
+        >>> triplets.anchor.tolist(), triplets.positive.tolist(), triplets.negative.tolist()
+        ([0, 1, 3], [1, 0, 2], [2, 2, 1])
+    """
+
+    def __init__(self, *, margin: float = 0.2, fallback_to_hardest: bool = False,
+                 distance: Distance | str | None = None) -> None:
+        super().__init__(distance=distance)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
+            raise ValueError(f"margin must be a positive finite number, got {margin!r}")
+        self.margin = float(margin)
+        self.fallback_to_hardest = bool(fallback_to_hardest)
+
+    def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Triplets:
+        positive, negative = label_masks(labels, ref_labels)
+        anchor, positive_idx = positive.nonzero(as_tuple=True)
+        if anchor.numel() == 0:
+            return Triplets.empty(embeddings.device)
+        closeness = distance_like(self.distance, embeddings, ref_embeddings)
+        negative_closeness = closeness.masked_fill(~negative, float("inf"))
+        sorted_negatives, order = torch.sort(negative_closeness, dim=1, stable=True)
+        # First negative strictly farther than each entry of the row; only positive entries are used.
+        first_farther = torch.searchsorted(sorted_negatives, closeness.contiguous(), right=True)
+        slot = first_farther[anchor, positive_idx].clamp_max(closeness.shape[1] - 1)
+        candidate = sorted_negatives[anchor, slot]
+        anchor_positive = closeness[anchor, positive_idx]
+        # inf candidates (no negative left) fail the strict comparison.
+        semi_hard = (candidate > anchor_positive) & (candidate < anchor_positive + self.margin)
+        negative_idx = order[anchor, slot]
+        if self.fallback_to_hardest:
+            has_negative = negative.any(1)[anchor]
+            negative_idx = torch.where(semi_hard, negative_idx, order[anchor, 0])
+            keep = semi_hard | has_negative
+        else:
+            keep = semi_hard
+        return Triplets(anchor[keep], positive_idx[keep], negative_idx[keep])

@@ -1,0 +1,280 @@
+"""Batch samplers that put P classes x K samples in every batch, so that each batch holds positive pairs
+for the miners and losses; a distributed variant gives every rank different classes at each step."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from deepmetric.registry import register
+
+_STATE_VERSION = 1
+
+
+def _as_labels(labels: Any) -> np.ndarray:
+    if hasattr(labels, "detach"):  # torch tensor, without importing torch here
+        labels = labels.detach().cpu().numpy()
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence of class ids, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class _PKSchedule:
+    """Builds one epoch of steps; each step holds ``classes_per_step`` distinct classes x K indices.
+
+    Every eligible class is cut into chunks of K of its shuffled indices (the last chunk topped up from
+    the class's other samples, or drawn with replacement when the class has fewer than K). Chunks get
+    evenly spread random positions in [0, 1) per class, so a large class appears throughout the epoch, and
+    are taken in that order into steps; a chunk whose class is already in the step waits for the next one.
+    When the chunks run out before ``num_steps``, a fresh round of chunks is dealt.
+    """
+
+    def __init__(self, class_indices: list[np.ndarray], samples_per_class: int, classes_per_step: int) -> None:
+        self.class_indices = class_indices
+        self.samples_per_class = samples_per_class
+        self.classes_per_step = classes_per_step
+        self.chunks_per_round = sum(-(-len(ix) // samples_per_class) for ix in class_indices)
+
+    def _chunks(self, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
+        k = self.samples_per_class
+        keys, owners, chunks = [], [], []
+        for cls, indices in enumerate(self.class_indices):
+            if len(indices) < k:
+                extra = rng.choice(indices, size=k - len(indices), replace=True)
+                class_chunks = [rng.permutation(np.concatenate([indices, extra]))]
+            else:
+                shuffled = rng.permutation(indices)
+                class_chunks = [shuffled[i:i + k] for i in range(0, len(shuffled), k)]
+                short = k - len(class_chunks[-1])
+                if short:
+                    others = shuffled[:len(shuffled) - len(class_chunks[-1])]
+                    class_chunks[-1] = np.concatenate([class_chunks[-1], rng.choice(others, size=short, replace=False)])
+            count = len(class_chunks)
+            keys.append((np.arange(count) + rng.random(count)) / count)
+            owners.append(np.full(count, cls))
+            chunks.extend(class_chunks)
+        order = np.argsort(np.concatenate(keys), kind="stable")
+        owner = np.concatenate(owners)
+        for position in order:
+            yield int(owner[position]), chunks[position]
+
+    def steps(self, rng: np.random.Generator, num_steps: int) -> list[list[tuple[int, np.ndarray]]]:
+        steps: list[list[tuple[int, np.ndarray]]] = []
+        waiting: OrderedDict[int, deque] = OrderedDict()
+        stream = self._chunks(rng)
+        while len(steps) < num_steps:
+            step: dict[int, np.ndarray] = {}
+            # Chunks that waited go first, one per class, oldest class first.
+            for cls in list(waiting)[: self.classes_per_step]:
+                step[cls] = waiting[cls].popleft()
+                if waiting[cls]:
+                    waiting.move_to_end(cls)
+                else:
+                    del waiting[cls]
+            while len(step) < self.classes_per_step:
+                try:
+                    cls, chunk = next(stream)
+                except StopIteration:
+                    stream = self._chunks(rng)
+                    continue
+                if cls in step:
+                    waiting.setdefault(cls, deque()).append(chunk)
+                else:
+                    step[cls] = chunk
+            steps.append(list(step.items()))
+        return steps
+
+
+class _PKBase:
+    def __init__(self, labels: Any, *, classes_per_batch: int, samples_per_class: int, seed: int,
+                 num_batches: int | None, drop_small_classes: bool, skip_single_sample_classes: bool,
+                 num_replicas: int, rank: int) -> None:
+        self.labels = _as_labels(labels)
+        self.classes_per_batch = _check_count("classes_per_batch", classes_per_batch, 1)
+        self.samples_per_class = _check_count("samples_per_class", samples_per_class, 1)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+        self.seed = int(seed)
+        self.num_replicas = _check_count("num_replicas", num_replicas, 1)
+        self.rank = _check_count("rank", rank, 0)
+        if self.rank >= self.num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={self.num_replicas}), got {rank!r}")
+        self.drop_small_classes = bool(drop_small_classes)
+        self.skip_single_sample_classes = bool(skip_single_sample_classes)
+
+        classes, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
+        minimum = self.samples_per_class if self.drop_small_classes else (2 if self.skip_single_sample_classes else 1)
+        eligible = np.flatnonzero(counts >= minimum)
+        self.classes = classes[eligible]
+        order = np.argsort(inverse, kind="stable")
+        per_class = np.split(order, np.cumsum(counts)[:-1])
+        class_indices = [per_class[i] for i in eligible]
+        needed = self.classes_per_batch * self.num_replicas
+        if len(class_indices) < needed:
+            raise ValueError(
+                f"classes_per_batch={self.classes_per_batch} x num_replicas={self.num_replicas} needs {needed} classes "
+                f"with >= {minimum} samples, but labels have {len(class_indices)} (of {len(classes)} classes)")
+        self._schedule = _PKSchedule(class_indices, self.samples_per_class, needed)
+        if num_batches is None:
+            num_batches = max(1, self._schedule.chunks_per_round // needed)
+        self.num_batches = _check_count("num_batches", num_batches, 1)
+        self.epoch = 0
+        self.position = 0
+        self._fingerprint = hashlib.sha1(self.labels.tobytes()).hexdigest()[:16]
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.samples_per_class
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch``; a new epoch restarts at its first batch, the current one (e.g.
+        right after ``load_state_dict``) continues where it stopped."""
+        epoch = _check_count("epoch", epoch, 0)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.position = 0
+
+    def batches(self, epoch: int | None = None) -> list[list[int]]:
+        """All batches of ``epoch`` (default: the current one) for this rank, without changing the state."""
+        epoch = self.epoch if epoch is None else _check_count("epoch", epoch, 0)
+        rng = np.random.default_rng([self.seed, epoch])
+        steps = self._schedule.steps(rng, self.num_batches)
+        start = self.rank * self.classes_per_batch
+        return [np.concatenate([chunk for _, chunk in step[start:start + self.classes_per_batch]]).tolist()
+                for step in steps]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches()
+        while self.position < self.num_batches:
+            batch = batches[self.position]
+            self.position += 1
+            yield batch
+        # A finished epoch moves on, so iterating again without set_epoch gives a new shuffle.
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sampler is: ``epoch`` and ``position`` (batches already yielded in the epoch).
+
+        A DataLoader with workers fetches batches ahead of the training loop; a trainer that resumes
+        exactly should store the number of batches it consumed as ``position``.
+        """
+        return {"version": _STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "num_batches": self.num_batches, "num_replicas": self.num_replicas,
+                "labels_fingerprint": self._fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume exactly: the next batch yielded is batch ``state["position"]`` of ``state["epoch"]``."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        missing = {"seed", "epoch", "position"} - set(state)
+        if missing:
+            raise ValueError(f"sampler state is missing {sorted(missing)}")
+        for key, mine in (("labels_fingerprint", self._fingerprint), ("num_batches", self.num_batches),
+                          ("num_replicas", self.num_replicas)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {mine!r}; "
+                                 "it was saved for different labels or settings")
+        position = _check_count("position", state["position"], 0)
+        if position > self.num_batches:
+            raise ValueError(f"position must be <= num_batches={self.num_batches}, got {position}")
+        self.seed = int(state["seed"])
+        self.epoch = _check_count("epoch", state["epoch"], 0)
+        self.position = position
+
+
+_PK_DOC_ARGS = """
+    Args:
+        labels: (N,) integer class of every item of the data set (numpy array, list or tensor).
+        classes_per_batch: P, distinct classes in each batch.
+        samples_per_class: K, items per class in each batch.
+        seed: the shuffle of epoch e is a pure function of (seed, e).
+        num_batches: batches per epoch; default: enough to visit every item of the eligible classes about
+            once.
+        drop_small_classes: leave out classes with fewer than K items. By default such a class is used
+            with replacement: its items are repeated (randomly) up to K in a batch.
+        skip_single_sample_classes: leave out classes with one item (default True): they can form no
+            positive pair. Ignored when ``drop_small_classes`` is set.
+"""
+
+
+@register("sampler", "pk", example={"labels": [0, 0, 0, 1, 1, 2, 2, 2, 3, 3], "classes_per_batch": 2,
+                                   "samples_per_class": 2})
+class PKSampler(_PKBase):
+    __doc__ = r"""Batch sampler: every batch has P distinct classes x K items each (batch size P K), the
+    sampling of Hermans, Beyer & Leibe 2017 that batch-hard and semi-hard mining need.
+
+    Within an epoch each class is visited in chunks of K of its shuffled items, spread over the epoch, so
+    every item of the eligible classes is seen about once; batches are lists of indices, used as
+    ``DataLoader(dataset, batch_sampler=PKSampler(...))``. ``set_epoch`` reshuffles;
+    ``state_dict``/``load_state_dict`` resume exactly mid-epoch.
+    """ + _PK_DOC_ARGS + r"""
+    Example:
+        >>> sampler = PKSampler([0, 0, 1, 1, 2, 2, 2], classes_per_batch=2, samples_per_class=2, seed=0)
+        >>> len(sampler), all(len(batch) == 4 for batch in sampler)
+        (2, True)
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, *, classes_per_batch: int, samples_per_class: int,
+                 seed: int = 0, num_batches: int | None = None, drop_small_classes: bool = False,
+                 skip_single_sample_classes: bool = True) -> None:
+        super().__init__(labels, classes_per_batch=classes_per_batch, samples_per_class=samples_per_class,
+                         seed=seed, num_batches=num_batches, drop_small_classes=drop_small_classes,
+                         skip_single_sample_classes=skip_single_sample_classes, num_replicas=1, rank=0)
+
+
+def _distributed_world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    if num_replicas is not None and rank is not None:
+        return num_replicas, rank
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("num_replicas and rank must be given when torch.distributed is not initialised, "
+                         f"got num_replicas={num_replicas!r}, rank={rank!r}")
+    return (dist.get_world_size() if num_replicas is None else num_replicas,
+            dist.get_rank() if rank is None else rank)
+
+
+@register("sampler", "distributed_pk", example={"labels": [0, 0, 1, 1, 2, 2, 3, 3], "classes_per_batch": 2,
+                                                "samples_per_class": 2, "num_replicas": 2, "rank": 0})
+class DistributedPKSampler(_PKBase):
+    __doc__ = r"""P x K batch sampler for data-parallel training: at every step the ranks together draw
+    P x num_replicas distinct classes and rank r takes the r-th group of P, so no class is split across
+    ranks within a step (the all-gathered batch is a valid P' x K batch) and every rank has the same number
+    of batches. All ranks must use the same labels, seed and settings.
+    """ + _PK_DOC_ARGS + r"""        num_replicas: number of ranks (default: the initialised process group's world size).
+        rank: this rank (default: the process group's rank).
+
+    Example:
+        >>> labels = [0, 0, 1, 1, 2, 2, 3, 3]
+        >>> rank0 = DistributedPKSampler(labels, classes_per_batch=1, samples_per_class=2, num_replicas=2, rank=0)
+        >>> rank1 = DistributedPKSampler(labels, classes_per_batch=1, samples_per_class=2, num_replicas=2, rank=1)
+        >>> len(rank0) == len(rank1) == 2
+        True
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, *, classes_per_batch: int, samples_per_class: int,
+                 seed: int = 0, num_batches: int | None = None, drop_small_classes: bool = False,
+                 skip_single_sample_classes: bool = True, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        num_replicas, rank = _distributed_world(num_replicas, rank)
+        super().__init__(labels, classes_per_batch=classes_per_batch, samples_per_class=samples_per_class,
+                         seed=seed, num_batches=num_batches, drop_small_classes=drop_small_classes,
+                         skip_single_sample_classes=skip_single_sample_classes, num_replicas=num_replicas,
+                         rank=rank)
