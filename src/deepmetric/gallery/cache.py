@@ -1,0 +1,249 @@
+"""The gallery's search index over identity vectors: a cache of the SQLite store, never the truth.
+
+It proposes candidate identities; the gallery re-scores them exactly from the store, so an entry that is
+stale (identity changed or removed since) can cost recall for a moment but never a wrong score. The cache
+is rebuilt when missing, corrupt (checksum), from another model, too stale, or after re-embedding, and
+otherwise caught up from the store's change log (generation counter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepmetric.gallery.store import GalleryStore
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+class _ExactIndex:
+    """Exact cosine search in numpy, used only while ``deepmetric.index`` is not installed (same verbs)."""
+
+    def __init__(self, dim: int) -> None:
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.ids = np.zeros(0, dtype=np.int64)
+
+    def train(self, x: np.ndarray) -> None:
+        pass
+
+    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        self.vectors = np.concatenate([self.vectors, np.asarray(x, dtype=np.float32)])
+        self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
+
+    def remove(self, ids: np.ndarray) -> None:
+        keep = ~np.isin(self.ids, ids)
+        self.vectors, self.ids = self.vectors[keep], self.ids[keep]
+
+    def search(self, q: np.ndarray, k: int):
+        from deepmetric.types import SearchResult
+
+        scores = np.asarray(q, dtype=np.float32) @ self.vectors.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return SearchResult(scores=np.take_along_axis(scores, order, axis=1), ids=self.ids[order])
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, vectors=self.vectors, ids=self.ids)
+
+    @classmethod
+    def load(cls, path: Path) -> "_ExactIndex":
+        with np.load(path, allow_pickle=False) as data:
+            index = cls(data["vectors"].shape[1])
+            index.vectors, index.ids = data["vectors"], data["ids"]
+        return index
+
+
+def _build_index(spec: str, dim: int) -> Any:
+    try:
+        from deepmetric.index import build_index
+    except ModuleNotFoundError:
+        return _ExactIndex(dim)
+    return build_index(spec, dim, metric="cosine")
+
+
+def _load_index(path: Path) -> Any:
+    try:
+        from deepmetric.index import load_index
+    except ModuleNotFoundError:
+        return _ExactIndex.load(path)
+    return load_index(path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class IdentityIndex:
+    """Nearest identities by cosine similarity, backed by ``deepmetric.index``.
+
+    Args:
+        store: the gallery store it mirrors.
+        cache_dir: where the index is persisted between runs (None: memory only).
+        exact_limit: galleries up to this many identities use exact search (``exact_spec``); larger ones an
+            approximate graph index (``ann_spec``).
+        exact_spec, ann_spec: ``deepmetric.index.build_index`` spec strings.
+        max_stale_fraction: rebuild once this fraction of index entries is superseded.
+    """
+
+    def __init__(self, store: GalleryStore, *, cache_dir: str | Path | None = None, exact_limit: int = 20_000,
+                 exact_spec: str = "Flat", ann_spec: str = "HNSW32", max_stale_fraction: float = 0.2) -> None:
+        self.store = store
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.exact_limit = int(exact_limit)
+        self.exact_spec = exact_spec
+        self.ann_spec = ann_spec
+        self.max_stale_fraction = float(max_stale_fraction)
+        self._lock = threading.RLock()
+        self._index: Any = None
+        self._spec: str | None = None
+        self._generation = -1
+        self._members: set[int] = set()
+        self._stale = 0
+        self.rebuilds = 0
+        self.last_rebuild_reason = ""
+
+    # -- building ---------------------------------------------------------------------------------------
+    def _spec_for(self, size: int) -> str:
+        return self.exact_spec if size <= self.exact_limit else self.ann_spec
+
+    def _rebuild(self, reason: str) -> None:
+        generation = self.store.generation  # read before the snapshot: changes after it are replayed later
+        batches = list(self.store.centroids())
+        nums = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+        vectors = (np.concatenate([b[1] for b in batches]) if batches
+                   else np.zeros((0, self.store.embedding_dim), dtype=np.float32))
+        spec = self._spec_for(len(nums))
+        index = _build_index(spec, self.store.embedding_dim)
+        if len(nums):
+            index.train(vectors)
+            index.add(vectors, nums)
+        self._index, self._spec, self._generation = index, spec, generation
+        self._members = set(nums.tolist())
+        self._stale = 0
+        self.rebuilds += 1
+        self.last_rebuild_reason = reason
+        log.info("gallery index rebuilt (%s): %d identities, %s", reason, len(nums), spec)
+        if self.cache_dir is not None and len(nums) >= 1000:
+            self.save()
+
+    def _files(self) -> tuple[Path, Path, Path]:
+        assert self.cache_dir is not None
+        return self.cache_dir / "index.bin", self.cache_dir / "members.npy", self.cache_dir / "index.json"
+
+    def save(self) -> None:
+        """Persist the index with its generation, model stamp and checksum (atomic writes)."""
+        from deepmetric.io import atomic_path, write_json
+
+        with self._lock:
+            if self.cache_dir is None or self._index is None:
+                return
+            index_file, members_file, sidecar = self._files()
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(index_file) as tmp:
+                self._index.save(tmp)
+            with atomic_path(members_file) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, np.fromiter(self._members, dtype=np.int64, count=len(self._members)))
+            write_json(sidecar, {"format": CACHE_FORMAT, "generation": self._generation, "spec": self._spec,
+                                 "model_stamp": self.store.model_stamp, "stale": self._stale,
+                                 "sha256": _sha256(index_file), "members_sha256": _sha256(members_file)})
+
+    def _load(self) -> str | None:
+        """Load the persisted index; returns None on success or the reason it cannot be used."""
+        from deepmetric.io import read_json
+
+        if self.cache_dir is None:
+            return "no cache folder"
+        index_file, members_file, sidecar = self._files()
+        if not (sidecar.is_file() and index_file.is_file() and members_file.is_file()):
+            return "missing"
+        try:
+            info = read_json(sidecar)
+            if info.get("format") != CACHE_FORMAT or info.get("model_stamp") != self.store.model_stamp:
+                return "made for another model or format"
+            if int(info["generation"]) < self.store.reset_generation:
+                return "older than the last re-embedding"
+            if _sha256(index_file) != info["sha256"] or _sha256(members_file) != info["members_sha256"]:
+                return "corrupt (checksum mismatch)"
+            index = _load_index(index_file)
+            members = np.load(members_file, allow_pickle=False)
+        except Exception as error:  # any failure to read a cache means: rebuild it from the truth
+            return f"corrupt ({type(error).__name__}: {error})"
+        self._index, self._spec = index, info["spec"]
+        self._generation, self._stale = int(info["generation"]), int(info.get("stale", 0))
+        self._members = set(members.tolist())
+        return None
+
+    # -- keeping up -------------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Bring the index up to the store's current generation."""
+        with self._lock:
+            if self._index is None:
+                reason = self._load()
+                if reason is not None:
+                    self._rebuild(reason)
+                    return
+            if self.store.generation == self._generation:
+                return
+            if self.store.reset_generation > self._generation:
+                self._rebuild("gallery re-embedded")
+                return
+            generation, nums = self.store.changes_since(self._generation)
+            if len(nums) > max(1000, self.max_stale_fraction * max(len(self._members), 1)):
+                self._rebuild(f"{len(nums)} identities changed")
+                return
+            self._apply(nums)
+            self._generation = generation
+            size = len(self._members)
+            if self._stale > self.max_stale_fraction * max(size, 50) or self._spec != self._spec_for(size):
+                self._rebuild("too many stale entries" if self._stale else "gallery outgrew exact search")
+
+    def _remove(self, num: int) -> None:
+        try:
+            self._index.remove(np.array([num], dtype=np.int64))
+        except (NotImplementedError, RuntimeError, ValueError):
+            # Graph indexes may not delete; the entry stays, is filtered out by the exact re-scoring, and
+            # counts towards the next rebuild.
+            self._stale += 1
+        self._members.discard(num)
+
+    def _apply(self, nums: list[int]) -> None:
+        current = self.store.identities_by_num(nums)
+        for num in nums:
+            if num in self._members:
+                self._remove(num)
+            if num in current:
+                self._index.add(current[num]["centroid"][None, :], np.array([num], dtype=np.int64))
+                self._members.add(num)
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def candidates(self, query: np.ndarray, k: int) -> list[int]:
+        """Up to ``k`` identity numbers nearest to ``query`` (D,), best first, possibly including stale ones."""
+        with self._lock:
+            self.sync()
+            size = len(self._members) + self._stale
+            if size == 0:
+                return []
+            found = self._index.search(np.asarray(query, dtype=np.float32)[None, :], min(k, size))
+        return [int(i) for i in found.ids[0] if i >= 0]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._members)
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            return {"spec": self._spec, "size": len(self._members), "stale": self._stale,
+                    "generation": self._generation, "rebuilds": self.rebuilds,
+                    "last_rebuild_reason": self.last_rebuild_reason}
