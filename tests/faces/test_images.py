@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepmetric.faces.images import ImageError, load_image
+
+from .conftest import astronaut, encode, rotated_with_exif
+
+
+def test_exif_orientation_is_applied():
+    image = astronaut()
+    upright = load_image(rotated_with_exif(image))
+    assert upright.shape == image.shape
+    assert np.abs(upright.astype(int) - image.astype(int)).mean() < 4  # JPEG noise only
+    sideways = np.asarray(Image.open(io.BytesIO(rotated_with_exif(image))).convert("RGB"))
+    assert sideways.shape == (512, 512, 3) and np.abs(sideways.astype(int) - image.astype(int)).mean() > 30
+
+
+def test_grayscale_rgba_palette_and_16_bit():
+    image = astronaut()
+    gray = np.asarray(Image.fromarray(image).convert("L"))
+    out = load_image(encode(gray))
+    assert out.shape == (512, 512, 3) and np.array_equal(out[..., 0], gray) and np.array_equal(out[..., 2], gray)
+
+    rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0  # transparent corner turns white
+    out = load_image(encode(rgba))
+    assert np.array_equal(out[10:, 10:], image[10:, 10:]) and np.all(out[:10, :10] == 255)
+
+    wide = (gray.astype(np.uint16) * 257)
+    out16 = load_image(encode(wide))
+    assert np.abs(out16[..., 0].astype(int) - gray.astype(int)).max() <= 1
+    assert np.array_equal(load_image(wide), out16)
+
+    palette = Image.fromarray(image).convert("P")
+    assert load_image(palette).shape == (512, 512, 3)
+    assert np.array_equal(load_image(image.astype(np.float32) / 255.0), image)
+
+
+def test_not_an_image_truncated_and_empty():
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"%PDF-1.4 definitely not pixels")
+    jpeg = encode(astronaut(), "JPEG")
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        load_image(jpeg[: len(jpeg) // 2])
+    with pytest.raises(ImageError, match="empty"):
+        load_image(b"")
+    with pytest.raises(ImageError, match="not found"):
+        load_image("/no/such/photo.jpg")
+    with pytest.raises(ImageError, match="NaN"):
+        load_image(np.full((4, 4), np.nan))
+    with pytest.raises(TypeError):
+        load_image(12345)
+
+
+def test_decompression_bomb_refused_before_decoding():
+    # 48 megapixels of one colour compress to a few kilobytes; the header alone must be enough to refuse.
+    bomb = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(bomb, format="PNG")
+    assert len(bomb.getvalue()) < 100_000
+    with pytest.raises(ImageError, match="too large"):
+        load_image(bomb.getvalue())
+    with pytest.raises(ImageError, match="too large"):
+        load_image(encode(astronaut()), max_pixels=512 * 511)
+    assert load_image(encode(astronaut()), max_pixels=512 * 512).shape == (512, 512, 3)
