@@ -1,0 +1,10 @@
+"""Data sets (built-in, tables of image paths, face formats) and image transforms.
+
+Importing this package registers the "dataset" components; heavy libraries load on first use.
+"""
+
+from deepmetric.data.base import LabelledImages
+from deepmetric.data.builtin import Digits, FashionMNIST, read_idx
+from deepmetric.data.transforms import build_transforms, validate_preprocessing
+
+__all__ = ["Digits", "FashionMNIST", "LabelledImages", "build_transforms", "read_idx", "validate_preprocessing"]

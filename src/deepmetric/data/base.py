@@ -1,0 +1,128 @@
+"""The data-set contract shared by every built-in set: items ``(image (C, H, W) float, label int)`` and
+attributes ``labels``, ``num_classes``, ``class_names``, ``preprocessing``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from deepmetric.data.transforms import build_transforms
+
+SPLITS = ("train", "test", "all")
+
+
+def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
+    if split not in allowed:
+        raise ValueError(f"split must be one of {list(allowed)}, got {split!r}")
+    return split
+
+
+def as_image_size(image_size: int | Sequence[int] | None, default: int) -> list[int]:
+    """``32`` or ``[32, 32]`` -> ``[32, 32]``; None -> the default square size."""
+    if image_size is None:
+        return [default, default]
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        size = [image_size, image_size]
+    elif isinstance(image_size, Sequence) and len(image_size) == 2:
+        size = list(image_size)
+    else:
+        raise ValueError(f"image_size must be an int or [height, width], got {image_size!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in size):
+        raise ValueError(f"image_size must hold ints >= 4, got {image_size!r}")
+    return size
+
+
+def parse_classes(classes: Sequence[int] | str | None, available: Sequence[int], *, name: str = "classes") -> list[int]:
+    """Select classes: None (all), a list of ints, or a string of ranges ``"0-4"``, ``"0-4,7"``."""
+    available_set = set(int(c) for c in available)
+    if classes is None:
+        return sorted(available_set)
+    if isinstance(classes, str):
+        chosen: list[int] = []
+        for part in classes.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    low, high = (int(v) for v in part.split("-", 1))
+                    chosen.extend(range(low, high + 1))
+                else:
+                    chosen.append(int(part))
+            except ValueError:
+                raise ValueError(f"{name} string must look like '0-4' or '0-4,7', got {classes!r}") from None
+    elif isinstance(classes, Sequence):
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes):
+            raise TypeError(f"{name} must be integers, got {classes!r}")
+        chosen = [int(c) for c in classes]
+    else:
+        raise TypeError(f"{name} must be None, a list of ints or a string like '0-4', got {classes!r}")
+    missing = sorted(set(chosen) - available_set)
+    if missing:
+        raise ValueError(f"{name} {missing} do not exist; available: {sorted(available_set)}")
+    if not chosen:
+        raise ValueError(f"{name} selects no class: {classes!r}")
+    return sorted(set(chosen))
+
+
+def limit_per_class(labels: np.ndarray, max_per_class: int | None, seed: int = 0) -> np.ndarray:
+    """Indices keeping at most ``max_per_class`` items of each label (a fixed random choice), in order."""
+    if max_per_class is None:
+        return np.arange(len(labels))
+    if not isinstance(max_per_class, int) or max_per_class < 1:
+        raise ValueError(f"max_per_class must be a positive int or None, got {max_per_class!r}")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        if len(where) > max_per_class:
+            where = np.sort(rng.choice(where, max_per_class, replace=False))
+        keep.append(where)
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+class LabelledImages(Dataset):
+    """In-memory uint8 images with integer labels; relabels the chosen classes to ``0..num_classes-1``.
+
+    Args:
+        images: (N, H, W) or (N, H, W, C) uint8.
+        labels: (N,) original class ids.
+        class_names: name of every original class id (dict id -> name).
+        preprocessing: the ``preprocessing`` dict (see ``deepmetric.data.transforms``).
+        augment: apply training augmentations.
+        hflip: allow horizontal flips when augmenting.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, class_names: dict[int, str],
+                 preprocessing: dict[str, Any], augment: bool, hflip: bool) -> None:
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"images must be (N, H, W[, C]) uint8, got {images.shape} {images.dtype}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        original = np.asarray(labels, dtype=np.int64)
+        self.original_labels = original
+        kept = np.unique(original)
+        self.class_ids = [int(c) for c in kept]
+        self.class_names = [class_names.get(c, str(c)) for c in self.class_ids]
+        self.labels = np.searchsorted(kept, original).astype(np.int64)
+        self.num_classes = len(self.class_ids)
+        self.preprocessing = preprocessing
+        self.augment = bool(augment)
+        self.transform = build_transforms(preprocessing, train=self.augment, hflip=hflip)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+    def raw_image(self, index: int) -> np.ndarray:
+        """The stored uint8 image (for grids and inspection)."""
+        return self.images[index]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(items={len(self)}, num_classes={self.num_classes}, "
+                f"image_size={self.preprocessing['image_size']}, augment={self.augment})")

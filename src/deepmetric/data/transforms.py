@@ -1,0 +1,141 @@
+"""Image preprocessing (resize + normalise) and training augmentations, built from a ``preprocessing`` dict.
+
+Augmentations come from albumentations (OpenCV underneath), imported on first use so that importing
+deepmetric stays light. Every transform maps a uint8 image (H, W) or (H, W, C) to a float tensor (C, H, W).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+PREPROCESSING_KEYS = ("image_size", "channels", "mean", "std")
+
+
+def validate_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a ``preprocessing`` dict ``{"image_size": [H, W], "channels": C, "mean": [...], "std": [...]}``
+    and return a clean copy (lists of floats, ints)."""
+    if not isinstance(preprocessing, Mapping):
+        raise TypeError(f"preprocessing must be a mapping, got {type(preprocessing).__name__}: {preprocessing!r}")
+    unknown = sorted(set(preprocessing) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise ValueError(f"preprocessing has unknown key {unknown[0]!r}; expected keys {list(PREPROCESSING_KEYS)}")
+    missing = [key for key in PREPROCESSING_KEYS if key not in preprocessing]
+    if missing:
+        raise ValueError(f"preprocessing {dict(preprocessing)!r} lacks {missing}; expected keys {list(PREPROCESSING_KEYS)}")
+    size = preprocessing["image_size"]
+    if (not isinstance(size, Sequence) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"preprocessing image_size must be [height, width] positive ints, got {size!r}")
+    channels = preprocessing["channels"]
+    if channels not in (1, 3):
+        raise ValueError(f"preprocessing channels must be 1 or 3, got {channels!r}")
+    clean: dict[str, Any] = {"image_size": [int(size[0]), int(size[1])], "channels": int(channels)}
+    for key in ("mean", "std"):
+        values = preprocessing[key]
+        if not isinstance(values, Sequence) or len(values) != channels:
+            raise ValueError(f"preprocessing {key} must list one number per channel ({channels}), got {values!r}")
+        clean[key] = [float(v) for v in values]
+    if any(v <= 0 for v in clean["std"]):
+        raise ValueError(f"preprocessing std must be positive, got {clean['std']!r}")
+    return clean
+
+
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8 -> (H, W, channels): grey is repeated to RGB, RGB becomes luma (ITU-R 601)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"an image must be (H, W) or (H, W, C), got shape {image.shape}")
+    have = image.shape[2]
+    if have == 4:  # RGBA: drop alpha
+        image, have = image[:, :, :3], 3
+    if have == channels:
+        return image
+    if have == 1 and channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if have == 3 and channels == 1:
+        grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.rint(grey), 0, 255).astype(np.uint8)[:, :, None]
+    raise ValueError(f"cannot convert an image with {have} channels to {channels}")
+
+
+class ImageTransform:
+    """Callable: uint8 image (H, W[, C]) -> float32 tensor (C, H, W). Picklable, so it works in DataLoader
+    worker processes; the albumentations pipeline is built lazily in each process."""
+
+    def __init__(self, preprocessing: Mapping[str, Any], *, train: bool, hflip: bool, crop_scale: tuple[float, float],
+                 color_jitter: float) -> None:
+        self.preprocessing = validate_preprocessing(preprocessing)
+        self.train = bool(train)
+        self.hflip = bool(hflip)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.color_jitter = float(color_jitter)
+        self._pipeline: Callable[..., Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_pipeline"] = None
+        return state
+
+    def _build(self) -> Callable[..., Any]:
+        # albumentations otherwise checks for a newer version over the network on import.
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        import albumentations as A
+        import cv2
+
+        height, width = self.preprocessing["image_size"]
+        steps: list[Any] = []
+        if self.train:
+            steps.append(A.RandomResizedCrop(size=(height, width), scale=self.crop_scale, ratio=(3 / 4, 4 / 3)))
+            if self.hflip:
+                steps.append(A.HorizontalFlip(p=0.5))
+            if self.color_jitter > 0:
+                saturation = self.color_jitter if self.preprocessing["channels"] == 3 else 0.0
+                steps.append(A.ColorJitter(brightness=self.color_jitter, contrast=self.color_jitter,
+                                           saturation=saturation, hue=0.0, p=0.8))
+        else:
+            steps.append(A.Resize(height=height, width=width, interpolation=cv2.INTER_AREA))
+        steps.append(A.Normalize(mean=self.preprocessing["mean"], std=self.preprocessing["std"],
+                                 max_pixel_value=255.0))
+        return A.Compose(steps)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise TypeError(f"image must be a uint8 numpy array, got {type(image).__name__} "
+                            f"{getattr(image, 'dtype', '')}")
+        if self._pipeline is None:
+            self._pipeline = self._build()
+        image = match_channels(image, self.preprocessing["channels"])
+        out = self._pipeline(image=image)["image"]
+        if out.ndim == 2:
+            out = out[:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32))
+
+    def __repr__(self) -> str:
+        return (f"ImageTransform(train={self.train}, preprocessing={self.preprocessing}, hflip={self.hflip}, "
+                f"crop_scale={self.crop_scale}, color_jitter={self.color_jitter})")
+
+
+def build_transforms(preprocessing: Mapping[str, Any], *, train: bool, hflip: bool = True,
+                     crop_scale: tuple[float, float] = (0.7, 1.0), color_jitter: float = 0.2) -> ImageTransform:
+    """The transform for ``preprocessing``: at evaluation a resize to ``image_size`` and normalisation; in
+    training a random resized crop (area fraction ``crop_scale``), a horizontal flip (unless ``hflip`` is
+    False: flips change the identity of characters and digits), brightness/contrast jitter of strength
+    ``color_jitter``, then the same normalisation.
+
+    Example:
+        >>> t = build_transforms({"image_size": [32, 32], "channels": 1, "mean": [0.5], "std": [0.5]}, train=False)
+        >>> t(np.zeros((28, 28), np.uint8)).shape
+        torch.Size([1, 32, 32])
+    """
+    if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
+        raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}")
+    if color_jitter < 0:
+        raise ValueError(f"color_jitter must be >= 0, got {color_jitter!r}")
+    return ImageTransform(preprocessing, train=train, hflip=hflip, crop_scale=tuple(crop_scale),
+                          color_jitter=color_jitter)
