@@ -1,0 +1,141 @@
+r"""Optimizers and learning-rate schedules as registry components (kinds ``optimizer`` and ``scheduler``).
+
+A config names them with hyper-parameters only; the trainer calls ``create(param_groups)`` /
+``create(optimizer, total_steps)`` once the parameters exist.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deepmetric.registry import register
+
+
+def _check_steps(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+class OptimizerFactory:
+    """Holds an optimizer's hyper-parameters; ``create(param_groups)`` builds it. ``lr`` is the base rate
+    of groups that do not set their own."""
+
+    lr: float
+
+    def create(self, param_groups: list[dict]) -> torch.optim.Optimizer:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@register("optimizer", "adamw", example={"lr": 1e-3, "weight_decay": 1e-4})
+class AdamWOptimizer(OptimizerFactory):
+    """AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient step.
+
+    Args:
+        lr: base learning rate.
+        weight_decay: decoupled weight decay (0 disables it).
+        betas: coefficients of the running averages of the gradient and its square.
+        eps: added to the denominator for numerical stability.
+    """
+
+    def __init__(self, *, lr: float = 1e-3, weight_decay: float = 1e-4, betas: tuple[float, float] | list[float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.lr = _check_positive("lr", lr)
+        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _check_positive("eps", eps)
+
+    def create(self, param_groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(param_groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas,
+                                 eps=self.eps)
+
+
+@register("optimizer", "sgd", example={"lr": 0.1, "momentum": 0.9})
+class SGDOptimizer(OptimizerFactory):
+    """Stochastic gradient descent with (Nesterov) momentum and L2 weight decay.
+
+    Args:
+        lr: base learning rate.
+        momentum: momentum factor (0 disables it).
+        weight_decay: L2 penalty added to the gradient.
+        nesterov: use Nesterov momentum (needs momentum > 0).
+    """
+
+    def __init__(self, *, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 nesterov: bool = False) -> None:
+        self.lr = _check_positive("lr", lr)
+        self.momentum = _check_positive("momentum", momentum, allow_zero=True)
+        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
+        self.nesterov = bool(nesterov)
+
+    def create(self, param_groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(param_groups, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.nesterov)
+
+
+class ScheduleFactory:
+    """A learning-rate multiplier ``factor(step, total_steps)``; ``create`` wraps it in a ``LambdaLR``."""
+
+    def factor(self, step: int, total_steps: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def create(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step, total_steps))
+
+
+@register("scheduler", "warmup_cosine", example={"warmup_steps": 10, "min_lr_ratio": 0.01})
+class WarmupCosineSchedule(ScheduleFactory):
+    r"""Linear warm-up, then cosine decay (Loshchilov & Hutter 2017, SGDR without restarts; warm-up as in
+    Goyal et al. 2017):
+
+    .. math::
+        f(t) = \frac{t + 1}{W} \ \text{for } t < W, \qquad
+        f(t) = r + (1 - r)\,\tfrac12\bigl(1 + \cos(\pi\,\tfrac{t - W}{T - W})\bigr) \ \text{otherwise},
+
+    where ``W = warmup_steps``, ``T`` the total number of steps and ``r = min_lr_ratio``; the learning rate
+    is ``f(t)`` times each group's base rate.
+
+    Args:
+        warmup_steps: steps of linear warm-up (0: start at the full rate).
+        min_lr_ratio: the final rate as a fraction of the base rate.
+    """
+
+    def __init__(self, *, warmup_steps: int = 100, min_lr_ratio: float = 0.01) -> None:
+        if not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+        self.min_lr_ratio = float(min_lr_ratio)
+
+    def factor(self, step: int, total_steps: int) -> float:
+        warmup = min(self.warmup_steps, max(total_steps - 1, 0))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@register("scheduler", "constant", example={"warmup_steps": 0})
+class ConstantSchedule(ScheduleFactory):
+    """The base rate throughout, after an optional linear warm-up of ``warmup_steps``."""
+
+    def __init__(self, *, warmup_steps: int = 0) -> None:
+        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+
+    def factor(self, step: int, total_steps: int) -> float:
+        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
