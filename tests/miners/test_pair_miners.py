@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from deepmetric.miners import AllPairsMiner, PairRatioMiner
-from miner_reference import DISTANCES, harder, pair_sets, relations, table
+from miner_reference import DISTANCES, is_similarity, pair_sets, relations, table
 
 
 def batch(seed, size=20, num_classes=4):
@@ -33,14 +34,13 @@ def test_pair_ratio_hardest_matches_brute_force(distance, ratio):
     assert cap < len(all_negative)
     # Selection by counting. (a, n) and (n, a) tie, so at the cap either may be kept: a negative must be
     # kept when fewer than `cap` others are at least as hard, and may be kept when fewer are strictly harder.
-    must, may = set(), set()
-    for a, n in all_negative:
-        strictly = sum(harder(distance, values[b, m], values[a, n]) for b, m in all_negative)
-        ties = sum(values[b, m] == values[a, n] for b, m in all_negative) - 1
-        if strictly < cap:
-            may.add((a, n))
-            if strictly + ties < cap:
-                must.add((a, n))
+    negative_values = np.array([values[a, n] for a, n in all_negative])
+    closer = negative_values[None, :] > negative_values[:, None] if is_similarity(distance) else \
+        negative_values[None, :] < negative_values[:, None]
+    strictly = closer.sum(1)
+    ties = (negative_values[None, :] == negative_values[:, None]).sum(1) - 1
+    may = {pair for pair, count in zip(all_negative, strictly) if count < cap}
+    must = {pair for pair, count, tie in zip(all_negative, strictly, ties) if count + tie < cap}
     pairs = PairRatioMiner(ratio=ratio, distance=distance)(embeddings, labels)
     positive_set, negative_set = pair_sets(pairs)
     assert positive_set == {(a, p) for a, ps in enumerate(positives) for p in ps}

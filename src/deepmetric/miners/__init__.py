@@ -5,10 +5,12 @@ ref_labels=None) -> Pairs | Triplets``; a loss takes the result as ``loss(embedd
 """
 
 from deepmetric.miners.base import BaseMiner, label_masks, triplets_from_masks
+from deepmetric.miners.cross_batch import CrossBatchMemoryMiner
+from deepmetric.miners.distance_weighted import DistanceWeightedMiner
 from deepmetric.miners.pairs import AllPairsMiner, PairRatioMiner
 from deepmetric.miners.triplets import AllTripletsMiner, BatchHardMiner, HardMiner, SemiHardMiner
 
 __all__ = [
-    "AllPairsMiner", "AllTripletsMiner", "BaseMiner", "BatchHardMiner", "HardMiner", "PairRatioMiner",
-    "SemiHardMiner", "label_masks", "triplets_from_masks",
+    "AllPairsMiner", "AllTripletsMiner", "BaseMiner", "BatchHardMiner", "CrossBatchMemoryMiner",
+    "DistanceWeightedMiner", "HardMiner", "PairRatioMiner", "SemiHardMiner", "label_masks", "triplets_from_masks",
 ]

@@ -3,6 +3,8 @@ random sampling that is reproducible on any device."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from deepmetric.distances import Distance
@@ -17,6 +19,18 @@ def distance_like(distance: Distance, embeddings: torch.Tensor, ref_embeddings: 
     """
     values = distance(embeddings, ref_embeddings)
     return -values if distance.is_similarity else values
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def check_seed(seed: int | None) -> int | None:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.miners._util import SeededRandom, distance_like
+from deepmetric.miners._util import SeededRandom, check_positive_number, distance_like
 from deepmetric.miners.base import BaseMiner, label_masks
 from deepmetric.registry import register
 from deepmetric.types import Pairs
@@ -75,11 +75,9 @@ class PairRatioMiner(BaseMiner):
     def __init__(self, *, ratio: float = 3.0, strategy: str = "hardest", distance: Distance | str | None = None,
                  seed: int | None = None) -> None:
         super().__init__(distance=distance)
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
-            raise ValueError(f"ratio must be a positive number (negatives per positive), got {ratio!r}")
         if strategy not in _NEGATIVE_STRATEGIES:
             raise ValueError(f"strategy must be one of {_NEGATIVE_STRATEGIES}, got {strategy!r}")
-        self.ratio = float(ratio)
+        self.ratio = check_positive_number("ratio", ratio)
         self.strategy = strategy
         self.random = SeededRandom(seed)
 

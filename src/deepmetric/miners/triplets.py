@@ -5,12 +5,10 @@ All of them work on a (B, R) matrix and return index tensors; none builds a (B, 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.miners._util import distance_like
+from deepmetric.miners._util import check_positive_int, check_positive_number, distance_like
 from deepmetric.miners.base import BaseMiner, label_masks, triplets_from_masks
 from deepmetric.registry import register
 from deepmetric.types import Pairs, Triplets
@@ -56,12 +54,6 @@ def _hardest(closeness: torch.Tensor, mask: torch.Tensor, k: int, *, farthest: b
 _TUPLE_TYPES = ("triplets", "pairs")
 
 
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 @register("miner", "hard", example={"tuple_type": "triplets", "k": 2})
 class HardMiner(BaseMiner):
     r"""The ``k`` hardest positives and the ``k`` hardest negatives of every anchor, as pairs or triplets.
@@ -99,7 +91,7 @@ class HardMiner(BaseMiner):
         if tuple_type not in _TUPLE_TYPES:
             raise ValueError(f"tuple_type must be one of {_TUPLE_TYPES}, got {tuple_type!r}")
         self.tuple_type = tuple_type
-        self.k = _check_positive_int("k", k)
+        self.k = check_positive_int("k", k)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Pairs | Triplets:
         positive, negative = label_masks(labels, ref_labels)
@@ -176,9 +168,7 @@ class SemiHardMiner(BaseMiner):
     def __init__(self, *, margin: float = 0.2, fallback_to_hardest: bool = False,
                  distance: Distance | str | None = None) -> None:
         super().__init__(distance=distance)
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
-            raise ValueError(f"margin must be a positive finite number, got {margin!r}")
-        self.margin = float(margin)
+        self.margin = check_positive_number("margin", margin)
         self.fallback_to_hardest = bool(fallback_to_hardest)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Triplets:
