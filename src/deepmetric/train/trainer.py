@@ -167,9 +167,12 @@ class LossComputation(nn.Module):
     """Model + miner + loss in one module, so that DistributedDataParallel sees (and averages the gradient
     of) the loss's own parameters too, e.g. class centres.
 
-    ``mode="labels"``: batches of (images, labels); with several processes and a loss without class centres
-    the embeddings and labels are gathered from every rank, the miner and the loss see the global batch,
-    and the loss is multiplied by the world size because DDP averages (rather than sums) the gradients.
+    ``mode="labels"``: batches of (images, labels); with several processes the embeddings and labels are
+    gathered from every rank, so the miner and the loss see the global batch (many losses, e.g. proxy
+    anchor or multi-similarity, are not means over samples, so local losses would not add up to it). The
+    loss is multiplied by the world size because DDP averages gradients while each rank holds the gradient
+    of its own slice only; the loss's own parameters (class centres) see the whole batch on every rank, so
+    the trainer divides their averaged gradient by the world size again.
     ``mode="pairs"``: batches of (first, second, same) train from pair labels alone; ``mode="triplets"``:
     batches of (anchor, positive, negative) images. Both feed one shared network (a Siamese/triplet net).
     A cross-batch-memory miner (one with ``ref_embeddings``) adds ``memory_weight`` times the loss of the
@@ -187,7 +190,7 @@ class LossComputation(nn.Module):
         self.mode = mode
         self.mixed_precision = mixed_precision
         self.world_size = world_size
-        self.gather = world_size > 1 and not getattr(loss, "has_class_centres", False)
+        self.gather = world_size > 1
         self.uses_memory = miner is not None and hasattr(miner, "ref_embeddings")
         self.memory_weight = float(memory_weight)
         self.memory_active = True  # the trainer switches it on at train.memory_start_step
@@ -515,6 +518,10 @@ class Trainer:
                                          f"optimizer.args.lr or set train.grad_clip_norm (e.g. 5.0)")
             total += float(value.detach())
         self.scaler.unscale_(self.optimizer)
+        if self.computation.gather:
+            for param in self.loss.parameters():
+                if param.grad is not None:
+                    param.grad.div_(self.context.world_size)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.settings["grad_clip_norm"]
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
