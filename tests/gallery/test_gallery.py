@@ -8,7 +8,7 @@ import pytest
 from deepmetric.gallery import (DuplicateIdentityError, Gallery, GalleryError, GalleryModelMismatch,
                                 TemplateInput, UnknownIdentityError)
 
-from .conftest import PixelProjectionModel, png_bytes, random_unit
+from gallery_helpers import PixelProjectionModel, png_bytes, random_unit
 
 
 def _enroll_random(gallery: Gallery, count: int, templates: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
@@ -183,8 +183,10 @@ def test_index_cache_rebuilt_when_corrupt_and_caught_up_when_stale(tmp_path):
     assert reader.index.rebuilds == 0  # loaded from disk and caught up from the change log
     assert "id7" not in {m.identity_id for m in reader.identify(np.ones(8), k=1200).matches}
     reader.close(), writer.close()
-    index_file = tmp_path / "g" / "index" / "index.bin"
-    index_file.write_bytes(index_file.read_bytes()[:100])
+    index_path = tmp_path / "g" / "index" / "index"  # a file or a folder, depending on the backend
+    index_files = [index_path] if index_path.is_file() else [p for p in index_path.rglob("*") if p.is_file()]
+    biggest = max(index_files, key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:100])
     reopened = Gallery.open(tmp_path / "g", threshold=0.0)
     assert reopened.identify(np.eye(8)[0], k=1).identity_id == "late"
     assert reopened.index.last_rebuild_reason.startswith("corrupt")

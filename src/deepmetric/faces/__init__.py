@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ImageError": "images", "load_image": "images", "DEFAULT_MAX_PIXELS": "images",
+    "ImageError": "images", "ImageTooLargeError": "images", "load_image": "images", "DEFAULT_MAX_PIXELS": "images",
     "ARCFACE_TEMPLATE_112": "alignment", "face_template": "alignment", "estimate_similarity": "alignment",
     "warp_affine": "alignment", "align_face": "alignment",
     "Face": "detection", "FaceDetector": "detection", "NoFaceError": "detection", "model_file": "detection",

@@ -20,6 +20,10 @@ class ImageError(ValueError):
     """The input is not a usable image (not an image, truncated, too large, unsupported mode)."""
 
 
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than allowed (checked from the header, before decoding)."""
+
+
 def _open_pil(source: Any):
     from PIL import Image, UnidentifiedImageError
 
@@ -49,7 +53,7 @@ def _open_pil(source: Any):
     except UnidentifiedImageError as error:
         raise ImageError(f"not an image: cannot identify image format of {label}") from error
     except Image.DecompressionBombError as error:
-        raise ImageError(f"image too large: {error}") from error
+        raise ImageTooLargeError(f"image too large: {error}") from error
 
 
 def _to_rgb_array(image) -> np.ndarray:
@@ -128,14 +132,14 @@ def load_image(source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
     if isinstance(source, np.ndarray):
         if source.shape[0] * (source.shape[1] if source.ndim > 1 else 1) > max_pixels:
-            raise ImageError(f"image too large: {source.shape[1]}x{source.shape[0]} pixels, limit {max_pixels}")
+            raise ImageTooLargeError(f"image too large: {source.shape[1]}x{source.shape[0]} pixels, limit {max_pixels}")
         return _array_to_rgb(source)
     from PIL import Image, ImageOps
 
     image = _open_pil(source)
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(f"image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}")
+        raise ImageTooLargeError(f"image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}")
     if width == 0 or height == 0:
         raise ImageError(f"image is empty: {width}x{height} pixels")
     try:
@@ -143,7 +147,7 @@ def load_image(source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         image = ImageOps.exif_transpose(image) or image
         return _to_rgb_array(image)
     except Image.DecompressionBombError as error:
-        raise ImageError(f"image too large: {error}") from error
+        raise ImageTooLargeError(f"image too large: {error}") from error
     except (OSError, SyntaxError, ValueError) as error:
         # PIL reports truncated or corrupt data as OSError ("image file is truncated") or SyntaxError.
         raise ImageError(f"corrupt or truncated image: {error}") from error

@@ -63,7 +63,7 @@ class _ExactIndex:
 def _build_index(spec: str, dim: int) -> Any:
     try:
         from deepmetric.index import build_index
-    except ModuleNotFoundError:
+    except ImportError:
         return _ExactIndex(dim)
     return build_index(spec, dim, metric="cosine")
 
@@ -71,16 +71,20 @@ def _build_index(spec: str, dim: int) -> Any:
 def _load_index(path: Path) -> Any:
     try:
         from deepmetric.index import load_index
-    except ModuleNotFoundError:
+    except ImportError:
         return _ExactIndex.load(path)
     return load_index(path)
 
 
-def _sha256(path: Path) -> str:
+def _digest(path: Path) -> str:
+    """sha256 over a file, or over every file of a folder (relative names and contents, sorted)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -137,27 +141,22 @@ class IdentityIndex:
         if self.cache_dir is not None and len(nums) >= 1000:
             self.save()
 
-    def _files(self) -> tuple[Path, Path, Path]:
-        assert self.cache_dir is not None
-        return self.cache_dir / "index.bin", self.cache_dir / "members.npy", self.cache_dir / "index.json"
-
     def save(self) -> None:
-        """Persist the index with its generation, model stamp and checksum (atomic writes)."""
-        from deepmetric.io import atomic_path, write_json
+        """Persist the index, its members, generation, model stamp and checksum as one folder, replaced
+        atomically (a kill leaves the old cache or the new one)."""
+        from deepmetric.io import atomic_directory, write_json
 
         with self._lock:
             if self.cache_dir is None or self._index is None:
                 return
-            index_file, members_file, sidecar = self._files()
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(index_file) as tmp:
-                self._index.save(tmp)
-            with atomic_path(members_file) as tmp:
-                with open(tmp, "wb") as handle:
+            with atomic_directory(self.cache_dir) as tmp:
+                self._index.save(tmp / "index")
+                with open(tmp / "members.npy", "wb") as handle:
                     np.save(handle, np.fromiter(self._members, dtype=np.int64, count=len(self._members)))
-            write_json(sidecar, {"format": CACHE_FORMAT, "generation": self._generation, "spec": self._spec,
-                                 "model_stamp": self.store.model_stamp, "stale": self._stale,
-                                 "sha256": _sha256(index_file), "members_sha256": _sha256(members_file)})
+                write_json(tmp / "cache.json", {
+                    "format": CACHE_FORMAT, "generation": self._generation, "spec": self._spec,
+                    "model_stamp": self.store.model_stamp, "stale": self._stale,
+                    "sha256": _digest(tmp / "index"), "members_sha256": _digest(tmp / "members.npy")})
 
     def _load(self) -> str | None:
         """Load the persisted index; returns None on success or the reason it cannot be used."""
@@ -165,8 +164,9 @@ class IdentityIndex:
 
         if self.cache_dir is None:
             return "no cache folder"
-        index_file, members_file, sidecar = self._files()
-        if not (sidecar.is_file() and index_file.is_file() and members_file.is_file()):
+        index_path, members_file, sidecar = (self.cache_dir / "index", self.cache_dir / "members.npy",
+                                             self.cache_dir / "cache.json")
+        if not (sidecar.is_file() and index_path.exists() and members_file.is_file()):
             return "missing"
         try:
             info = read_json(sidecar)
@@ -174,9 +174,9 @@ class IdentityIndex:
                 return "made for another model or format"
             if int(info["generation"]) < self.store.reset_generation:
                 return "older than the last re-embedding"
-            if _sha256(index_file) != info["sha256"] or _sha256(members_file) != info["members_sha256"]:
+            if _digest(index_path) != info["sha256"] or _digest(members_file) != info["members_sha256"]:
                 return "corrupt (checksum mismatch)"
-            index = _load_index(index_file)
+            index = _load_index(index_path)
             members = np.load(members_file, allow_pickle=False)
         except Exception as error:  # any failure to read a cache means: rebuild it from the truth
             return f"corrupt ({type(error).__name__}: {error})"

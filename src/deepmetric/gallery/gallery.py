@@ -139,12 +139,13 @@ class Gallery:
                model_stamp: str | None = None, model_config: dict[str, Any] | None = None,
                store_images: bool = True, threshold: float | None = None, exact_limit: int = 20_000) -> "Gallery":
         """Make a new empty gallery in ``folder`` stamped with ``model`` (or with an explicit
-        ``embedding_dim`` + ``model_stamp`` for embeddings made elsewhere)."""
+        ``embedding_dim`` + ``model_stamp`` for embeddings made elsewhere). ``model_config`` entries are
+        stored with (and over) the model's own config."""
         folder = Path(folder)
         if model is not None:
             embedding_dim = int(model.embedding_dim)
             model_stamp = model_fingerprint(model)
-            model_config = dict(getattr(model, "config", {}) or {})
+            model_config = {**dict(getattr(model, "config", {}) or {}), **(model_config or {})}
         if (folder / DATABASE_FILE).exists():
             raise GalleryError(f"a gallery already exists in {str(folder)!r}")
         store = GalleryStore(folder / DATABASE_FILE, create=True, embedding_dim=embedding_dim,
@@ -203,8 +204,13 @@ class Gallery:
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence) or not images:
             raise GalleryError(f"images must be a non-empty list of images, got {type(images).__name__}")
         templates = []
-        for image in images:
-            vector = self.embed_image(image)
+        for position, image in enumerate(images):
+            try:
+                vector = self.embed_image(image)
+            except ValueError as error:  # ImageError, NoFaceError: say which image, keep the type
+                if len(images) == 1:
+                    raise
+                raise type(error)(f"image {position + 1} of {len(images)}: {error}") from error
             data, path = _image_bytes(image)
             templates.append(TemplateInput(vector=vector, source="image", image_path=path,
                                            image=data if self.store.store_images else None))
@@ -402,10 +408,12 @@ class Gallery:
         self.index.sync()
         return len(records)
 
-    def reembed(self, model: Any, *, drop_without_images: bool = False, progress: bool = False) -> dict[str, int]:
+    def reembed(self, model: Any, *, drop_without_images: bool = False,
+                model_config: dict[str, Any] | None = None) -> dict[str, int]:
         """Re-embed every template from its stored image (bytes, else path) with a new ``model`` and restamp
         the gallery, in one transaction. Templates without an image are refused unless
-        ``drop_without_images`` (they, and identities left empty, are then deleted)."""
+        ``drop_without_images`` (they, and identities left empty, are then deleted). ``model_config``
+        entries are stored with the new model's config."""
         previous_model, self.model = self.model, model
         new_dim = int(model.embedding_dim)
         vectors: dict[int, np.ndarray] = {}
@@ -424,7 +432,8 @@ class Gallery:
                 raise GalleryError(f"{len(missing)} templates have no stored image (e.g. template {missing[0]}); "
                                    f"they cannot be re-embedded. Pass drop_without_images=True to delete them")
             self.store.replace_vectors(vectors, model_stamp=model_fingerprint(model), embedding_dim=new_dim,
-                                       model_config=dict(getattr(model, "config", {}) or {}))
+                                       model_config={**dict(getattr(model, "config", {}) or {}),
+                                                     **(model_config or {})})
         except BaseException:
             self.model = previous_model
             raise

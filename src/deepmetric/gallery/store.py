@@ -385,6 +385,15 @@ class GalleryStore:
                 blob = b"".join(r[1] for r in rows)
                 yield nums, np.frombuffer(blob, dtype="<f4").reshape(len(rows), self.embedding_dim)
 
+    def template_image(self, identity_id: str, template_id: int) -> bytes | None:
+        """The stored image bytes of one template of ``identity_id`` (None when not stored)."""
+        row = self._connection().execute(
+            "SELECT t.image FROM templates t JOIN identities i ON t.identity_num = i.num "
+            "WHERE i.identity_id = ? AND t.template_id = ?", (identity_id, int(template_id))).fetchone()
+        if row is None:
+            raise UnknownIdentityError(f"identity {identity_id!r} has no template {template_id}")
+        return row[0]
+
     def changes_since(self, generation: int) -> tuple[int, list[int]]:
         """``(current generation, identity numbers touched after generation)`` in one snapshot."""
         with self._read() as connection:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from deepmetric.faces.images import ImageError, load_image
 
-from .conftest import astronaut, encode, rotated_with_exif
+from deepmetric.faces.samples import astronaut, encode, rotated_with_exif
 
 
 def test_exif_orientation_is_applied():

@@ -7,7 +7,7 @@ from PIL import Image
 from deepmetric.faces import AlignedFaceEmbedder, NoFaceError
 from deepmetric.faces.detection import model_file
 
-from .conftest import astronaut, encode, no_face, rotated_with_exif, two_faces
+from deepmetric.faces.samples import astronaut, encode, no_face, rotated_with_exif, two_faces
 
 
 def test_model_files_found_without_importing_the_package():

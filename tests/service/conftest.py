@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def face_model():
+    pytest.importorskip("dlib")
+    pytest.importorskip("skimage")
+    from deepmetric.faces import DlibFaceEmbedder
+
+    return DlibFaceEmbedder()
+
+
+@pytest.fixture
+def face_gallery(tmp_path, face_model):
+    from deepmetric.gallery import Gallery
+
+    gallery = Gallery.create(tmp_path / "faces", model=face_model)
+    yield gallery
+    gallery.close()
+
+
+@pytest.fixture
+def face_client(face_gallery):
+    from fastapi.testclient import TestClient
+
+    from deepmetric.service.app import create_app
+
+    with TestClient(create_app(face_gallery, api_key=API_KEY, max_upload_bytes=2_000_000,
+                               max_pixels=4_000_000)) as client:
+        yield client
