@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import MetricLoss
-from deepmetric.losses.tuples import as_dissimilarity, farther_than, hinge_sums, pair_masks, triplets_for
+from deepmetric.losses.tuples import (as_dissimilarity, farther_than, hinge_sums, pair_masks, pair_values,
+                                      reduce_masked, triplets_for)
 from deepmetric.reducers import reduce, zero_loss
 from deepmetric.registry import register
 from deepmetric.types import Triplets
@@ -71,13 +72,13 @@ class ContrastiveLoss(MetricLoss):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
         values = self.distance(embeddings, ref_embeddings)
-        pos_losses = F.relu(farther_than(self.distance, values[positive], self.pos_margin))
-        neg_losses = F.relu(-farther_than(self.distance, values[negative], self.neg_margin))
+        pos_losses = F.relu(farther_than(self.distance, values, self.pos_margin))
+        neg_losses = F.relu(-farther_than(self.distance, values, self.neg_margin))
         if self.squared:
             pos_losses, neg_losses = 0.5 * pos_losses.pow(2), 0.5 * neg_losses.pow(2)
-        if self.reduction == "none":
-            return torch.cat([pos_losses, neg_losses])
-        return reduce(pos_losses, self.reduction, like=values) + reduce(neg_losses, self.reduction, like=values)
+        pos_part = reduce_masked(pos_losses, positive, self.reduction, like=values)
+        neg_part = reduce_masked(neg_losses, negative, self.reduction, like=values)
+        return torch.cat([pos_part, neg_part]) if self.reduction == "none" else pos_part + neg_part
 
 
 @register("loss", "triplet", example={"margin": 0.2})
@@ -116,16 +117,18 @@ class TripletLoss(MetricLoss):
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
-        values = as_dissimilarity(self.distance, self.distance(embeddings, ref_embeddings))
         if not isinstance(mined, Triplets) and not self.soft_margin and self.reduction != "none":
+            values = as_dissimilarity(self.distance, self.distance(embeddings, ref_embeddings))
             positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
             totals, violating, counts = hinge_sums(values, positive, values, negative, self.margin)
             return _reduce_hinge_sums(totals.sum(), violating.sum(), counts.sum(), self.reduction, values)
         triplets = triplets_for(labels, ref_labels, mined, refs.shape[0])
-        violation = (values[triplets.anchor, triplets.positive] - values[triplets.anchor, triplets.negative]
-                     + self.margin)
+        values = pair_values(self.distance, embeddings, ref_embeddings, torch.cat([triplets.anchor, triplets.anchor]),
+                             torch.cat([triplets.positive, triplets.negative]))
+        anchor_positive, anchor_negative = values[:len(triplets)], values[len(triplets):]
+        violation = anchor_positive - anchor_negative + self.margin
         losses = F.softplus(violation) if self.soft_margin else F.relu(violation)
-        return reduce(losses, self.reduction, like=values)
+        return reduce(losses, self.reduction, like=embeddings)
 
 
 def _reduce_hinge_sums(total: torch.Tensor, violating: torch.Tensor, count: torch.Tensor, reduction: str,

@@ -9,6 +9,7 @@ import torch
 
 from deepmetric.distances import Distance
 from deepmetric.miners.base import label_masks, triplets_from_masks
+from deepmetric.reducers import zero_loss
 from deepmetric.types import Pairs, Triplets
 
 
@@ -63,6 +64,35 @@ def farther_than(distance: Distance, values: torch.Tensor, threshold: float) -> 
 def as_dissimilarity(distance: Distance, values: torch.Tensor) -> torch.Tensor:
     """Values where larger means farther apart: distances unchanged, similarities negated."""
     return -values if distance.is_similarity else values
+
+
+# Gathering N pairs of rows costs a few passes over N * D numbers; the full (B, R) matrix a well-blocked
+# matrix product plus a few passes over B * R numbers. Gather only when N * D is well below B * R.
+_GATHER_RATIO = 4
+
+
+def pair_values(distance: Distance, embeddings: torch.Tensor, ref_embeddings: torch.Tensor | None,
+                rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Dissimilarities (larger = farther) of the pairs ``(embeddings[rows], refs[cols])``: from the gathered
+    rows when there are few pairs (mined tuples), else from the full matrix."""
+    refs = embeddings if ref_embeddings is None else ref_embeddings
+    if rows.numel() * embeddings.shape[1] < _GATHER_RATIO * embeddings.shape[0] * refs.shape[0]:
+        prepared = distance.prepare(embeddings)
+        prepared_refs = prepared if ref_embeddings is None else distance.prepare(ref_embeddings)
+        return as_dissimilarity(distance, distance.paired(prepared[rows], prepared_refs[cols]))
+    return as_dissimilarity(distance, distance(embeddings, ref_embeddings))[rows, cols]
+
+
+def reduce_masked(losses: torch.Tensor, mask: torch.Tensor, reduction: str, like: torch.Tensor) -> torch.Tensor:
+    """``reduce(losses[mask], reduction)`` without gathering the selected entries: on a (B, R) matrix the
+    boolean gather and its backward scatter cost more than the loss itself."""
+    if reduction == "none":
+        return losses[mask]
+    total = torch.where(mask, losses, torch.zeros_like(losses)).sum()
+    if reduction == "sum":
+        return total
+    count = int((mask & (losses > 0)).sum() if reduction == "mean_nonzero" else mask.sum())
+    return total / count if count > 0 else zero_loss(like)
 
 
 def masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int = -1, *,
