@@ -5,6 +5,7 @@ Importing this package registers the "dataset" components; heavy libraries load 
 
 from deepmetric.data.base import LabelledImages
 from deepmetric.data.builtin import Digits, FashionMNIST, read_idx
+from deepmetric.data.glyphs import Glyphs
 from deepmetric.data.transforms import build_transforms, validate_preprocessing
 
-__all__ = ["Digits", "FashionMNIST", "LabelledImages", "build_transforms", "read_idx", "validate_preprocessing"]
+__all__ = ["Digits", "FashionMNIST", "Glyphs", "LabelledImages", "build_transforms", "read_idx", "validate_preprocessing"]
