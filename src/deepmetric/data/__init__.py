@@ -6,6 +6,8 @@ Importing this package registers the "dataset" components; heavy libraries load 
 from deepmetric.data.base import LabelledImages
 from deepmetric.data.builtin import Digits, FashionMNIST, read_idx
 from deepmetric.data.glyphs import Glyphs
+from deepmetric.data.table import CsvDataset, DataTable, ImageFolderDataset, image_folder_to_table, read_table
 from deepmetric.data.transforms import build_transforms, validate_preprocessing
 
-__all__ = ["Digits", "FashionMNIST", "Glyphs", "LabelledImages", "build_transforms", "read_idx", "validate_preprocessing"]
+__all__ = ["CsvDataset", "DataTable", "Digits", "FashionMNIST", "Glyphs", "ImageFolderDataset", "LabelledImages",
+           "build_transforms", "image_folder_to_table", "read_idx", "read_table", "validate_preprocessing"]

@@ -41,28 +41,26 @@ def _letters(first: str, last: str, skip: str = "") -> str:
     return "".join(chr(c) for c in range(ord(first), ord(last) + 1) if chr(c) not in skip)
 
 
-def gb2312_level1() -> str:
-    """The 3,755 level-1 hanzi of GB2312 (the most frequent ones, ordered by pinyin), decoded in order."""
+def _decode_rows(encoding: str, first_row: int, last_row: int) -> str:
+    """Decode the two-byte code points of rows ``first_row..last_row`` (cells 0xA1-0xFE) in order."""
     chars = []
-    for row in range(0xB0, 0xD8):
+    for row in range(first_row, last_row + 1):
         for cell in range(0xA1, 0xFF):
             try:
-                chars.append(bytes([row, cell]).decode("gb2312"))
+                chars.append(bytes([row, cell]).decode(encoding))
             except UnicodeDecodeError:
                 continue
     return "".join(chars)
+
+
+def gb2312_level1() -> str:
+    """The 3,755 level-1 hanzi of GB2312 (the most frequent ones, ordered by pinyin), decoded in order."""
+    return _decode_rows("gb2312", 0xB0, 0xD7)
 
 
 def jis_level1() -> str:
     """The 2,965 level-1 kanji of JIS X 0208 (rows 16-47), decoded through EUC-JP."""
-    chars = []
-    for row in range(0xB0, 0xD0):
-        for cell in range(0xA1, 0xFF):
-            try:
-                chars.append(bytes([row, cell]).decode("euc_jp"))
-            except UnicodeDecodeError:
-                continue
-    return "".join(chars)
+    return _decode_rows("euc_jp", 0xB0, 0xCF)
 
 
 def character_set(scripts: Sequence[str] = SCRIPTS, *, max_cjk: int | None = None) -> list[str]:
