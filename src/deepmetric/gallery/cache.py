@@ -60,12 +60,12 @@ class _ExactIndex:
         return index
 
 
-def _build_index(spec: str, dim: int) -> Any:
+def _build_index(spec: str, dim: int, backend: str | None) -> Any:
     try:
         from deepmetric.index import build_index
     except ImportError:
         return _ExactIndex(dim)
-    return build_index(spec, dim, metric="cosine")
+    return build_index(spec, dim, metric="cosine", backend=backend)
 
 
 def _load_index(path: Path) -> Any:
@@ -96,17 +96,20 @@ class IdentityIndex:
         cache_dir: where the index is persisted between runs (None: memory only).
         exact_limit: galleries up to this many identities use exact search (``exact_spec``); larger ones an
             approximate graph index (``ann_spec``).
-        exact_spec, ann_spec: ``deepmetric.index.build_index`` spec strings.
+        exact_spec, ann_spec: ``deepmetric.index.build_index`` spec strings; ``ann_backend`` optionally picks the library
+            for ``ann_spec`` (default: faiss; removals become tombstones the index compacts itself).
         max_stale_fraction: rebuild once this fraction of index entries is superseded.
     """
 
     def __init__(self, store: GalleryStore, *, cache_dir: str | Path | None = None, exact_limit: int = 20_000,
-                 exact_spec: str = "Flat", ann_spec: str = "HNSW32", max_stale_fraction: float = 0.2) -> None:
+                 exact_spec: str = "Flat", ann_spec: str = "HNSW32", ann_backend: str | None = None,
+                 max_stale_fraction: float = 0.2) -> None:
         self.store = store
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.exact_limit = int(exact_limit)
         self.exact_spec = exact_spec
         self.ann_spec = ann_spec
+        self.ann_backend = ann_backend
         self.max_stale_fraction = float(max_stale_fraction)
         self._lock = threading.RLock()
         self._index: Any = None
@@ -128,7 +131,7 @@ class IdentityIndex:
         vectors = (np.concatenate([b[1] for b in batches]) if batches
                    else np.zeros((0, self.store.embedding_dim), dtype=np.float32))
         spec = self._spec_for(len(nums))
-        index = _build_index(spec, self.store.embedding_dim)
+        index = _build_index(spec, self.store.embedding_dim, self.ann_backend if spec == self.ann_spec else None)
         if len(nums):
             index.train(vectors)
             index.add(vectors, nums)

@@ -76,7 +76,7 @@ async function refreshIdentities() {
       select.append(option);
     }
     select.value = chosen;
-    say("browse-message", page.total > page.identities.length ? `showing the first ${page.identities.length}` : "");
+    if (page.total > page.identities.length) say("browse-message", `showing the first ${page.identities.length}`);
   } catch (error) {
     say("browse-message", error.message, "error");
   }
@@ -150,10 +150,11 @@ function drawFaces(file, result) {
       const label = decision ? (accepted ? decision.matches[0]?.name || decision.identity_id : "unknown") : "";
       if (label) {
         const width = context.measureText(label).width + 2 * scale;
+        const x = Math.max(0, Math.min(left, result.width - width));  // keep the label inside the picture
         context.fillStyle = context.strokeStyle;
-        context.fillRect(left, Math.max(0, top - 9 * scale), width, 9 * scale);
+        context.fillRect(x, Math.max(0, top - 9 * scale), width, 9 * scale);
         context.fillStyle = "#fff";
-        context.fillText(label, left + scale, Math.max(7 * scale, top - 2 * scale));
+        context.fillText(label, x + scale, Math.max(7 * scale, top - 2 * scale));
       }
     }
     canvas.style.display = "block";
