@@ -57,6 +57,13 @@ def model_config(config: Mapping[str, Any], train_dataset: Any) -> dict[str, Any
     return out
 
 
+def build_embedder_for(config: Mapping[str, Any], train_dataset: Any) -> torch.nn.Module:
+    """The ``Embedder`` of an experiment config, with the training data set's preprocessing by default."""
+    from deepmetric.models import build_embedder
+
+    return build_embedder(model_config(config, train_dataset))
+
+
 def _check_train_labels(dataset: Any) -> None:
     labels = getattr(dataset, "labels", None)
     if labels is None:
@@ -80,7 +87,6 @@ def _sampler_node(config: Mapping[str, Any], context: DistributedContext) -> dic
 def build_experiment(config: Mapping[str, Any], *, context: DistributedContext | None = None) -> Experiment:
     """Build data sets, model, loss, miner and sampler from a resolved config (``load_config``)."""
     from deepmetric import registry
-    from deepmetric.models import build_embedder
 
     context = context or DistributedContext()
     config = dict(config)
@@ -88,7 +94,7 @@ def build_experiment(config: Mapping[str, Any], *, context: DistributedContext |
     eval_dataset = registry.build(config["data"]["eval"], "dataset") if config["data"]["eval"] else None
     if config["train"]["mode"] == "labels":
         _check_train_labels(train_dataset)
-    model = build_embedder(model_config(config, train_dataset))
+    model = build_embedder_for(config, train_dataset)
     num_classes = getattr(train_dataset, "num_classes", None)
     loss = registry.build(config["loss"], "loss", embedding_dim=model.embedding_dim, num_classes=num_classes)
     miner = registry.build(config["miner"], "miner") if config["miner"] else None

@@ -207,12 +207,16 @@ class LossComputation(nn.Module):
         embeddings = self.embed(torch.cat(groups))
         size = groups[0].shape[0]
         index = torch.arange(size, device=embeddings.device)
+        # Stand-in labels that encode nothing but the given relations (pair i's members share label i when
+        # they are "same"); only the mined tuples below enter the loss, so no identity is ever used.
         if self.mode == "pairs":
             same = batch[2].to(embeddings.device).bool()
             mined: Pairs | Triplets = Pairs(index[same], index[same] + size, index[~same], index[~same] + size)
+            labels = torch.cat([index, torch.where(same, index, index + size)])
         else:
             mined = Triplets(index, index + size, index + 2 * size)
-        return self.loss(embeddings, None, mined=mined)
+            labels = torch.cat([index, index, index + size])
+        return self.loss(embeddings, labels, mined=mined)
 
     def _labels_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         scale = 1.0
