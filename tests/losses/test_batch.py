@@ -46,6 +46,23 @@ def test_masked_logsumexp_empty_rows_and_gradient():
     assert torch.isfinite(values.grad).all() and values.grad[1].abs().sum() == 0 and values.grad[0, 1] == 0
 
 
+@pytest.mark.parametrize("add_one", [False, True])
+def test_masked_logsumexp_sparse_path_equals_dense(add_one):
+    generator = torch.Generator().manual_seed(0)
+    values = (10 * torch.randn(6, 40, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    mask = torch.rand(6, 40, generator=generator) < 0.1  # sparse: gathered path
+    mask[3] = False
+    sparse = masked_logsumexp(values, mask, add_one=add_one)
+    dense = masked_logsumexp(values.T, mask.T, dim=0, add_one=add_one)  # column-wise: always the dense path
+    assert torch.equal(torch.isinf(sparse), torch.isinf(dense))
+    finite = torch.isfinite(dense)
+    assert torch.allclose(sparse[finite], dense[finite], atol=1e-12)
+    expected = [math.log(float(torch.exp(values.detach()[r][mask[r]]).sum()) + add_one) if mask[r].any() or add_one
+                else -math.inf for r in range(6)]
+    assert sparse.tolist() == pytest.approx(expected)
+    assert torch.autograd.gradcheck(lambda x: masked_logsumexp(x, mask, add_one=add_one)[finite], (values,))
+
+
 # ---------------------------------------------------------------- lifted structure
 
 def lifted_song_reference(embeddings, labels, neg_margin, pos_margin=0.0, ref=None):

@@ -68,16 +68,21 @@ class ContrastiveLoss(MetricLoss):
         self.neg_margin = _check_number("neg_margin", neg_margin)
         self.squared = bool(squared)
 
+    def _hinge(self, excess: torch.Tensor) -> torch.Tensor:
+        return 0.5 * F.relu(excess).pow(2) if self.squared else F.relu(excess)
+
+    def _positive_loss(self, values: torch.Tensor) -> torch.Tensor:
+        return self._hinge(farther_than(self.distance, values, self.pos_margin))
+
+    def _negative_loss(self, values: torch.Tensor) -> torch.Tensor:
+        return self._hinge(-farther_than(self.distance, values, self.neg_margin))
+
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
         values = self.distance(embeddings, ref_embeddings)
-        pos_losses = F.relu(farther_than(self.distance, values, self.pos_margin))
-        neg_losses = F.relu(-farther_than(self.distance, values, self.neg_margin))
-        if self.squared:
-            pos_losses, neg_losses = 0.5 * pos_losses.pow(2), 0.5 * neg_losses.pow(2)
-        pos_part = reduce_masked(pos_losses, positive, self.reduction, like=values)
-        neg_part = reduce_masked(neg_losses, negative, self.reduction, like=values)
+        pos_part = reduce_masked(self._positive_loss, values, positive, self.reduction, like=values)
+        neg_part = reduce_masked(self._negative_loss, values, negative, self.reduction, like=values)
         return torch.cat([pos_part, neg_part]) if self.reduction == "none" else pos_part + neg_part
 
 

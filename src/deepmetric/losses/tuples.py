@@ -5,11 +5,13 @@ sum of every hinge ``[p - n + m]_+`` between two sets of values without enumerat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from deepmetric.distances import Distance
 from deepmetric.miners.base import label_masks, triplets_from_masks
-from deepmetric.reducers import zero_loss
+from deepmetric.reducers import reduce, zero_loss
 from deepmetric.types import Pairs, Triplets
 
 
@@ -83,15 +85,22 @@ def pair_values(distance: Distance, embeddings: torch.Tensor, ref_embeddings: to
     return as_dissimilarity(distance, distance(embeddings, ref_embeddings))[rows, cols]
 
 
-def reduce_masked(losses: torch.Tensor, mask: torch.Tensor, reduction: str, like: torch.Tensor) -> torch.Tensor:
-    """``reduce(losses[mask], reduction)`` without gathering the selected entries: on a (B, R) matrix the
-    boolean gather and its backward scatter cost more than the loss itself."""
-    if reduction == "none":
-        return losses[mask]
+def reduce_masked(loss_of: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, mask: torch.Tensor,
+                  reduction: str, like: torch.Tensor) -> torch.Tensor:
+    """``reduce(loss_of(values[mask]), reduction)`` for an element-wise ``loss_of``.
+
+    A sparse mask (the positive pairs of a P x K batch) is gathered; a dense one (its negative pairs) is
+    kept in place and zeroed where unselected, since gathering most of a (B, R) matrix and scattering the
+    gradient back costs more than the loss itself.
+    """
+    selected = int(mask.sum())
+    if reduction == "none" or selected * 4 < mask.numel():
+        return reduce(loss_of(values[mask]), reduction, like=like)
+    losses = loss_of(values)
     total = torch.where(mask, losses, torch.zeros_like(losses)).sum()
     if reduction == "sum":
         return total
-    count = int((mask & (losses > 0)).sum() if reduction == "mean_nonzero" else mask.sum())
+    count = int((mask & (losses > 0)).sum()) if reduction == "mean_nonzero" else selected
     return total / count if count > 0 else zero_loss(like)
 
 
@@ -100,21 +109,35 @@ def masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int = -1, *,
     r""":math:`\log \sum_{j: mask_j} e^{x_j}` along ``dim`` (:math:`\log(1 + \sum ...)` with ``add_one``).
 
     An empty selection gives ``-inf`` (``0`` with ``add_one``) with a zero gradient, never NaN, which is
-    what lets a loss skip anchors without positives or negatives inside one vectorised expression.
+    what lets a loss skip anchors without positives or negatives inside one vectorised expression. A sparse
+    row-wise mask on a matrix (positive pairs) is reduced from its gathered entries only.
     """
+    if values.dim() == 2 and dim in (1, -1) and int(mask.sum()) * 4 < mask.numel():
+        rows, cols = mask.nonzero(as_tuple=True)
+        picked = values[rows, cols]
+        peak = torch.full((values.shape[0],), float("-inf"), dtype=values.dtype, device=values.device)
+        peak = _stable_shift(peak.scatter_reduce(0, rows, picked.detach(), reduce="amax"), add_one)
+        total = torch.zeros_like(peak).index_add(0, rows, torch.exp(picked - peak[rows]))
+        return _log_total(total, peak, add_one)
     masked = values.masked_fill(~mask, float("-inf"))
-    peak = masked.amax(dim, keepdim=True)
+    peak = _stable_shift(masked.amax(dim, keepdim=True), add_one)
+    total = torch.exp(masked - peak).sum(dim, keepdim=True)
+    return _log_total(total, peak, add_one).squeeze(dim)
+
+
+def _stable_shift(peak: torch.Tensor, add_one: bool) -> torch.Tensor:
+    # The shift only stabilises exp(); it is a constant for autograd (the result does not depend on it).
     if add_one:
         peak = peak.clamp_min(0.0)
-    # The shift only stabilises exp(); it is a constant for autograd (the result does not depend on it).
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)).detach()
-    total = torch.exp(masked - peak).sum(dim, keepdim=True)
+    return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)).detach()
+
+
+def _log_total(total: torch.Tensor, peak: torch.Tensor, add_one: bool) -> torch.Tensor:
     if add_one:
         total = total + torch.exp(-peak)
     empty = total <= 0
     result = torch.log(torch.where(empty, torch.ones_like(total), total)) + peak
-    result = torch.where(empty, torch.full_like(result, float("-inf")), result)
-    return result.squeeze(dim)
+    return torch.where(empty, torch.full_like(result, float("-inf")), result)
 
 
 def hinge_sums(positive_values: torch.Tensor, positive_mask: torch.Tensor, negative_values: torch.Tensor,
