@@ -54,6 +54,8 @@ def test_tofu_and_empty_renders_are_dropped():
     kept, images = _render_face(face.path, face.index, ["A", " ", "\U0010fffe", "B"], 24)
     assert kept == [0, 3] and images.shape == (2, 24, 24)
     assert images[0].max() == 255 and not np.array_equal(images[0], images[1])
+    slow_kept, slow_images = _render_face(face.path, face.index, ["A", " ", "\U0010fffe", "B"], 24, fast=False)
+    assert slow_kept == kept and np.array_equal(slow_images, images)
 
 
 @needs_fonts

@@ -26,7 +26,7 @@ from deepmetric.data.base import LabelledImages, check_split
 from deepmetric.io import atomic_path
 from deepmetric.registry import register
 
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 SCRIPTS = ("latin", "greek", "cyrillic", "digits", "cjk")
 
 # Characters that look the same in most typefaces: each group keeps its first member as the class and
@@ -203,22 +203,33 @@ def _render_file(task: tuple[str, list[tuple[int, int, list[str]]], int]) -> lis
     return out
 
 
-def _render_face(path: str, index: int, chars: Sequence[str], box: int) -> tuple[list[int], np.ndarray]:
-    """Render characters with one face: (positions of the kept characters, images (n, box, box))."""
+def _render_face(path: str, index: int, chars: Sequence[str], box: int,
+                 fast: bool = True) -> tuple[list[int], np.ndarray]:
+    """Render characters with one face: (positions of the kept characters, images (n, box, box)).
+    ``fast`` rasterises through Pillow's ``getmask2`` once per glyph; False uses only the drawing API."""
     from PIL import Image, ImageDraw, ImageFont
 
     empty = np.zeros((0, box, box), np.uint8)
+    fast = fast and hasattr(Image.Image, "_new") and hasattr(ImageFont.FreeTypeFont, "getmask2")
     try:
         font = ImageFont.truetype(path, size=int(round(box * 0.8)), index=index)
     except OSError:
         return [], empty
 
-    def render(char: str) -> np.ndarray | None:
+    def draw(char: str) -> Any:
+        if fast:
+            # One FreeType rasterisation (getbbox + draw.text would rasterise twice); same pixels.
+            mask, _ = font.getmask2(char, mode="L")
+            return Image.Image()._new(mask)
         x0, y0, x1, y1 = font.getbbox(char)
-        if x1 <= x0 or y1 <= y0:
-            return None
-        image = Image.new("L", (x1 - x0, y1 - y0), 0)
+        image = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
         ImageDraw.Draw(image).text((-x0, -y0), char, font=font, fill=255)
+        return image
+
+    def render(char: str) -> np.ndarray | None:
+        image = draw(char)
+        if image.width == 0 or image.height == 0:
+            return None
         ink = image.getbbox()
         if ink is None:
             return None
