@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from deepmetric.miners import triplets as triplet_miners
 from deepmetric.miners import AllTripletsMiner, BatchHardMiner, HardMiner, SemiHardMiner
 from miner_reference import DISTANCES, hardest, pair_sets, relations, semi_hard, table, triplet_set
 
@@ -72,7 +73,10 @@ def test_batch_hard_agrees_with_pytorch_metric_learning():
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("fallback", [False, True])
 @pytest.mark.parametrize("use_ref", [False, True])
-def test_semi_hard_matches_brute_force(distance, fallback, use_ref):
+@pytest.mark.parametrize("search", ["scan", "sort"])
+def test_semi_hard_matches_brute_force(distance, fallback, use_ref, search, monkeypatch):
+    # both lookups: a masked-min scan per positive, and sort + searchsorted
+    monkeypatch.setattr(triplet_miners, "_SCAN_MAX_POSITIVES", 10**6 if search == "scan" else 0)
     margin = {"euclidean": 0.3, "squared_euclidean": 0.4, "cosine": 0.2, "dot": 0.8}[distance]
     for seed in range(3):
         embeddings, labels, ref_embeddings, ref_labels = inputs(seed, use_ref)

@@ -177,20 +177,43 @@ class SemiHardMiner(BaseMiner):
         if anchor.numel() == 0:
             return Triplets.empty(embeddings.device)
         closeness = distance_like(self.distance, embeddings, ref_embeddings)
-        negative_closeness = closeness.masked_fill(~negative, float("inf"))
-        sorted_negatives, order = torch.sort(negative_closeness, dim=1, stable=True)
-        # First negative strictly farther than each entry of the row; only positive entries are used.
-        first_farther = torch.searchsorted(sorted_negatives, closeness.contiguous(), right=True)
-        slot = first_farther[anchor, positive_idx].clamp_max(closeness.shape[1] - 1)
-        candidate = sorted_negatives[anchor, slot]
         anchor_positive = closeness[anchor, positive_idx]
-        # inf candidates (no negative left) fail the strict comparison.
+        negative_closeness = closeness.masked_fill_(~negative, float("inf"))
+        # Positive distances laid out per anchor, (B, most positives of an anchor), padded with +inf, so
+        # that each anchor's negatives are scanned or searched once for all its positives.
+        counts = positive.sum(1)
+        rank = torch.arange(anchor.numel(), device=anchor.device) - (torch.cumsum(counts, 0) - counts)[anchor]
+        queries = torch.full((closeness.shape[0], int(counts.max())), float("inf"), dtype=closeness.dtype,
+                             device=closeness.device)
+        queries[anchor, rank] = anchor_positive
+        candidate, negative_cols = _closest_farther(negative_closeness, queries)
+        candidate, negative_idx = candidate[anchor, rank], negative_cols[anchor, rank]
+        # An inf candidate (no farther negative) fails the strict comparison.
         semi_hard = (candidate > anchor_positive) & (candidate < anchor_positive + self.margin)
-        negative_idx = order[anchor, slot]
-        if self.fallback_to_hardest:
-            has_negative = negative.any(1)[anchor]
-            negative_idx = torch.where(semi_hard, negative_idx, order[anchor, 0])
-            keep = semi_hard | has_negative
-        else:
-            keep = semi_hard
+        if not self.fallback_to_hardest:
+            return Triplets(anchor[semi_hard], positive_idx[semi_hard], negative_idx[semi_hard])
+        hardest = negative_closeness.argmin(1)
+        keep = semi_hard | negative.any(1)[anchor]
+        negative_idx = torch.where(semi_hard, negative_idx, hardest[anchor])
         return Triplets(anchor[keep], positive_idx[keep], negative_idx[keep])
+
+
+# Up to this many positives per anchor one masked-min pass per positive beats sorting every row.
+_SCAN_MAX_POSITIVES = 12
+
+
+def _closest_farther(negative_closeness: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each ``queries[a, j]``, the smallest ``negative_closeness[a, n]`` strictly above it and its column
+    (``inf`` when there is none). Inputs (B, R) and (B, J); memory O(B R) whatever J."""
+    if queries.shape[1] <= _SCAN_MAX_POSITIVES:
+        values, columns = [], []
+        for query in queries.unbind(1):
+            farther = negative_closeness.masked_fill(negative_closeness <= query[:, None], float("inf"))
+            value, column = farther.min(1)
+            values.append(value)
+            columns.append(column)
+        return torch.stack(values, 1), torch.stack(columns, 1)
+    sorted_negatives, order = torch.sort(negative_closeness, dim=1, stable=True)
+    slot = torch.searchsorted(sorted_negatives, queries.contiguous(), right=True)
+    slot = slot.clamp_max(negative_closeness.shape[1] - 1)
+    return sorted_negatives.gather(1, slot), order.gather(1, slot)
