@@ -10,7 +10,7 @@ APT_PACKAGES=(
   fonts-arphic-ukai fonts-arphic-uming fonts-arphic-bkai00mp fonts-arphic-bsmi00lp fonts-arphic-gkai00mp fonts-arphic-gbsn00lp
   fonts-wqy-microhei fonts-wqy-zenhei fonts-droid-fallback fonts-ipafont-gothic fonts-ipafont-mincho
   fonts-vlgothic fonts-kouzan-mouhitsu fonts-babelstone-han fonts-hanazono
-  chromium
+  chromium chromium-driver
 )
 
 missing=()
