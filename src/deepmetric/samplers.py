@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -35,67 +36,78 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 class _PKSchedule:
     """Builds one epoch of steps; each step holds ``classes_per_step`` distinct classes x K indices.
 
-    Every eligible class is cut into chunks of K of its shuffled indices (the last chunk topped up from
-    the class's other samples, or drawn with replacement when the class has fewer than K). Chunks get
+    Every eligible class is cut into chunks of K of its shuffled indices (the last chunk topped up with
+    other items of the class, or drawn with replacement when the class has fewer than K). Chunks get
     evenly spread random positions in [0, 1) per class, so a large class appears throughout the epoch, and
     are taken in that order into steps; a chunk whose class is already in the step waits for the next one.
     When the chunks run out before ``num_steps``, a fresh round of chunks is dealt.
+
+    Args:
+        members: data indices of the eligible classes, grouped by class.
+        sizes: items per class, in the order of ``members``.
     """
 
-    def __init__(self, class_indices: list[np.ndarray], samples_per_class: int, classes_per_step: int) -> None:
-        self.class_indices = class_indices
+    def __init__(self, members: np.ndarray, sizes: np.ndarray, samples_per_class: int, classes_per_step: int) -> None:
+        self.members = members
+        self.sizes = sizes
+        self.starts = np.cumsum(sizes) - sizes
+        self.member_class = np.repeat(np.arange(len(sizes)), sizes)
         self.samples_per_class = samples_per_class
         self.classes_per_step = classes_per_step
-        self.chunks_per_round = sum(-(-len(ix) // samples_per_class) for ix in class_indices)
+        self.chunk_counts = -(-sizes // samples_per_class)
+        self.chunks_per_round = int(self.chunk_counts.sum())
 
-    def _chunks(self, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
-        k = self.samples_per_class
-        keys, owners, chunks = [], [], []
-        for cls, indices in enumerate(self.class_indices):
-            if len(indices) < k:
-                extra = rng.choice(indices, size=k - len(indices), replace=True)
-                class_chunks = [rng.permutation(np.concatenate([indices, extra]))]
-            else:
-                shuffled = rng.permutation(indices)
-                class_chunks = [shuffled[i:i + k] for i in range(0, len(shuffled), k)]
-                short = k - len(class_chunks[-1])
-                if short:
-                    others = shuffled[:len(shuffled) - len(class_chunks[-1])]
-                    class_chunks[-1] = np.concatenate([class_chunks[-1], rng.choice(others, size=short, replace=False)])
-            count = len(class_chunks)
-            keys.append((np.arange(count) + rng.random(count)) / count)
-            owners.append(np.full(count, cls))
-            chunks.extend(class_chunks)
-        order = np.argsort(np.concatenate(keys), kind="stable")
-        owner = np.concatenate(owners)
-        for position in order:
-            yield int(owner[position]), chunks[position]
+    def _deal(self, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+        """One round: the class of every chunk and the chunks (T, K), in dealing order."""
+        k, counts = self.samples_per_class, self.chunk_counts
+        # class + U[0, 1) sorts by class, then randomly within each class.
+        shuffled = self.members[np.argsort(self.member_class + rng.random(len(self.members)))]
+        slots = counts * k
+        slot_class = np.repeat(np.arange(len(counts)), slots)
+        position = np.arange(int(slots.sum())) - np.repeat(np.cumsum(slots) - slots, slots)
+        size = self.sizes[slot_class]
+        source = position.copy()
+        over = position >= size
+        # Top-up of a class with >= K items: its first items, a random subset (the class is shuffled) that
+        # is disjoint from the last chunk. A class with fewer than K items is drawn with replacement.
+        small = over & (size < k)
+        source[over & ~small] = (position - size)[over & ~small]
+        source[small] = (rng.random(int(small.sum())) * size[small]).astype(np.int64)
+        chunks = shuffled[self.starts[slot_class] + source].reshape(-1, k)
+        owner = np.repeat(np.arange(len(counts)), counts)
+        ordinal = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+        order = np.argsort((ordinal + rng.random(len(owner))) / counts[owner], kind="stable")
+        return owner[order].tolist(), chunks[order]
 
-    def steps(self, rng: np.random.Generator, num_steps: int) -> list[list[tuple[int, np.ndarray]]]:
-        steps: list[list[tuple[int, np.ndarray]]] = []
+    def steps(self, rng: np.random.Generator, num_steps: int) -> np.ndarray:
+        """(num_steps, classes_per_step, K) data indices."""
+        chosen = np.empty((num_steps, self.classes_per_step), dtype=np.int64)
         waiting: OrderedDict[int, deque] = OrderedDict()
-        stream = self._chunks(rng)
-        while len(steps) < num_steps:
-            step: dict[int, np.ndarray] = {}
+        owner, chunks = self._deal(rng)
+        tables, offset, position = [chunks], 0, 0
+        for step in range(num_steps):
+            taken: dict[int, int] = {}
             # Chunks that waited go first, one per class, oldest class first.
-            for cls in list(waiting)[: self.classes_per_step]:
-                step[cls] = waiting[cls].popleft()
+            for cls in list(islice(waiting, self.classes_per_step)):
+                taken[cls] = waiting[cls].popleft()
                 if waiting[cls]:
                     waiting.move_to_end(cls)
                 else:
                     del waiting[cls]
-            while len(step) < self.classes_per_step:
-                try:
-                    cls, chunk = next(stream)
-                except StopIteration:
-                    stream = self._chunks(rng)
-                    continue
-                if cls in step:
-                    waiting.setdefault(cls, deque()).append(chunk)
+            while len(taken) < self.classes_per_step:
+                if position == len(owner):
+                    offset += len(owner)
+                    owner, chunks = self._deal(rng)
+                    tables.append(chunks)
+                    position = 0
+                cls, chunk_id = owner[position], offset + position
+                position += 1
+                if cls in taken:
+                    waiting.setdefault(cls, deque()).append(chunk_id)
                 else:
-                    step[cls] = chunk
-            steps.append(list(step.items()))
-        return steps
+                    taken[cls] = chunk_id
+            chosen[step] = list(taken.values())
+        return np.concatenate(tables)[chosen]
 
 
 class _PKBase:
@@ -119,15 +131,14 @@ class _PKBase:
         minimum = self.samples_per_class if self.drop_small_classes else (2 if self.skip_single_sample_classes else 1)
         eligible = np.flatnonzero(counts >= minimum)
         self.classes = classes[eligible]
-        order = np.argsort(inverse, kind="stable")
-        per_class = np.split(order, np.cumsum(counts)[:-1])
-        class_indices = [per_class[i] for i in eligible]
         needed = self.classes_per_batch * self.num_replicas
-        if len(class_indices) < needed:
+        if len(eligible) < needed:
             raise ValueError(
                 f"classes_per_batch={self.classes_per_batch} x num_replicas={self.num_replicas} needs {needed} classes "
-                f"with >= {minimum} samples, but labels have {len(class_indices)} (of {len(classes)} classes)")
-        self._schedule = _PKSchedule(class_indices, self.samples_per_class, needed)
+                f"with >= {minimum} samples, but labels have {len(eligible)} (of {len(classes)} classes)")
+        by_class = np.argsort(inverse, kind="stable")
+        members = by_class[np.isin(inverse[by_class], eligible)]
+        self._schedule = _PKSchedule(members, counts[eligible], self.samples_per_class, needed)
         if num_batches is None:
             num_batches = max(1, self._schedule.chunks_per_round // needed)
         self.num_batches = _check_count("num_batches", num_batches, 1)
@@ -156,8 +167,7 @@ class _PKBase:
         rng = np.random.default_rng([self.seed, epoch])
         steps = self._schedule.steps(rng, self.num_batches)
         start = self.rank * self.classes_per_batch
-        return [np.concatenate([chunk for _, chunk in step[start:start + self.classes_per_batch]]).tolist()
-                for step in steps]
+        return steps[:, start:start + self.classes_per_batch].reshape(self.num_batches, -1).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.batches()
