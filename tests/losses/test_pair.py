@@ -8,7 +8,8 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.reducers import MeanReducer
 
 from deepmetric.losses.pair import ContrastiveLoss, QuadrupletLoss, TripletLoss
-from deepmetric.losses.tuples import hinge_sums
+from deepmetric.distances import MahalanobisDistance, get_distance
+from deepmetric.losses.tuples import as_dissimilarity, hinge_sums, pair_values
 from deepmetric.types import Pairs, Triplets
 from loss_reference import cosine, euclidean, pairs, pk_batch, reduce, triplets
 
@@ -42,6 +43,20 @@ def test_hinge_sums_gradcheck():
     pos_mask = torch.rand(3, 5, generator=generator) > 0.3
     neg_mask = torch.rand(3, 6, generator=generator) > 0.3
     assert torch.autograd.gradcheck(lambda p, n: hinge_sums(p, pos_mask, n, neg_mask, 0.3)[0], (pos, neg))
+
+
+@pytest.mark.parametrize("name", ["euclidean", "squared_euclidean", "cosine", "dot", "mahalanobis"])
+@pytest.mark.parametrize("num_pairs", [3, 200])  # gathered rows / one matrix product
+def test_pair_values_equal_the_distance_matrix(name, num_pairs):
+    distance = MahalanobisDistance(dim=5, rank=3) if name == "mahalanobis" else get_distance(name)
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(12, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    refs = torch.randn(9, 5, generator=generator, dtype=torch.float64)
+    rows = torch.randint(12, (num_pairs,), generator=generator)
+    cols = torch.randint(9, (num_pairs,), generator=generator)
+    expected = as_dissimilarity(distance, distance(embeddings, refs))[rows, cols]
+    assert torch.allclose(pair_values(distance, embeddings, refs, rows, cols), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: pair_values(distance, x, refs, rows, cols), (embeddings,))
 
 
 # ---------------------------------------------------------------- contrastive

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from deepmetric.distances import Distance
+from deepmetric.distances import (DotProductSimilarity, Distance, EuclideanDistance, SquaredEuclideanDistance,
+                                  _safe_sqrt as safe_sqrt)
 from deepmetric.miners.base import label_masks, triplets_from_masks
 from deepmetric.reducers import reduce, zero_loss
 from deepmetric.types import Pairs, Triplets
@@ -68,21 +69,32 @@ def as_dissimilarity(distance: Distance, values: torch.Tensor) -> torch.Tensor:
     return -values if distance.is_similarity else values
 
 
-# Gathering N pairs of rows costs a few passes over N * D numbers; the full (B, R) matrix a well-blocked
-# matrix product plus a few passes over B * R numbers. Gather only when N * D is well below B * R.
-_GATHER_RATIO = 4
+# Gathering N row pairs costs about a dozen passes over N * D numbers; one well-blocked (B, R) matrix
+# product is about as cheap as B * R / 1000 such element-wise operations. Below this ratio, gather.
+_GATHER_RATIO = 1024
 
 
 def pair_values(distance: Distance, embeddings: torch.Tensor, ref_embeddings: torch.Tensor | None,
                 rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Dissimilarities (larger = farther) of the pairs ``(embeddings[rows], refs[cols])``: from the gathered
-    rows when there are few pairs (mined tuples), else from the full matrix."""
-    refs = embeddings if ref_embeddings is None else ref_embeddings
-    if rows.numel() * embeddings.shape[1] < _GATHER_RATIO * embeddings.shape[0] * refs.shape[0]:
-        prepared = distance.prepare(embeddings)
-        prepared_refs = prepared if ref_embeddings is None else distance.prepare(ref_embeddings)
+    """Dissimilarities (larger = farther) of the pairs ``(embeddings[rows], refs[cols])``.
+
+    Few pairs: from the gathered rows. Many pairs of a Euclidean or dot-product distance: the dot products
+    come from one matrix product and everything else is computed on the selected entries only, so no
+    element-wise pass (forward or backward) runs over the (B, R) matrix. Other distances: full matrix.
+    """
+    prepared = distance.prepare(embeddings)
+    prepared_refs = prepared if ref_embeddings is None else distance.prepare(ref_embeddings)
+    if rows.numel() * _GATHER_RATIO < prepared.shape[0] * prepared_refs.shape[0]:
         return as_dissimilarity(distance, distance.paired(prepared[rows], prepared_refs[cols]))
-    return as_dissimilarity(distance, distance(embeddings, ref_embeddings))[rows, cols]
+    if not isinstance(distance, (SquaredEuclideanDistance, DotProductSimilarity)):
+        return as_dissimilarity(distance, distance.matrix(prepared, prepared_refs))[rows, cols]
+    dots = (prepared @ prepared_refs.T)[rows, cols]
+    if isinstance(distance, DotProductSimilarity):
+        return -dots
+    # The same expansion as SquaredEuclideanDistance.matrix, on the selected entries.
+    squared = ((prepared * prepared).sum(1)[rows] + (prepared_refs * prepared_refs).sum(1)[cols] - 2.0 * dots)
+    squared = squared.clamp_min(0.0)
+    return safe_sqrt(squared) if isinstance(distance, EuclideanDistance) else squared
 
 
 def reduce_masked(loss_of: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, mask: torch.Tensor,
