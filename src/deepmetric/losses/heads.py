@@ -1,0 +1,512 @@
+r"""Class-centre heads for softmax-style losses: the (sub-)centre matrix, full or sampled (PartialFC),
+and a chunked cross-entropy that never holds a (B, num_classes) tensor, so 1,000,000 classes fit.
+
+The head computes, per sample ``i`` with label ``y_i``, scale ``s_i`` and a margin transform ``psi``
+(``deepmetric.losses.margins``), the cross-entropy
+
+.. math::
+    \ell_i = \log\Big(e^{t_i} + \sum_{j \ne y_i} e^{s_i \langle x_i, \hat w_j \rangle + b_j}\Big) - t_i,
+    \qquad t_i = s_i\, \psi(\langle x_i, \hat w_{y_i} \rangle) + b_{y_i},
+
+where ``\hat w_j`` is centre ``j`` (L2-normalised when ``normalize_weight``; with ``K`` sub-centres the
+largest of the ``K`` products is used, Deng et al. 2020). The forward pass streams over chunks of
+classes keeping a running log-sum-exp; the backward pass recomputes each chunk's logits and writes that
+chunk's rows of the weight gradient. The margin touches only the ``B`` target values, and its derivative
+is taken exactly with autograd on those ``B`` values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(target_cosines (B,), labels (B,)) -> margin-penalised target values (B,)``."""
+
+HEADS = ("full", "sampled")
+
+# Elements of one (B, chunk * K) logit block: 1 Mi floats = 4 MiB in float32, small next to the
+# weight matrix yet large enough that each matrix product runs at full speed.
+_CHUNK_ELEMENTS = 1 << 20
+_NORM_EPS = 1e-12
+
+
+def identity_margin(cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """No margin: the target logit is the plain (scaled) product."""
+    return cosine
+
+
+def default_chunk_size(batch_size: int, num_subcenters: int = 1) -> int:
+    """Classes per chunk so that a (B, chunk * K) block holds about 1 Mi elements."""
+    return max(256, _CHUNK_ELEMENTS // max(1, batch_size * num_subcenters))
+
+
+@dataclass
+class _Chunk:
+    start: int                      # first column (position among the head's classes)
+    stop: int
+    row_ids: torch.Tensor | None    # rows of the weight matrix (None: the contiguous slice)
+    augmented: torch.Tensor         # (n * K, D + extra): [unit centre | bias | 1], see _augmented_inputs
+    inv_norms: torch.Tensor | None  # (n * K,)
+    centres: torch.Tensor           # (n * K, D) view of the unit centres inside `augmented`
+
+
+def _subcentre_rows(classes: torch.Tensor, num_subcenters: int) -> torch.Tensor:
+    if num_subcenters == 1:
+        return classes
+    offsets = torch.arange(num_subcenters, device=classes.device)
+    return (classes[:, None] * num_subcenters + offsets).reshape(-1)
+
+
+def _inverse_norms(rows: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(rows, dim=-1).clamp_min(_NORM_EPS).reciprocal()
+
+
+def _normalise_rows(rows: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not normalize:
+        return rows, None
+    inv_norms = _inverse_norms(rows)
+    return rows * inv_norms.unsqueeze(-1), inv_norms
+
+
+def _augmented_inputs(scaled: torch.Tensor, has_bias: bool, shift: torch.Tensor | None) -> torch.Tensor:
+    """``[s_i x_i | 1 | -shift_i]`` so that one matrix product with ``[w_j | b_j | 1]`` gives
+    ``s_i <x_i, w_j> + b_j - shift_i``: the bias and the log-sum-exp shift cost no pass over the block."""
+    batch, dim = scaled.shape
+    augmented = scaled.new_empty(batch, dim + 1 + int(has_bias))
+    augmented[:, :dim] = scaled
+    if has_bias:
+        augmented[:, dim] = 1.0
+    augmented[:, -1] = 0.0 if shift is None else -shift
+    return augmented
+
+
+def _chunks(weight: torch.Tensor, bias: torch.Tensor | None, class_index: torch.Tensor | None,
+            num_subcenters: int, chunk_size: int, dtype: torch.dtype, normalize: bool,
+            inv_norms: torch.Tensor | None = None) -> Iterator[_Chunk]:
+    """Chunks of ``chunk_size`` classes; ``inv_norms`` (per head row, in column order) skips recomputing
+    the centre norms in the backward pass."""
+    k = num_subcenters
+    dim = weight.shape[1]
+    num_columns = weight.shape[0] // k if class_index is None else class_index.numel()
+    for start in range(0, num_columns, chunk_size):
+        stop = min(start + chunk_size, num_columns)
+        if class_index is None:
+            row_ids = None
+            rows = weight[start * k:stop * k]
+            chunk_bias = None if bias is None else bias[start:stop]
+        else:
+            classes = class_index[start:stop]
+            row_ids = _subcentre_rows(classes, k)
+            rows = weight.index_select(0, row_ids)
+            chunk_bias = None if bias is None else bias.index_select(0, classes)
+        augmented = torch.empty(rows.shape[0], dim + 1 + int(bias is not None), dtype=dtype, device=weight.device)
+        chunk_inv = None
+        if normalize:
+            chunk_inv = _inverse_norms(rows) if inv_norms is None else inv_norms[start * k:stop * k]
+            if torch.is_grad_enabled():  # logits() outside the autograd Function stays differentiable
+                augmented[:, :dim] = rows * chunk_inv.unsqueeze(1)
+            else:
+                torch.mul(rows, chunk_inv.unsqueeze(1), out=augmented[:, :dim])
+        else:
+            augmented[:, :dim] = rows
+        if chunk_bias is not None:
+            augmented[:, dim] = chunk_bias.repeat_interleave(k) if k > 1 else chunk_bias
+        augmented[:, -1] = 1.0
+        yield _Chunk(start, stop, row_ids, augmented, chunk_inv, augmented[:, :dim])
+
+
+class _TargetCells:
+    """The target cell ``(i, target_columns[i])`` of every row, grouped by chunk with one host sync, so
+    masking a block costs a single indexed write."""
+
+    def __init__(self, target_columns: torch.Tensor, chunk_size: int) -> None:
+        order = torch.argsort(target_columns)
+        columns = target_columns[order]
+        chunk_ids = torch.div(columns, chunk_size, rounding_mode="floor")
+        counts = torch.bincount(chunk_ids).tolist()
+        self.rows = order.split(counts)
+        self.columns = (columns - chunk_ids * chunk_size).split(counts)
+        self.chunk_size = chunk_size
+
+    def fill(self, block: torch.Tensor, start: int, value: float) -> None:
+        position = start // self.chunk_size
+        if position < len(self.rows) and self.rows[position].numel():
+            block[self.rows[position], self.columns[position]] = value
+
+
+def _project_out_norm(grad_unit: torch.Tensor, unit: torch.Tensor, inv_norms: torch.Tensor | None) -> torch.Tensor:
+    """Gradient w.r.t. ``w`` from the gradient w.r.t. ``w / ||w||``: ``(g - u <g, u>) / ||w||`` (in place)."""
+    if inv_norms is None:
+        return grad_unit
+    radial = torch.linalg.vecdot(grad_unit, unit).unsqueeze(-1)
+    return grad_unit.addcmul_(unit, radial, value=-1.0).mul_(inv_norms.unsqueeze(-1))
+
+
+def _target_products(inputs: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, num_subcenters: int,
+                     normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Products with each sample's own class centre: values (B,), best sub-centre (B,), that unit centre
+    (B, D) and its inverse norm (B,) (None when not normalised)."""
+    rows = weight.view(-1, num_subcenters, weight.shape[1])[labels].to(inputs.dtype)
+    centres, inv_norms = _normalise_rows(rows, normalize)
+    values, best = torch.einsum("bd,bkd->bk", inputs, centres).max(dim=1)
+    picked = torch.arange(labels.numel(), device=labels.device)
+    return values, best, centres[picked, best], None if inv_norms is None else inv_norms[picked, best]
+
+
+def _block(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, n) logits minus the shift for one chunk (largest sub-centre) and the arg-max sub-centres."""
+    products = augmented_inputs @ chunk.augmented.T
+    if num_subcenters == 1:
+        return products, None
+    return products.view(products.shape[0], -1, num_subcenters).max(dim=2)
+
+
+def _logsumexp_bound(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None, normalize: bool) -> torch.Tensor:
+    """An upper bound of every logit ``s_i <x_i, w_j> + b_j`` per row (Cauchy-Schwarz)."""
+    max_norm = 1.0 if normalize else float(torch.linalg.vector_norm(weight.detach(), dim=1).max())
+    bound = row_scale.abs() * torch.linalg.vector_norm(inputs, dim=1) * max_norm
+    return bound if bias is None else bound + float(bias.detach().max())
+
+
+def _exact_nontarget_logsumexp(scaled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               target_columns: torch.Tensor, class_index: torch.Tensor | None, num_subcenters: int,
+                               chunk_size: int, normalize: bool) -> torch.Tensor:
+    augmented = _augmented_inputs(scaled, bias is not None, None)
+    total = scaled.new_full((scaled.shape[0],), -math.inf)
+    targets = _TargetCells(target_columns, chunk_size)
+    for chunk in _chunks(weight, bias, class_index, num_subcenters, chunk_size, scaled.dtype, normalize):
+        logits, _ = _block(augmented, chunk, num_subcenters)
+        targets.fill(logits, chunk.start, -math.inf)
+        total = torch.logaddexp(total, torch.logsumexp(logits, dim=1))
+    return total
+
+
+def nontarget_logsumexp(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None, target_columns: torch.Tensor,
+                        class_index: torch.Tensor | None, num_subcenters: int, chunk_size: int,
+                        normalize_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log sum_{j != y_i} exp(s_i <x_i, w_j> + b_j)`` (B,) streamed over class chunks, and the inverse
+    centre norms in column order (None when not normalised) for the backward pass.
+
+    Each block is exponentiated after subtracting a per-row upper bound of its logits (folded into the
+    matrix product), so nothing overflows and no per-block maximum is needed. Rows whose sum could
+    have lost precision to underflow (all logits far below the bound) are recomputed with an exact
+    streaming log-sum-exp.
+    """
+    k = num_subcenters
+    scaled = inputs * row_scale.unsqueeze(1)
+    shift = _logsumexp_bound(inputs, row_scale, weight, bias, normalize_weight)
+    augmented = _augmented_inputs(scaled, bias is not None, shift)
+    sums = torch.zeros_like(shift)
+    num_rows = weight.shape[0] if class_index is None else class_index.numel() * k
+    inv_norms = torch.empty(num_rows, dtype=inputs.dtype, device=inputs.device) if normalize_weight else None
+    targets = _TargetCells(target_columns, chunk_size)
+    for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, normalize_weight):
+        if inv_norms is not None:
+            inv_norms[chunk.start * k:chunk.stop * k] = chunk.inv_norms
+        block, _ = _block(augmented, chunk, k)
+        block.exp_()
+        targets.fill(block, chunk.start, 0.0)
+        sums += block.sum(dim=1)
+    total = sums.log_().add_(shift)
+    # Terms below exp(log(tiny)) flush to zero; with N of them lost the relative error of the sum
+    # stays below eps as long as log(sum) > log(tiny) + log(N) - log(eps).
+    finfo = torch.finfo(inputs.dtype)
+    num_terms = max(num_rows // k, 2)
+    floor = math.log(finfo.tiny) + math.log(num_terms) - math.log(finfo.eps)
+    suspect = (total - shift < floor).nonzero().flatten()
+    if suspect.numel():
+        total[suspect] = _exact_nontarget_logsumexp(scaled[suspect], weight, bias, target_columns[suspect],
+                                                    class_index, k, chunk_size, normalize_weight)
+    return total, inv_norms
+
+
+class _ChunkedMarginCrossEntropy(torch.autograd.Function):
+    """Per-sample margin cross-entropy over chunks of classes (see the module docstring).
+
+    Returns ``(losses (B,), nontarget_logsumexp (B,), target_cosines (B,))``; only ``losses`` is
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, row_scale, weight, bias, labels, target_columns, class_index, margin_fn,
+                num_subcenters, chunk_size, normalize_weight):
+        rest, inv_norms = nontarget_logsumexp(inputs, row_scale, weight, bias, target_columns, class_index,
+                                              num_subcenters, chunk_size, normalize_weight)
+        target_cos, _, _, _ = _target_products(inputs, weight, labels, num_subcenters, normalize_weight)
+        target_logits = row_scale * margin_fn(target_cos, labels)
+        if bias is not None:
+            target_logits = target_logits + bias[labels].to(inputs.dtype)
+        log_partition = torch.logaddexp(rest, target_logits)
+        ctx.save_for_backward(inputs, row_scale, weight, bias, labels, target_columns, class_index,
+                              log_partition, target_logits, target_cos, inv_norms)
+        ctx.margin_fn = margin_fn
+        ctx.settings = (num_subcenters, chunk_size, normalize_weight)
+        ctx.mark_non_differentiable(rest, target_cos)
+        return log_partition - target_logits, rest, target_cos
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_losses, _grad_rest, _grad_cos):
+        (inputs, row_scale, weight, bias, labels, target_columns, class_index, log_partition, target_logits,
+         target_cos, inv_norms) = ctx.saved_tensors
+        num_subcenters, chunk_size, normalize = ctx.settings
+        need_inputs, need_scale, need_weight, need_bias = ctx.needs_input_grad[:4]
+        k = num_subcenters
+        batch = inputs.shape[0]
+        grad_losses = grad_losses.to(inputs.dtype)
+        scaled = inputs * row_scale.unsqueeze(1)
+        # exp(block) is then exactly p_ij = exp(logit_ij - log_partition_i).
+        augmented = _augmented_inputs(scaled, bias is not None, log_partition)
+        # G_ij = g_i p_ij. Folding g_i into the rows of `scaled` (weight gradient) and applying it to
+        # the accumulated sum afterwards (input gradient) saves a pass over every (B, n) block.
+        scaled_weighted = scaled * grad_losses.unsqueeze(1)
+        sum_p_centres = torch.zeros_like(inputs)
+        full = class_index is None
+        grad_weight = grad_bias = None
+        if need_weight:
+            grad_weight = torch.empty_like(weight) if full else torch.zeros_like(weight)
+        if need_bias:
+            grad_bias = torch.empty_like(bias) if full else torch.zeros_like(bias)
+        targets = _TargetCells(target_columns, chunk_size)
+        for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, normalize, inv_norms):
+            products = augmented @ chunk.augmented.T
+            if k > 1:
+                probs, best = products.view(batch, -1, k).max(dim=2)
+            else:
+                probs = products
+            probs.exp_()
+            targets.fill(probs, chunk.start, 0.0)
+            if k > 1:
+                # Only the winning sub-centre of each class receives gradient; reuse the product buffer.
+                probs_rows = products.view(batch, -1, k).zero_().scatter_(2, best.unsqueeze(2), probs.unsqueeze(2))
+                probs_rows = probs_rows.view(batch, -1)
+            else:
+                probs_rows = probs
+            sum_p_centres.addmm_(probs_rows, chunk.centres)
+            if need_weight:
+                grad_rows = _project_out_norm(probs_rows.T @ scaled_weighted, chunk.centres, chunk.inv_norms)
+                if full:
+                    grad_weight[chunk.start * k:chunk.stop * k] = grad_rows
+                else:
+                    grad_weight.index_copy_(0, chunk.row_ids, grad_rows.to(weight.dtype))
+            if need_bias:
+                grad_rows_bias = (probs.T @ grad_losses).to(bias.dtype)
+                if full:
+                    grad_bias[chunk.start:chunk.stop] = grad_rows_bias
+                else:
+                    grad_bias.index_copy_(0, class_index[chunk.start:chunk.stop], grad_rows_bias)
+
+        # The target column: d loss / d t = g (p_target - 1); t = s psi(c) + b.
+        grad_target = grad_losses * (torch.exp(target_logits - log_partition) - 1.0)
+        with torch.enable_grad():
+            cosine = target_cos.detach().requires_grad_(True)
+            margin_values = ctx.margin_fn(cosine, labels)
+            grad_cos = torch.autograd.grad(margin_values, cosine, grad_target * row_scale, allow_unused=True)[0]
+        if grad_cos is None:
+            grad_cos = torch.zeros_like(target_cos)
+        _, target_sub, target_centres, target_inv = _target_products(inputs, weight, labels, k, normalize)
+
+        grad_inputs = grad_scale = None
+        if need_inputs:
+            grad_inputs = (sum_p_centres * (grad_losses * row_scale).unsqueeze(1)
+                           + grad_cos.unsqueeze(1) * target_centres)
+        if need_scale:
+            grad_scale = grad_losses * (sum_p_centres * inputs).sum(1) + grad_target * margin_values.detach()
+        if need_weight:
+            grad_target_rows = _project_out_norm(grad_cos.unsqueeze(1) * inputs, target_centres, target_inv)
+            grad_weight.index_add_(0, labels * k + target_sub, grad_target_rows.to(weight.dtype))
+        if need_bias:
+            grad_bias.index_add_(0, labels, grad_target.to(bias.dtype))
+        return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 7
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """What a head returns for a batch: per-sample ``losses`` (B,) (differentiable), the log-sum-exp
+    over the non-target classes ``nontarget_logsumexp`` (B,) and the target ``target_cosines`` (B,)
+    (both detached; AdaCos and the statistics use them)."""
+
+    losses: torch.Tensor
+    nontarget_logsumexp: torch.Tensor
+    target_cosines: torch.Tensor
+
+
+class ClassCentreHead(nn.Module):
+    r"""The class-centre matrix of a softmax-style loss and its chunked cross-entropy.
+
+    ``weight`` has shape ``(num_classes * num_subcenters, embedding_dim)``; the sub-centres of class
+    ``c`` are rows ``c*K .. c*K + K - 1``.
+
+    Heads:
+
+    - ``"full"``: every class is in the softmax denominator.
+    - ``"sampled"`` (PartialFC, An et al. 2021): while training, the denominator uses every class that
+      occurs in the batch plus uniformly drawn other classes, ``max(ceil(sample_rate * C), #positives)``
+      in all (uses ``torch``'s global RNG, so ``torch.manual_seed`` makes it repeatable). Rows not drawn
+      get a zero gradient (with plain SGD they are untouched; optimizers with momentum or weight decay
+      still move them). In ``eval()`` mode the head is full.
+
+    Args:
+        embedding_dim: ``D``.
+        num_classes: ``C``.
+        num_subcenters: ``K`` centres per class, logits take the largest product.
+        normalize_weight: L2-normalise each centre (cosine heads); False for the plain linear softmax.
+        bias: learn a per-class bias (plain softmax).
+        head: ``"full"`` or ``"sampled"``.
+        sample_rate: fraction of classes in the sampled denominator, in (0, 1].
+        chunk_size: classes per chunk; None picks ~1 Mi logits per chunk.
+    """
+
+    def __init__(self, *, embedding_dim: int, num_classes: int, num_subcenters: int = 1,
+                 normalize_weight: bool = True, bias: bool = False, head: str = "full",
+                 sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
+        super().__init__()
+        for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes),
+                            ("num_subcenters", num_subcenters)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if not isinstance(sample_rate, (int, float)) or not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        self.embedding_dim = embedding_dim
+        self.num_classes = num_classes
+        self.num_subcenters = num_subcenters
+        self.normalize_weight = normalize_weight
+        self.head = head
+        self.sample_rate = float(sample_rate)
+        self.chunk_size = chunk_size
+        # uniform_ in place: a 1M x 128 matrix initialises in well under a second, with no temporary.
+        bound = 1.0 / math.sqrt(embedding_dim)
+        self.weight = nn.Parameter(torch.empty(num_classes * num_subcenters, embedding_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+
+    def extra_repr(self) -> str:
+        return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
+                f"num_subcenters={self.num_subcenters}, normalize_weight={self.normalize_weight}, "
+                f"bias={self.bias is not None}, head={self.head!r}, sample_rate={self.sample_rate}")
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"labels must be in [0, num_classes={self.num_classes}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+
+    def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """Sorted class ids for the sampled denominator: every label of the batch plus random others."""
+        num_sampled = max(math.ceil(self.sample_rate * self.num_classes), int(torch.unique(labels).numel()))
+        if num_sampled >= self.num_classes:
+            return torch.arange(self.num_classes, device=labels.device)
+        scores = torch.rand(self.num_classes, device=labels.device)
+        scores[labels] = 2.0  # positives outrank every random score in [0, 1)
+        return torch.topk(scores, num_sampled, sorted=False).indices.sort().values
+
+    def _resolve_chunk(self, batch_size: int) -> int:
+        return self.chunk_size or default_chunk_size(batch_size, self.num_subcenters)
+
+    def _check(self, inputs: torch.Tensor, row_scale: torch.Tensor | float) -> torch.Tensor:
+        if inputs.dim() != 2 or inputs.shape[1] != self.embedding_dim:
+            raise ValueError(f"embeddings must have shape (B, embedding_dim={self.embedding_dim}), "
+                             f"got {tuple(inputs.shape)}")
+        if isinstance(row_scale, torch.Tensor):
+            return row_scale.to(inputs.dtype).expand(inputs.shape[0])
+        return inputs.new_full((inputs.shape[0],), float(row_scale))
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, *, row_scale: torch.Tensor | float = 1.0,
+                margin: MarginFunction = identity_margin, class_index: torch.Tensor | None = None) -> HeadOutput:
+        """Per-sample margin cross-entropy.
+
+        Args:
+            inputs: (B, D) features, already L2-normalised for cosine losses.
+            labels: (B,) class ids in ``[0, num_classes)``.
+            row_scale: the scale ``s`` (float) or per-sample scales (B,) (e.g. feature norms); a tensor
+                that requires grad receives its gradient.
+            margin: ``psi(target_cosines, labels)``, a pure function (``deepmetric.losses.margins``).
+            class_index: sorted class ids forming the denominator (must contain every label); None uses
+                the head's own choice (all classes, or a fresh sample when ``head="sampled"`` in training).
+        """
+        row_scale = self._check(inputs, row_scale)
+        labels = labels.to(inputs.device).long()
+        self.check_labels(labels)
+        if class_index is None and self.head == "sampled" and self.training:
+            class_index = self.sample_classes(labels)
+        target_columns, class_index = self._columns(labels, class_index)
+        losses, rest, target_cos = _ChunkedMarginCrossEntropy.apply(
+            inputs, row_scale, self.weight, self.bias, labels, target_columns, class_index, margin,
+            self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight)
+        return HeadOutput(losses, rest, target_cos)
+
+    def _columns(self, labels: torch.Tensor, class_index: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions of the labels among the denominator's classes."""
+        if class_index is None:
+            return labels, None
+        class_index = class_index.to(labels.device).long()
+        columns = torch.searchsorted(class_index, labels)
+        found = class_index[columns.clamp(max=class_index.numel() - 1)] == labels
+        if not bool(found.all()):
+            raise ValueError("class_index must contain every label of the batch")
+        return columns, class_index
+
+    def nontarget_logsumexp(self, inputs: torch.Tensor, labels: torch.Tensor, *,
+                            row_scale: torch.Tensor | float = 1.0,
+                            class_index: torch.Tensor | None = None) -> torch.Tensor:
+        """``log sum_{j != y_i} exp(s_i <x_i, w_j> + b_j)`` (B,), no gradient, over all classes (or the
+        sorted ``class_index``)."""
+        row_scale = self._check(inputs, row_scale)
+        labels = labels.to(inputs.device).long()
+        self.check_labels(labels)
+        columns, class_index = self._columns(labels, class_index)
+        with torch.no_grad():
+            return nontarget_logsumexp(inputs, row_scale, self.weight, self.bias, columns, class_index,
+                                       self.num_subcenters, self._resolve_chunk(inputs.shape[0]),
+                                       self.normalize_weight)[0]
+
+    def target_cosines(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``max_k <x_i, w_{y_i,k}>`` (B,) (cosines when ``inputs`` are unit vectors), no gradient."""
+        labels = labels.to(inputs.device).long()
+        self.check_labels(labels)
+        with torch.no_grad():
+            return _target_products(inputs, self.weight, labels, self.num_subcenters, self.normalize_weight)[0]
+
+    def logits(self, inputs: torch.Tensor, *, row_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """Margin-free logits ``s_i <x_i, w_j> + b_j`` (B, C) (largest sub-centre), built chunk by chunk."""
+        row_scale = self._check(inputs, row_scale)
+        augmented = _augmented_inputs(inputs * row_scale.unsqueeze(1), self.bias is not None, None)
+        parts = [_block(augmented, chunk, self.num_subcenters)[0]
+                 for chunk in _chunks(self.weight, self.bias, None, self.num_subcenters,
+                                      self._resolve_chunk(inputs.shape[0]), inputs.dtype, self.normalize_weight)]
+        return torch.cat(parts, dim=1)
+
+    def unit_centres(self) -> torch.Tensor:
+        """The centres as unit vectors, shape (C, K, D) (no gradient)."""
+        with torch.no_grad():
+            return _normalise_rows(self.weight, True)[0].view(self.num_classes, self.num_subcenters, -1)
+
+
+def adacos_fixed_scale(num_classes: int) -> float:
+    r"""AdaCos's fixed scale ``s = sqrt(2) * log(C - 1)`` (Zhang et al., CVPR 2019, eq. 13)."""
+    if num_classes < 3:
+        raise ValueError(f"AdaCos needs num_classes >= 3 (log(C - 1) > 0), got {num_classes}")
+    return math.sqrt(2.0) * math.log(num_classes - 1)
+
+
+def adacos_dynamic_scale(nontarget_logsumexp: torch.Tensor, target_cosines: torch.Tensor) -> float:
+    r"""AdaCos's dynamic scale (Zhang et al. 2019, eq. 16):
+    ``s = log(B_avg) / cos(min(pi/4, theta_med))`` with
+    ``B_avg = (1/N) sum_i sum_{k != y_i} exp(s_old cos theta_{i,k})`` (given as per-sample
+    log-sums computed with the current scale) and ``theta_med`` the median target angle of the batch.
+    """
+    log_b_avg = torch.logsumexp(nontarget_logsumexp, dim=0) - math.log(nontarget_logsumexp.numel())
+    median_angle = torch.acos(target_cosines.clamp(-1.0, 1.0)).median()
+    return float(log_b_avg / torch.cos(torch.clamp(median_angle, max=math.pi / 4)))
