@@ -26,7 +26,7 @@ from deepmetric.data.base import LabelledImages, check_split
 from deepmetric.io import atomic_path
 from deepmetric.registry import register
 
-RENDER_VERSION = 3
+RENDER_VERSION = 4
 SCRIPTS = ("latin", "greek", "cyrillic", "digits", "cjk")
 
 # Characters that look the same in most typefaces: each group keeps its first member as the class and
@@ -321,25 +321,36 @@ def _cache_key(faces: Sequence[FontFace], chars: Sequence[str], image_size: int)
     return digest.hexdigest()[:20]
 
 
+_CACHED_KEYS = ("images", "char_index", "font_index", "lookalikes")
+
+
+def clean_renders(rendered: dict[str, np.ndarray], num_chars: int) -> dict[str, np.ndarray]:
+    """Renders without duplicates and look-alike classes, plus ``lookalikes`` (K, 2) (kept, dropped) pairs."""
+    keep, pairs = drop_duplicates_and_lookalikes(rendered, num_chars)
+    cleaned = {key: rendered[key][keep] for key in ("images", "char_index", "font_index")}
+    cleaned["lookalikes"] = np.asarray(pairs, np.int64).reshape(-1, 2)
+    return cleaned
+
+
 def load_or_render(faces: Sequence[FontFace], chars: Sequence[str], *, image_size: int,
                    cache_dir: str | os.PathLike | None, progress: bool) -> dict[str, np.ndarray]:
-    """Renders from the cache, or rendered now and cached (atomically, so concurrent processes are safe:
-    the last writer wins with identical content)."""
+    """Cleaned renders (see ``clean_renders``) from the cache, or rendered now and cached atomically, so
+    concurrent processes are safe: the last writer wins with identical content."""
     if cache_dir is None:
-        return render_glyphs(faces, chars, image_size=image_size, progress=progress)
+        return clean_renders(render_glyphs(faces, chars, image_size=image_size, progress=progress), len(chars))
     path = Path(cache_dir) / f"glyphs-{_cache_key(faces, chars, image_size)}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                return {key: stored[key] for key in ("images", "char_index", "font_index")}
+                return {key: stored[key] for key in _CACHED_KEYS}
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is re-rendered and replaced
-    rendered = render_glyphs(faces, chars, image_size=image_size, progress=progress)
+    cleaned = clean_renders(render_glyphs(faces, chars, image_size=image_size, progress=progress), len(chars))
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **rendered)
+    np.savez_compressed(buffer, **cleaned)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-    return rendered
+    return cleaned
 
 
 def drop_duplicates_and_lookalikes(rendered: dict[str, np.ndarray], num_chars: int, *,
@@ -462,10 +473,8 @@ class Glyphs(LabelledImages):
                              f"fonts-noto-core fonts-noto-cjk fonts-dejavu fonts-liberation fonts-freefont-ttf`")
         folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
         rendered = load_or_render(faces, chars, image_size=image_size, cache_dir=folder, progress=progress)
-        keep, lookalikes = drop_duplicates_and_lookalikes(rendered, len(chars))
-        images = rendered["images"][keep]
-        char_index = rendered["char_index"][keep]
-        font_index = rendered["font_index"][keep]
+        images, char_index, font_index = rendered["images"], rendered["char_index"], rendered["font_index"]
+        lookalikes = rendered["lookalikes"].tolist()
 
         groups = [faces[i].design_group for i in range(len(faces))]
         cjk_codes = {ord(c) for c in character_set(("cjk",))} & codes

@@ -211,7 +211,8 @@ class Embedder(nn.Module):
     @torch.inference_mode()
     def encode(self, inputs: Any, *, batch_size: int = 256, device: str | torch.device | None = None,
                progress: bool = False) -> np.ndarray:
-        """Embed ``inputs`` in evaluation mode, without gradients, in batches.
+        """Embed ``inputs`` in evaluation mode, without gradients, in batches, on ``device`` (default: the
+        model's accelerator, else CUDA when available, else CPU).
 
         ``inputs`` may be preprocessed float tensors/arrays (N, C, H, W) (or (N, F) for vector models), a
         uint8 image batch (N, H, W[, C]), a torch Dataset of ``(image, label)`` items, a PIL image, an image
@@ -222,9 +223,12 @@ class Embedder(nn.Module):
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        target = torch.device(device) if device is not None else default_device()
         was_training = self.training
         original = next(self.parameters()).device
+        if device is not None:
+            target = torch.device(device)
+        else:  # a model already on an accelerator stays there; a CPU model uses CUDA when present
+            target = original if original.type != "cpu" else default_device()
         self.eval().to(target)
         try:
             outputs = []
