@@ -94,3 +94,24 @@ def test_timm_adapter():
     model = build_embedder({"backbone": {"name": "timm", "args": registry.example("backbone", "timm")},
                             "embedding_dim": 8, "preprocessing": SMALL})
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("name, head, published", [
+    # insightface arcface_torch model zoo: r50 43.6M, r100 65.2M. Head: flatten 512x7x7 -> linear 512 -> BN.
+    ("iresnet50", 512 * 49 * 512 + 2 * 512, 43.6e6),
+    ("iresnet100", 512 * 49 * 512 + 2 * 512, 65.2e6),
+    # Chen et al. 2018, Table 2: 0.99M. Head: GDC 7x7 depthwise + BN, linear 512 -> 128 + BN.
+    ("mobilefacenet", 512 * 49 + 2 * 512 + 512 * 128 + 2 * 128, 0.99e6),
+])
+def test_face_networks_have_their_published_sizes(name, head, published):
+    backbone = registry.build({"name": name}, "backbone")
+    count = sum(p.numel() for p in backbone.parameters()) + head
+    assert abs(count - published) / published < 0.015, count
+
+
+def test_face_head_sizes_used_above_match_the_built_embedder():
+    model = build_embedder({"backbone": {"name": "mobilefacenet", "args": {"width_multiplier": 0.25}},
+                            "embedding_dim": 128, "preprocessing": {**SMALL, "image_size": [112, 112]}})
+    head = sum(p.numel() for p in model.pooling.parameters()) + sum(p.numel() for p in model.neck.parameters())
+    channels = model.backbone.out_channels
+    assert head == channels * 49 + 2 * channels + channels * 128 + 2 * 128
