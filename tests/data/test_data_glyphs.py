@@ -91,3 +91,13 @@ def test_too_few_fonts_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="lower min_designs"):
         Glyphs(split="all", characters="AB", font_files=FONTS[:2], min_designs=50, cache_dir=str(tmp_path),
                progress=False)
+
+
+def test_charset_ranges_cover_exactly_the_listed_code_points():
+    from deepmetric.data.glyphs import FontFace, _parse_charset
+
+    ranges = _parse_charset("41-43 61 4e00-4e01")
+    assert ranges.tolist() == [[0x41, 0x43], [0x61, 0x61], [0x4E00, 0x4E01]]
+    face = FontFace(path="x", index=0, family="F", style="", weight=80, slant=0, width=100, charset=ranges)
+    assert face.covers(["@", "A", "C", "D", "a", "b", "一", "丁", "丂"]).tolist() == [
+        False, True, True, False, True, False, True, True, False]

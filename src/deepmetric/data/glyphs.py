@@ -15,7 +15,7 @@ import subprocess
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,15 @@ class FontFace:
     weight: int
     slant: int
     width: int
-    charset: frozenset[int]
+    charset: np.ndarray = field(compare=False, repr=False)  # (R, 2) inclusive code point ranges, sorted
+
+    def covers(self, chars: Sequence[str]) -> np.ndarray:
+        """Boolean mask: which of ``chars`` the face's character map contains."""
+        codes = np.fromiter((ord(c) for c in chars), np.int64, len(chars))
+        if not len(self.charset):
+            return np.zeros(len(codes), bool)
+        row = np.searchsorted(self.charset[:, 0], codes, side="right") - 1
+        return (row >= 0) & (codes <= self.charset[np.maximum(row, 0), 1])
 
     @property
     def design_group(self) -> str:
@@ -116,15 +124,13 @@ _VARIANT_WORDS = {"SC", "TC", "JP", "KR", "HK", "CN", "TW", "MBE", "GB", "BIG5",
                   "REGULAR", "BOOK", "PGOTHIC", "PMINCHO"}
 
 
-def _parse_charset(text: str) -> frozenset[int]:
-    codes: set[int] = set()
+def _parse_charset(text: str) -> np.ndarray:
+    """fontconfig's charset text ("20-7e a0 ...", hexadecimal) as sorted inclusive ranges (R, 2)."""
+    ranges = []
     for part in text.split():
-        if "-" in part:
-            low, high = (int(v, 16) for v in part.split("-"))
-            codes.update(range(low, high + 1))
-        elif part:
-            codes.add(int(part, 16))
-    return frozenset(codes)
+        low, _, high = part.partition("-")
+        ranges.append((int(low, 16), int(high or low, 16)))
+    return np.asarray(sorted(ranges), np.int64).reshape(-1, 2)
 
 
 def enumerate_fonts(font_files: Sequence[str] | None = None) -> list[FontFace]:
@@ -265,7 +271,7 @@ def render_glyphs(faces: Sequence[FontFace], chars: Sequence[str], *, image_size
     ``images`` (N, S, S), ``char_index`` (N,) and ``font_index`` (N,) (into ``faces``)."""
     by_file: dict[str, list[tuple[int, int, list[str]]]] = {}
     for position, face in enumerate(faces):
-        covered = [c for c in chars if ord(c) in face.charset]
+        covered = [c for c, ok in zip(chars, face.covers(chars)) if ok]
         by_file.setdefault(face.path, []).append((position, face.index, covered))
     # Big files first so the pool stays balanced.
     tasks = sorted(((path, members, image_size) for path, members in by_file.items()),
@@ -460,8 +466,7 @@ class Glyphs(LabelledImages):
         chars = list(dict.fromkeys(characters)) if characters is not None else character_set(scripts, max_cjk=max_cjk)
         if not chars:
             raise ValueError("no characters selected")
-        codes = {ord(c) for c in chars}
-        faces = [f for f in representative_faces(enumerate_fonts(font_files)) if codes & f.charset]
+        faces = [f for f in representative_faces(enumerate_fonts(font_files)) if f.covers(chars).any()]
         if max_fonts is not None:
             if not isinstance(max_fonts, int) or max_fonts < 1:
                 raise ValueError(f"max_fonts must be a positive int, got {max_fonts!r}")
@@ -477,12 +482,13 @@ class Glyphs(LabelledImages):
         lookalikes = rendered["lookalikes"].tolist()
 
         groups = [faces[i].design_group for i in range(len(faces))]
-        cjk_codes = {ord(c) for c in character_set(("cjk",))} & codes
-        cjk_capable = [int(len(cjk_codes) > 0 and len(f.charset & cjk_codes) >= 0.5 * len(cjk_codes)) for f in faces]
+        cjk_chars = sorted(set(character_set(("cjk",))) & set(chars))
+        cjk_capable = [int(bool(cjk_chars) and f.covers(cjk_chars).mean() >= 0.5) for f in faces]
         group_names = sorted(set(groups))
         group_strata = [max(c for g, c in zip(groups, cjk_capable) if g == name) for name in group_names]
         test_groups = split_groups(group_names, test_font_fraction, seed, strata=group_strata)
-        class_is_cjk = [int(ord(c) in cjk_codes) for c in chars]
+        cjk_set = set(cjk_chars)
+        class_is_cjk = [int(c in cjk_set) for c in chars]
         test_chars = {int(i) for i in split_groups([str(i) for i in range(len(chars))], test_class_fraction, seed + 1,
                                                    strata=class_is_cjk)}
         if split != "all":
@@ -515,5 +521,5 @@ class Glyphs(LabelledImages):
 def glyph_fonts_summary() -> dict[str, Any]:
     """How many font families fontconfig lists and how many cover CJK (for ``deepmetric datasets list``)."""
     faces = representative_faces(enumerate_fonts())
-    cjk = {ord(c) for c in gb2312_level1()}
-    return {"families": len(faces), "cjk_families": sum(len(f.charset & cjk) >= len(cjk) // 2 for f in faces)}
+    cjk = gb2312_level1()
+    return {"families": len(faces), "cjk_families": sum(f.covers(cjk).mean() >= 0.5 for f in faces)}
