@@ -157,7 +157,7 @@ def retrieval_metrics(k: list[int] | tuple[int, ...] = (1, 5)) -> Callable[[np.n
     except ImportError:
         log.warning("deepmetric.eval is not available: training runs without periodic evaluation")
         return None
-    evaluator = RetrievalEvaluator(k=tuple(k))
+    evaluator = RetrievalEvaluator(ks=tuple(k))
 
     def evaluate(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return dict(evaluator(embeddings, labels))
