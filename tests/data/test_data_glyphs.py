@@ -72,6 +72,7 @@ def test_tiny_glyph_set_is_deterministic_cached_and_split_by_class_and_font(tmp_
     assert everything.images.shape[1:] == (24, 24) and everything[0][0].shape == (1, 24, 24)
 
     train, test = Glyphs(split="train", **args), Glyphs(split="test", **args)
+    assert len(list(tmp_path.glob("glyphs-*.npz"))) == 2  # train and test share one render
     train_chars = {train.class_names[label] for label in np.unique(train.labels)}
     test_chars = {test.class_names[label] for label in np.unique(test.labels)}
     assert train_chars and test_chars and not train_chars & test_chars

@@ -265,13 +265,15 @@ def _render_face(path: str, index: int, chars: Sequence[str], box: int,
     return kept, (np.stack(images) if images else empty)
 
 
-def render_glyphs(faces: Sequence[FontFace], chars: Sequence[str], *, image_size: int, workers: int | None = None,
+def render_glyphs(faces: Sequence[FontFace], chars: Sequence[str], *, image_size: int,
+                  wanted: np.ndarray | None = None, workers: int | None = None,
                   progress: bool = True) -> dict[str, np.ndarray]:
-    """Render every character each face covers, one task per font file, in ``workers`` processes. Returns
-    ``images`` (N, S, S), ``char_index`` (N,) and ``font_index`` (N,) (into ``faces``)."""
+    """Render every character each face covers (and ``wanted[face, char]`` allows), one task per font file,
+    in ``workers`` processes. Returns ``images`` (N, S, S), ``char_index`` (N,), ``font_index`` (N,)."""
     by_file: dict[str, list[tuple[int, int, list[str]]]] = {}
     for position, face in enumerate(faces):
-        covered = [c for c, ok in zip(chars, face.covers(chars)) if ok]
+        mask = face.covers(chars) if wanted is None else face.covers(chars) & wanted[position]
+        covered = [c for c, ok in zip(chars, mask) if ok]
         by_file.setdefault(face.path, []).append((position, face.index, covered))
     # Big files first so the pool stays balanced.
     tasks = sorted(((path, members, image_size) for path, members in by_file.items()),
@@ -317,8 +319,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DEEPMETRIC_CACHE", Path.home() / ".cache" / "deepmetric"))
 
 
-def _cache_key(faces: Sequence[FontFace], chars: Sequence[str], image_size: int) -> str:
+def _cache_key(faces: Sequence[FontFace], chars: Sequence[str], image_size: int, wanted: np.ndarray | None) -> str:
     digest = hashlib.sha256()
+    if wanted is not None:
+        digest.update(np.packbits(wanted).tobytes())
     for face in faces:
         stat = os.stat(face.path)
         digest.update(f"{face.path}|{face.index}|{face.family}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -338,20 +342,24 @@ def clean_renders(rendered: dict[str, np.ndarray], num_chars: int) -> dict[str, 
     return cleaned
 
 
-def load_or_render(faces: Sequence[FontFace], chars: Sequence[str], *, image_size: int,
+def load_or_render(faces: Sequence[FontFace], chars: Sequence[str], *, image_size: int, wanted: np.ndarray | None,
                    cache_dir: str | os.PathLike | None, progress: bool) -> dict[str, np.ndarray]:
     """Cleaned renders (see ``clean_renders``) from the cache, or rendered now and cached atomically, so
     concurrent processes are safe: the last writer wins with identical content."""
+    def render() -> dict[str, np.ndarray]:
+        return clean_renders(render_glyphs(faces, chars, image_size=image_size, wanted=wanted, progress=progress),
+                             len(chars))
+
     if cache_dir is None:
-        return clean_renders(render_glyphs(faces, chars, image_size=image_size, progress=progress), len(chars))
-    path = Path(cache_dir) / f"glyphs-{_cache_key(faces, chars, image_size)}.npz"
+        return render()
+    path = Path(cache_dir) / f"glyphs-{_cache_key(faces, chars, image_size, wanted)}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
                 return {key: stored[key] for key in _CACHED_KEYS}
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is re-rendered and replaced
-    cleaned = clean_renders(render_glyphs(faces, chars, image_size=image_size, progress=progress), len(chars))
+    cleaned = render()
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **cleaned)
     with atomic_path(path) as tmp:
@@ -476,12 +484,7 @@ class Glyphs(LabelledImages):
             raise ValueError(f"found {len(faces)} font families covering the requested characters; at least 2 are "
                              f"needed (more than 10 for a useful set). Install fonts, e.g. `sudo apt-get install "
                              f"fonts-noto-core fonts-noto-cjk fonts-dejavu fonts-liberation fonts-freefont-ttf`")
-        folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
-        rendered = load_or_render(faces, chars, image_size=image_size, cache_dir=folder, progress=progress)
-        images, char_index, font_index = rendered["images"], rendered["char_index"], rendered["font_index"]
-        lookalikes = rendered["lookalikes"].tolist()
-
-        groups = [faces[i].design_group for i in range(len(faces))]
+        groups = [face.design_group for face in faces]
         cjk_chars = sorted(set(character_set(("cjk",))) & set(chars))
         cjk_capable = [int(bool(cjk_chars) and f.covers(cjk_chars).mean() >= 0.5) for f in faces]
         group_names = sorted(set(groups))
@@ -491,10 +494,18 @@ class Glyphs(LabelledImages):
         class_is_cjk = [int(c in cjk_set) for c in chars]
         test_chars = {int(i) for i in split_groups([str(i) for i in range(len(chars))], test_class_fraction, seed + 1,
                                                    strata=class_is_cjk)}
+        font_is_test = np.array([g in test_groups for g in groups], bool)
+        char_is_test = np.isin(np.arange(len(chars)), sorted(test_chars))
+        # Train and test both draw from one render (and cache): class x font blocks that neither split uses
+        # (train characters in test fonts and the reverse) are never rendered.
+        wanted = None if split == "all" else font_is_test[:, None] == char_is_test[None, :]
+        folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
+        rendered = load_or_render(faces, chars, image_size=image_size, wanted=wanted, cache_dir=folder,
+                                  progress=progress)
+        images, char_index, font_index = rendered["images"], rendered["char_index"], rendered["font_index"]
+        lookalikes = rendered["lookalikes"].tolist()
         if split != "all":
-            font_is_test = np.array([groups[f] in test_groups for f in font_index], bool)
-            char_is_test = np.isin(char_index, sorted(test_chars))
-            side = (font_is_test & char_is_test) if split == "test" else (~font_is_test & ~char_is_test)
+            side = char_is_test[char_index] if split == "test" else ~char_is_test[char_index]
             images, char_index, font_index = images[side], char_index[side], font_index[side]
         counts = np.bincount(char_index, minlength=len(chars))
         enough = counts >= min_designs
