@@ -223,3 +223,18 @@ def test_concurrent_readers_and_writer(gallery):
     assert not errors, errors
     assert len(gallery) == 10 + 40
     assert gallery.store.integrity_problems() == []
+
+
+def test_large_galleries_switch_to_the_approximate_index(tmp_path):
+    gallery = Gallery.create(tmp_path / "g", embedding_dim=16, model_stamp="m", threshold=0.0, exact_limit=100)
+    rng = np.random.default_rng(3)
+    vectors = random_unit(rng, 400, 16).astype(np.float32)
+    gallery.store.add_identities([(f"id{i}", None, None, [TemplateInput(vector=v)]) for i, v in enumerate(vectors)])
+    probes = vectors[:50] + 0.05 * rng.normal(size=(50, 16))
+    assert [gallery.identify(p, k=1).identity_id for p in probes] == [f"id{i}" for i in range(50)]
+    assert gallery.index.info()["spec"] == "HNSW32"
+    for i in range(10):
+        gallery.remove(f"id{i}")
+    assert all(gallery.identify(p, k=1).identity_id != f"id{i}" for i, p in enumerate(probes[:10]))
+    assert gallery.index.info()["rebuilds"] == 1  # removals were applied in place
+    gallery.close()

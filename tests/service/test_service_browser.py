@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,39 +19,15 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists
                                        "/usr/bin/chromedriver)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     pytest.importorskip("dlib")
     pytest.importorskip("skimage")
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DEEPMETRIC_API_KEY": API_KEY,
-           "HF_HUB_OFFLINE": "1"}
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "deepmetric.cli", "serve", "--gallery", str(tmp_path / "g"),
-                                "--port", str(port), "--log-level", "warning"], stdout=log, stderr=log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {(tmp_path / 'server.log').read_text()}")
-        time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    from deepmetric.service.process import serve_in_subprocess
+
+    with serve_in_subprocess(tmp_path / "g", api_key=API_KEY, log_path=tmp_path / "server.log",
+                             startup_timeout=120) as url:
+        yield url
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def load_gallery_model(spec: Optional[str], *, faces: bool, detector: str, store
 def open_gallery(folder: Path, *, model: Optional[str] = None, faces: bool = False, detector: str = "hog",
                  threshold: Optional[float] = None, need_model: bool = True, create: bool = False) -> Any:
     """Open (or, with ``create``, make when missing) a gallery with its model; errors exit with a message."""
-    from deepmetric.gallery import Gallery, GalleryError
+    from deepmetric.gallery import Gallery
     from deepmetric.gallery.gallery import DATABASE_FILE
     from deepmetric.gallery.store import GalleryStore
 
@@ -56,7 +56,7 @@ def open_gallery(folder: Path, *, model: Optional[str] = None, faces: bool = Fal
             store.close()
         loaded = load_gallery_model(model, faces=faces, detector=detector, stored=stored) if need_model else None
         return Gallery.open(folder, model=loaded, threshold=threshold)
-    except (GalleryError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:  # GalleryError is a ValueError
         _fail(error)
 
 
@@ -82,11 +82,9 @@ def create(gallery: Path = GALLERY_ARG, model: str = typer.Option("dlib-face", "
            faces: bool = FACES_OPTION, detector: str = typer.Option("hog", help="face detector: hog or mmod"),
            store_images: bool = typer.Option(True, help="keep enrolled photos so `reembed` can redo them")) -> None:
     """Create an empty gallery stamped with its model."""
-    from deepmetric.gallery import GalleryError
-
     try:
         created = create_gallery(gallery, model=model, faces=faces, detector=detector, store_images=store_images)
-    except (GalleryError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         _fail(error)
     _print({"gallery": str(gallery), "embedding_dim": created.embedding_dim, "model_stamp": created.store.model_stamp})
     created.close()

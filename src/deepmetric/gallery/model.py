@@ -3,6 +3,7 @@ ties a gallery to the model that embedded it) and read its calibrated decision t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -47,6 +48,14 @@ def describe(config: dict[str, Any] | None, embedding_dim: int | None = None) ->
     return f"{name} ({dim}-d)" if dim else str(name)
 
 
+@functools.lru_cache(maxsize=2)
+def _dlib_face(detector: str) -> Any:
+    """dlib's models are read-only and thread-safe behind their locks: load them once per process."""
+    from deepmetric.faces.embedder import DlibFaceEmbedder
+
+    return DlibFaceEmbedder(detector=detector)
+
+
 def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", device: Any = None) -> Any:
     """Load an embedding model for the gallery and the service.
 
@@ -59,9 +68,7 @@ def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", 
         device: torch device for a model folder; CUDA when available by default.
     """
     if str(spec) == "dlib-face":
-        from deepmetric.faces.embedder import DlibFaceEmbedder
-
-        return DlibFaceEmbedder(detector=detector)
+        return _dlib_face(detector)
     path = Path(spec)
     if not (path / "config.json").is_file():
         raise ValueError(f"model must be one of {list(BUILTIN_MODELS)} or a model folder with config.json, "

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from deepmetric.cli import app
+
+
+def run(*args: str) -> tuple[int, dict | str]:
+    result = CliRunner().invoke(app, list(args))
+    try:
+        return result.exit_code, json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result.exit_code, result.output
+
+
+def test_gallery_commands_with_photos(tmp_path):
+    pytest.importorskip("dlib")
+    pytest.importorskip("skimage")
+    from deepmetric.faces.samples import write_samples
+
+    photos = {p.name: str(p) for p in write_samples(tmp_path / "photos")}
+    gallery = str(tmp_path / "g")
+    code, created = run("gallery", "create", gallery)
+    assert code == 0 and created["embedding_dim"] == 128
+    code, record = run("gallery", "enroll", gallery, "eileen", photos["astronaut.png"],
+                       photos["astronaut_rotated_exif.jpg"], "--name", "Eileen Collins")
+    assert code == 0 and record["num_templates"] == 2
+    code, decision = run("gallery", "identify", gallery, photos["astronaut_moved.jpg"], "-k", "1")
+    assert code == 0 and decision["identity_id"] == "eileen" and decision["threshold"] == 0.91
+    code, decision = run("gallery", "verify", gallery, photos["astronaut_moved.jpg"], "eileen", "--threshold", "0.999")
+    assert code == 0 and not decision["accepted"]
+    code, message = run("gallery", "enroll", gallery, "nobody", photos["no_face.png"])
+    assert code == 2 and "no face found" in message
+    code, message = run("gallery", "enroll", gallery, "eileen", photos["astronaut.png"])
+    assert code == 2 and "already exists" in message
+
+    np.save(tmp_path / "vectors.npy", np.eye(128, dtype=np.float32)[:2])
+    code, record = run("gallery", "enroll", gallery, "vectors", "--embeddings", str(tmp_path / "vectors.npy"))
+    assert code == 0 and record["num_templates"] == 2
+    code, listing = run("gallery", "list", gallery, "--check")
+    assert code == 0 and listing["total"] == 2 and listing["problems"] == []
+    code, removed = run("gallery", "remove", gallery, "vectors")
+    assert code == 0 and removed == {"deleted": "vectors"}
+
+    code, summary = run("gallery", "reembed", gallery, "--model", "dlib-face")
+    assert code == 0 and summary == {"reembedded": 2, "dropped": 0, "identities": 1}
+    code, message = run("gallery", "identify", gallery, photos["astronaut.png"], "--model", str(tmp_path))
+    assert code != 0 and "model folder" in str(message)
