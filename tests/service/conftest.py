@@ -5,6 +5,10 @@ import pytest
 API_KEY = "test-key-123"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~10 s (starts a server and a browser)")
+
+
 @pytest.fixture(scope="session")
 def face_model():
     pytest.importorskip("dlib")

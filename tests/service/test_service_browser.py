@@ -14,9 +14,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 API_KEY = "browser-test-key"
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                                reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
-                                       "/usr/bin/chromedriver)")
+pytestmark = [
+    pytest.mark.slow,  # a real server process (dlib) and a real browser: ~15-30 s
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                       reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)"),
+]
 
 
 @pytest.fixture
