@@ -146,7 +146,8 @@ def main() -> None:
               "Images/s of a DataLoader with 2 worker processes applying the training augmentations "
               "(random resized crop, jitter, normalise), next to images/s of one small-CNN training step "
               "(width 32, 3 stages, batch 128, 1 thread). Ratio > 1: the loader is faster than the model.", "",
-              "| data | loader images/s (2 workers) | small CNN train images/s | ratio |", "|---|---|---|---|", *rows, ""]
+              "| data | loader images/s (2 workers) | small CNN train images/s | ratio |", "|---|---|---|---|",
+              *rows, ""]
 
     augment = per_image_augment(train.preprocessing, train.images[:256], repeats=200 if options.quick else 1000)
     lines += ["## Augmentation cost per image (32 px, one process)", "", "| implementation | microseconds |",

@@ -46,7 +46,8 @@ def dataset_overview() -> list[dict[str, Any]]:
 
                 summary = glyph_fonts_summary()
                 row.update(classes="up to 5142 characters", items=f"{summary['families']} font families "
-                           f"({summary['cjk_families']} with CJK)", available="yes" if summary["families"] >= 2 else "no")
+                           f"({summary['cjk_families']} with CJK)",
+                           available="yes" if summary["families"] >= 2 else "no")
             except (RuntimeError, OSError) as error:
                 row.update(available="no", notes=str(error))
         else:

@@ -118,7 +118,8 @@ def read_lfw_pairs(pairs_file: str | os.PathLike, images_root: str | os.PathLike
     try:
         folds, per_fold = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
     except ValueError:
-        raise ValueError(f"{pairs_file}:1: expected a header 'folds pairs_per_fold', got {' '.join(header)!r}") from None
+        raise ValueError(f"{pairs_file}:1: expected a header 'folds pairs_per_fold', "
+                         f"got {' '.join(header)!r}") from None
     body = lines[1:]
     # Each fold holds per_fold same pairs then per_fold different pairs.
     if len(body) != folds * per_fold * 2 and len(body) != folds * per_fold:

@@ -426,6 +426,25 @@ def split_groups(names: Sequence[str], fraction: float, seed: int, *, strata: Se
     return chosen
 
 
+def split_fonts_and_classes(faces: Sequence[FontFace], chars: Sequence[str], *, test_font_fraction: float,
+                            test_class_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Test-side masks over fonts and characters: design groups are held out whole, drawn separately among
+    CJK-capable and other groups (so both sides get CJK typefaces); CJK and other characters likewise.
+    Returns (font_is_test, char_is_test, number of design groups, number held out)."""
+    groups = [face.design_group for face in faces]
+    cjk_chars = sorted(set(character_set(("cjk",))) & set(chars))
+    cjk_capable = [int(bool(cjk_chars) and f.covers(cjk_chars).mean() >= 0.5) for f in faces]
+    group_names = sorted(set(groups))
+    group_strata = [max(c for g, c in zip(groups, cjk_capable) if g == name) for name in group_names]
+    test_groups = split_groups(group_names, test_font_fraction, seed, strata=group_strata)
+    cjk_set = set(cjk_chars)
+    test_chars = split_groups([str(i) for i in range(len(chars))], test_class_fraction, seed + 1,
+                              strata=[int(c in cjk_set) for c in chars])
+    font_is_test = np.array([g in test_groups for g in groups], bool)
+    char_is_test = np.array([str(i) in test_chars for i in range(len(chars))], bool)
+    return font_is_test, char_is_test, len(group_names), len(test_groups)
+
+
 @register("dataset", "glyphs", example={"split": "all", "scripts": ["latin", "digits"], "min_designs": 2,
                                          "max_fonts": 6})
 class Glyphs(LabelledImages):
@@ -462,7 +481,8 @@ class Glyphs(LabelledImages):
                  characters: str | None = None, max_cjk: int | None = None, min_designs: int = 4,
                  test_class_fraction: float = 0.3, test_font_fraction: float = 0.3, seed: int = 0,
                  font_files: Sequence[str] | None = None, max_fonts: int | None = None,
-                 cache_dir: str | None = None, cache: bool = True, augment: bool | None = None, progress: bool = True) -> None:
+                 cache_dir: str | None = None, cache: bool = True, augment: bool | None = None,
+                 progress: bool = True) -> None:
         check_split(split)
         if not isinstance(image_size, int) or not 8 <= image_size <= 256:
             raise ValueError(f"image_size must be an int in [8, 256], got {image_size!r}")
@@ -484,18 +504,8 @@ class Glyphs(LabelledImages):
             raise ValueError(f"found {len(faces)} font families covering the requested characters; at least 2 are "
                              f"needed (more than 10 for a useful set). Install fonts, e.g. `sudo apt-get install "
                              f"fonts-noto-core fonts-noto-cjk fonts-dejavu fonts-liberation fonts-freefont-ttf`")
-        groups = [face.design_group for face in faces]
-        cjk_chars = sorted(set(character_set(("cjk",))) & set(chars))
-        cjk_capable = [int(bool(cjk_chars) and f.covers(cjk_chars).mean() >= 0.5) for f in faces]
-        group_names = sorted(set(groups))
-        group_strata = [max(c for g, c in zip(groups, cjk_capable) if g == name) for name in group_names]
-        test_groups = split_groups(group_names, test_font_fraction, seed, strata=group_strata)
-        cjk_set = set(cjk_chars)
-        class_is_cjk = [int(c in cjk_set) for c in chars]
-        test_chars = {int(i) for i in split_groups([str(i) for i in range(len(chars))], test_class_fraction, seed + 1,
-                                                   strata=class_is_cjk)}
-        font_is_test = np.array([g in test_groups for g in groups], bool)
-        char_is_test = np.isin(np.arange(len(chars)), sorted(test_chars))
+        font_is_test, char_is_test, num_groups, num_test_groups = split_fonts_and_classes(
+            faces, chars, test_font_fraction=test_font_fraction, test_class_fraction=test_class_fraction, seed=seed)
         # Train and test both draw from one render (and cache): class x font blocks that neither split uses
         # (train characters in test fonts and the reverse) are never rendered.
         wanted = None if split == "all" else font_is_test[:, None] == char_is_test[None, :]
@@ -519,8 +529,8 @@ class Glyphs(LabelledImages):
         self.fonts = [f"{f.family} ({Path(f.path).name})" for f in faces]
         self.font_index = font_index
         self.lookalikes = [(chars[a], chars[b]) for a, b in lookalikes]
-        self.stats = {"fonts": len(faces), "design_groups": len(group_names),
-                      "test_design_groups": len(test_groups), "classes": int(enough.sum()),
+        self.stats = {"fonts": len(faces), "design_groups": num_groups,
+                      "test_design_groups": num_test_groups, "classes": int(enough.sum()),
                       "renders": int(len(images)), "lookalikes_dropped": len(lookalikes)}
         names = {i: f"{c} U+{ord(c):04X} {unicodedata.name(c, '')}".strip() for i, c in enumerate(chars)}
         super().__init__(images, char_index, class_names=names,

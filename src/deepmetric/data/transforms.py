@@ -26,7 +26,8 @@ def validate_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"preprocessing has unknown key {unknown[0]!r}; expected keys {list(PREPROCESSING_KEYS)}")
     missing = [key for key in PREPROCESSING_KEYS if key not in preprocessing]
     if missing:
-        raise ValueError(f"preprocessing {dict(preprocessing)!r} lacks {missing}; expected keys {list(PREPROCESSING_KEYS)}")
+        raise ValueError(f"preprocessing {dict(preprocessing)!r} lacks {missing}; "
+                         f"expected keys {list(PREPROCESSING_KEYS)}")
     size = preprocessing["image_size"]
     if (not isinstance(size, Sequence) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
