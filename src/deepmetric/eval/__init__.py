@@ -1,0 +1,35 @@
+"""Evaluation: pure metric functions (retrieval, verification, identification, few-shot, clustering),
+evaluators returning ``dict[str, float]``, threshold calibration, plots and an HTML report.
+
+Submodules load on first use, so ``import deepmetric.eval`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "knn": "topk",
+    "recall_at_k": "retrieval", "precision_at_k": "retrieval", "r_precision": "retrieval",
+    "map_at_r": "retrieval", "mean_average_precision": "retrieval", "global_average_precision": "retrieval",
+    "revisited_oxford_paris": "retrieval", "search_neighbours": "retrieval",
+    "roc": "verification", "auc": "verification", "eer": "verification", "tar_at_far": "verification",
+    "verification_kfold": "verification", "best_threshold": "verification", "pair_scores": "verification",
+    "cmc": "identification", "dir_at_far": "identification", "distractor_curve": "identification",
+    "make_templates": "identification",
+    "fewshot_accuracy": "fewshot",
+    "nmi": "clustering", "ami": "clustering",
+    "calibrate_threshold": "calibration", "store_calibration": "calibration", "load_calibration": "calibration",
+    "RetrievalEvaluator": "evaluators", "VerificationEvaluator": "evaluators",
+    "IdentificationEvaluator": "evaluators", "FewShotEvaluator": "evaluators", "ClusteringEvaluator": "evaluators",
+    "build_evaluator": "evaluators",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"deepmetric.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'deepmetric.eval' has no attribute {name!r}")

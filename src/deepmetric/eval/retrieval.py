@@ -1,0 +1,371 @@
+r"""Retrieval metrics from exact (or ANN) neighbour lists: Recall@K, Precision@K, R-Precision, MAP@R, mAP,
+mAP@K, the revisited Oxford/Paris protocol and Global Average Precision.
+
+Conventions shared by every function here: when ``gallery_embeddings`` is None the query set is the
+gallery and each query is removed from its own results; the relevant items of a query are the gallery
+items with its label, ``R`` is their number; queries with ``R = 0`` have no defined value and are left
+out of the averages (as in pytorch-metric-learning); ties in score are ranked by gallery index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepmetric.eval.topk import as_embeddings, as_labels, knn
+from deepmetric.types import SearchResult
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Ranked neighbours of every query: ``ids`` (Q, k) gallery positions (-1 = none), ``scores`` (Q, k),
+    ``matches`` (Q, k) bool (same label as the query) and ``num_relevant`` (Q,) = R."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    matches: np.ndarray
+    num_relevant: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Queries with at least one relevant gallery item."""
+        return self.num_relevant > 0
+
+
+def relevant_counts(query_labels: np.ndarray, gallery_labels: np.ndarray, *, same_set: bool) -> np.ndarray:
+    """R per query: gallery items sharing its label (itself not counted when the query set is the gallery)."""
+    values, counts = np.unique(gallery_labels, return_counts=True)
+    pos = np.searchsorted(values, query_labels)
+    pos = np.clip(pos, 0, max(len(values) - 1, 0))
+    found = (values[pos] == query_labels) if len(values) else np.zeros(len(query_labels), bool)
+    r = np.where(found, counts[pos] if len(values) else 0, 0).astype(np.int64)
+    return r - 1 if same_set else r
+
+
+def search_neighbours(
+    query_embeddings,
+    query_labels,
+    gallery_embeddings=None,
+    gallery_labels=None,
+    *,
+    k: int,
+    metric: str = "cosine",
+    index=None,
+    query_block_size: int = 1024,
+    gallery_block_size: int = 65536,
+) -> Neighbours:
+    """Top-``k`` neighbours with their label matches, exactly (blocked matmul) or through ``index``.
+
+    ``index`` is any object with ``search(queries, k) -> SearchResult`` holding the gallery under ids
+    0..N-1 (e.g. a ``deepmetric.index`` VectorIndex); when the queries are the gallery, ``k + 1``
+    results are asked for and each query's own id is dropped.
+    """
+    queries = as_embeddings("query_embeddings", query_embeddings)
+    query_labels = as_labels("query_labels", query_labels, len(queries))
+    same_set = gallery_embeddings is None
+    if same_set:
+        if gallery_labels is not None:
+            raise ValueError("gallery_labels given without gallery_embeddings; pass both or neither")
+        gallery, gallery_labels = queries, query_labels
+    else:
+        if gallery_labels is None:
+            raise ValueError("gallery_embeddings given without gallery_labels; pass both or neither")
+        gallery = as_embeddings("gallery_embeddings", gallery_embeddings, dim=queries.shape[1])
+        gallery_labels = as_labels("gallery_labels", gallery_labels, len(gallery))
+    if index is None:
+        result = knn(queries, None if same_set else gallery, k=k, metric=metric,
+                     query_block_size=query_block_size, gallery_block_size=gallery_block_size)
+    else:
+        result = _index_search(index, queries, k, same_set)
+    ids = result.ids
+    found = ids >= 0
+    retrieved = np.where(found, gallery_labels[np.where(found, ids, 0)] if len(gallery_labels) else 0, 0)
+    matches = found & (retrieved == query_labels[:, None])
+    return Neighbours(ids, result.scores, matches, relevant_counts(query_labels, gallery_labels, same_set=same_set))
+
+
+def _index_search(index, queries: np.ndarray, k: int, same_set: bool) -> SearchResult:
+    result = index.search(queries, k + 1 if same_set else k)
+    if not isinstance(result, SearchResult):
+        raise TypeError(f"index.search must return a SearchResult, got {type(result).__name__}")
+    ids, scores = np.asarray(result.ids, np.int64), np.asarray(result.scores, np.float32)
+    if not same_set:
+        return SearchResult(scores[:, :k], ids[:, :k])
+    own = ids == np.arange(len(ids))[:, None]
+    # keep the first k results that are not the query itself
+    keep_order = np.argsort(own, axis=1, kind="stable")[:, :k]
+    return SearchResult(np.take_along_axis(scores, keep_order, 1), np.take_along_axis(ids, keep_order, 1))
+
+
+def _mean(values: np.ndarray, valid: np.ndarray) -> float:
+    return float(values[valid].mean()) if valid.any() else float("nan")
+
+
+def _check_k(k: int, available: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    if k > available:
+        raise ValueError(f"{name}={k} needs {k} neighbours but only {available} were searched")
+    return int(k)
+
+
+# -- metrics from neighbour lists ------------------------------------------------------------------
+
+def recall_from_neighbours(nb: Neighbours, k: int) -> float:
+    k = _check_k(k, nb.matches.shape[1])
+    return _mean(nb.matches[:, :k].any(1).astype(np.float64), nb.valid)
+
+
+def precision_from_neighbours(nb: Neighbours, k: int) -> float:
+    k = _check_k(k, nb.matches.shape[1])
+    return _mean(nb.matches[:, :k].sum(1) / k, nb.valid)
+
+
+def _within_r(nb: Neighbours) -> np.ndarray:
+    if nb.num_relevant.max(initial=0) > nb.matches.shape[1]:
+        raise ValueError(f"R-based metrics need k >= the largest R ({nb.num_relevant.max()}), "
+                         f"got k={nb.matches.shape[1]}")
+    return np.arange(nb.matches.shape[1])[None, :] < nb.num_relevant[:, None]
+
+
+def r_precision_from_neighbours(nb: Neighbours) -> float:
+    hits = (nb.matches & _within_r(nb)).sum(1)
+    return _mean(hits / np.maximum(nb.num_relevant, 1), nb.valid)
+
+
+def _precision_at_hits(matches: np.ndarray) -> np.ndarray:
+    ranks = np.arange(1, matches.shape[1] + 1)[None, :]
+    return np.where(matches, np.cumsum(matches, 1) / ranks, 0.0)
+
+
+def map_at_r_from_neighbours(nb: Neighbours) -> float:
+    precision = _precision_at_hits(nb.matches & _within_r(nb))
+    return _mean(precision.sum(1) / np.maximum(nb.num_relevant, 1), nb.valid)
+
+
+def map_at_k_from_neighbours(nb: Neighbours, k: int | None) -> float:
+    """AP@K divided by min(R, K); with ``k=None`` the neighbour lists must hold the whole gallery (full AP)."""
+    if k is None:
+        matches = nb.matches
+        if (matches.sum(1) < nb.num_relevant).any():
+            raise ValueError("full mAP needs every relevant item in the neighbour lists; search k = gallery size")
+        denominator = nb.num_relevant
+    else:
+        k = _check_k(k, nb.matches.shape[1])
+        matches = nb.matches[:, :k]
+        denominator = np.minimum(nb.num_relevant, k)
+    precision = _precision_at_hits(matches)
+    return _mean(precision.sum(1) / np.maximum(denominator, 1), nb.valid)
+
+
+# -- public pure functions ---------------------------------------------------------------------------
+
+def recall_at_k(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=None, *, k: int = 1,
+                metric: str = "cosine", index=None) -> float:
+    r"""Recall@K as used in metric learning (Song et al. 2016, "Deep Metric Learning via Lifted Structured
+    Feature Embedding"): the fraction of queries with at least one same-label item among their K nearest
+    gallery items, :math:`\frac{1}{|Q|}\sum_q [\exists i \le K: y_{\pi_q(i)} = y_q]`.
+
+    Args:
+        query_embeddings: (Q, D); query_labels: (Q,).
+        gallery_embeddings: (N, D) or None (queries are the gallery, each query excluded from its own list).
+        gallery_labels: (N,) or None.
+        k: cut-off K.
+        metric: "cosine", "dot" or "euclidean". index: optional ANN index (see ``search_neighbours``).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+        >>> recall_at_k(x, [0, 0, 1, 1], k=1)
+        1.0
+    """
+    nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels, k=k,
+                           metric=metric, index=index)
+    return recall_from_neighbours(nb, k)
+
+
+def precision_at_k(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=None, *, k: int = 1,
+                   metric: str = "cosine", index=None) -> float:
+    r"""Precision@K: mean over queries of (same-label items among the K nearest) / K. With K = 10 this is
+    the mP@10 of the revisited Oxford/Paris benchmark (Radenovic et al. 2018). Arguments as ``recall_at_k``.
+    """
+    nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels, k=k,
+                           metric=metric, index=index)
+    return precision_from_neighbours(nb, k)
+
+
+def _max_r(query_labels, gallery_embeddings, gallery_labels) -> int:
+    same_set = gallery_embeddings is None
+    query_labels = np.asarray(query_labels)
+    gallery_labels = query_labels if same_set else np.asarray(gallery_labels)
+    return max(int(relevant_counts(query_labels, gallery_labels, same_set=same_set).max(initial=0)), 1)
+
+
+def r_precision(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=None, *,
+                metric: str = "cosine", index=None) -> float:
+    r"""R-Precision (Musgrave et al. 2020, "A Metric Learning Reality Check"): for a query with R relevant
+    gallery items, the fraction of its R nearest neighbours that are relevant; averaged over queries.
+    The search always uses k = max R, so no query is cut short. Arguments as ``recall_at_k``.
+    """
+    nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                           k=_max_r(query_labels, gallery_embeddings, gallery_labels), metric=metric, index=index)
+    return r_precision_from_neighbours(nb)
+
+
+def map_at_r(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=None, *,
+             metric: str = "cosine", index=None) -> float:
+    r"""MAP@R (Musgrave et al. 2020, "A Metric Learning Reality Check"):
+
+    .. math:: \mathrm{MAP@R} = \frac{1}{|Q|}\sum_q \frac{1}{R_q}\sum_{i=1}^{R_q} P_q(i)\,\mathrm{rel}_q(i)
+
+    where :math:`P_q(i)` is the precision among the first i neighbours and :math:`\mathrm{rel}_q(i)` is 1
+    when the i-th neighbour is relevant. R is the full class size (minus the query itself), never capped:
+    the search uses k = max R. Arguments as ``recall_at_k``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1]], dtype=np.float32)
+        >>> round(map_at_r(x, [0, 0, 1, 1]), 4)  # the lone-neighbour class-1 queries score 0
+        0.5
+    """
+    nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                           k=_max_r(query_labels, gallery_embeddings, gallery_labels), metric=metric, index=index)
+    return map_at_r_from_neighbours(nb)
+
+
+def mean_average_precision(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=None, *,
+                           k: int | None = None, metric: str = "cosine", query_block_size: int = 256) -> float:
+    r"""Mean average precision (mAP), or mAP@K when ``k`` is given.
+
+    .. math:: \mathrm{AP}_q = \frac{1}{R_q}\sum_{i=1}^{N} P_q(i)\,\mathrm{rel}_q(i), \qquad
+              \mathrm{AP@K}_q = \frac{1}{\min(R_q, K)}\sum_{i=1}^{K} P_q(i)\,\mathrm{rel}_q(i)
+
+    Full AP divides by R (all relevant items, wherever they rank) -- dividing by the number of relevant
+    items *retrieved* is a known error that inflates scores. AP@K divides by min(R, K) as in the Google
+    Landmarks retrieval challenge (Weyand et al. 2020). Full AP ranks the whole gallery, one block of
+    ``query_block_size`` queries at a time (memory ``query_block_size x N``).
+    """
+    queries = as_embeddings("query_embeddings", query_embeddings)
+    query_labels = as_labels("query_labels", query_labels, len(queries))
+    if k is not None:
+        nb = search_neighbours(queries, query_labels, gallery_embeddings, gallery_labels, k=k, metric=metric)
+        return map_at_k_from_neighbours(nb, k)
+    same_set = gallery_embeddings is None
+    gallery = queries if same_set else as_embeddings("gallery_embeddings", gallery_embeddings, dim=queries.shape[1])
+    labels_g = query_labels if same_set else as_labels("gallery_labels", gallery_labels, len(gallery))
+    full_k = max(len(gallery) - (1 if same_set else 0), 1)
+    total, count = 0.0, 0
+    for start in range(0, len(queries), query_block_size):
+        stop = min(start + query_block_size, len(queries))
+        result = knn(queries[start:stop], gallery, k=full_k, metric=metric, exclude_self=same_set,
+                     query_block_size=query_block_size) if not same_set else None
+        if same_set:
+            result = _same_set_block(queries, start, stop, full_k, metric)
+        found = result.ids >= 0
+        matches = found & (labels_g[np.where(found, result.ids, 0)] == query_labels[start:stop, None])
+        nb = Neighbours(result.ids, result.scores, matches,
+                        relevant_counts(query_labels[start:stop], labels_g, same_set=same_set))
+        valid = nb.valid
+        if valid.any():
+            total += map_at_k_from_neighbours(nb, None) * valid.sum()
+            count += int(valid.sum())
+    return total / count if count else float("nan")
+
+
+def _same_set_block(queries: np.ndarray, start: int, stop: int, k: int, metric: str) -> SearchResult:
+    # Rank queries[start:stop] against every query, excluding each one's own position.
+    result = knn(queries[start:stop], queries, k=k + 1, metric=metric, exclude_self=False)
+    own = result.ids == np.arange(start, stop)[:, None]
+    order = np.argsort(own, axis=1, kind="stable")[:, :k]
+    return SearchResult(np.take_along_axis(result.scores, order, 1), np.take_along_axis(result.ids, order, 1))
+
+
+def global_average_precision(query_embeddings, query_labels, gallery_embeddings, gallery_labels, *,
+                             non_landmark_label=-1, metric: str = "cosine") -> float:
+    r"""Global Average Precision (GAP, micro-AP) of the Google Landmarks recognition challenges (Weyand et al.
+    2020, "Google Landmarks Dataset v2"). Each query predicts the label of its nearest gallery item with
+    that similarity as confidence; predictions of all queries are sorted by confidence (descending) and
+
+    .. math:: \mathrm{GAP} = \frac{1}{M}\sum_{i=1}^{N} P(i)\,\mathrm{rel}(i)
+
+    where N is the number of queries, M the number of queries that show a landmark (label !=
+    ``non_landmark_label``), P(i) the precision over the first i predictions and rel(i) = 1 when the i-th
+    prediction is correct. Non-landmark queries can only lower the score (their prediction is always wrong).
+    """
+    nb_result = knn(query_embeddings, gallery_embeddings, k=1, metric=metric, exclude_self=False)
+    gallery_labels = as_labels("gallery_labels", gallery_labels, len(as_embeddings("gallery_embeddings",
+                                                                                 gallery_embeddings)))
+    query_labels = as_labels("query_labels", query_labels, nb_result.ids.shape[0])
+    predicted = gallery_labels[np.maximum(nb_result.ids[:, 0], 0)]
+    return gap_from_predictions(predicted, nb_result.scores[:, 0], query_labels,
+                                non_landmark_label=non_landmark_label)
+
+
+def gap_from_predictions(predicted_labels, confidences, true_labels, *, non_landmark_label=-1) -> float:
+    """GAP from one (label, confidence) prediction per query; see ``global_average_precision``."""
+    predicted_labels, true_labels = np.asarray(predicted_labels), np.asarray(true_labels)
+    confidences = np.asarray(confidences, dtype=np.float64)
+    if not (predicted_labels.shape == true_labels.shape == confidences.shape) or predicted_labels.ndim != 1:
+        raise ValueError(f"predicted_labels {predicted_labels.shape}, confidences {confidences.shape} and "
+                         f"true_labels {true_labels.shape} must be 1-D and the same length")
+    num_landmark = int((true_labels != non_landmark_label).sum())
+    if num_landmark == 0:
+        return float("nan")
+    order = np.argsort(-confidences, kind="stable")
+    correct = (predicted_labels[order] == true_labels[order]) & (true_labels[order] != non_landmark_label)
+    precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    return float((precision * correct).sum() / num_landmark)
+
+
+def revisited_ap(ranked_ids, positive_ids, junk_ids) -> float:
+    """AP of one query in the revisited Oxford/Paris protocol (Radenovic et al. 2018, "Revisiting Oxford and
+    Paris"): junk images are removed from the ranking, then precision is averaged over recall steps with
+    the trapezoid rule, as in the benchmark's evaluation code: for the j-th positive (0-based) at rank
+    r_j (0-based, junk removed), AP += (j / r_j + (j + 1) / (r_j + 1)) / (2 * num_positives), with
+    j / r_j taken as 1 when r_j = 0."""
+    positive, junk = set(np.asarray(positive_ids).tolist()), set(np.asarray(junk_ids).tolist())
+    if not positive:
+        return float("nan")
+    ranked = [i for i in np.asarray(ranked_ids).tolist() if i not in junk]
+    ranks = [r for r, i in enumerate(ranked) if i in positive]
+    ap = 0.0
+    for j, r in enumerate(ranks):
+        before = 1.0 if r == 0 else j / r
+        ap += (before + (j + 1) / (r + 1)) / 2
+    return ap / len(positive)
+
+
+def revisited_oxford_paris(query_embeddings, gallery_embeddings, ground_truth, *, ks=(1, 5, 10),
+                           metric: str = "cosine") -> dict[str, float]:
+    """The revisited Oxford/Paris easy / medium / hard protocol (Radenovic et al. 2018).
+
+    ``ground_truth`` has one dict per query with gallery-index lists ``"easy"``, ``"hard"`` and ``"junk"``.
+    Easy: positives = easy, ignored = junk + hard. Medium: positives = easy + hard, ignored = junk. Hard:
+    positives = hard, ignored = junk + easy. Returns ``{"<setting>/map": ..., "<setting>/mp@k": ...}``
+    (queries without positives in a setting are skipped); mP@k counts positives among the first k
+    non-ignored images.
+    """
+    gallery = as_embeddings("gallery_embeddings", gallery_embeddings)
+    queries = as_embeddings("query_embeddings", query_embeddings, dim=gallery.shape[1])
+    if len(ground_truth) != len(queries):
+        raise ValueError(f"ground_truth must have one entry per query ({len(queries)}), got {len(ground_truth)}")
+    ranking = knn(queries, gallery, k=len(gallery), metric=metric, exclude_self=False).ids
+    settings = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
+                "hard": (("hard",), ("junk", "easy"))}
+    out: dict[str, float] = {}
+    for name, (pos_keys, junk_keys) in settings.items():
+        aps, precisions = [], {k: [] for k in ks}
+        for row, gt in zip(ranking, ground_truth):
+            positive = [i for key in pos_keys for i in gt.get(key, [])]
+            if not positive:
+                continue
+            junk = {i for key in junk_keys for i in gt.get(key, [])}
+            aps.append(revisited_ap(row, positive, junk))
+            kept = [i for i in row.tolist() if i not in junk]
+            for k in ks:
+                precisions[k].append(len(set(kept[:k]) & set(positive)) / k)
+        out[f"{name}/map"] = float(np.mean(aps)) if aps else float("nan")
+        for k in ks:
+            out[f"{name}/mp@{k}"] = float(np.mean(precisions[k])) if precisions[k] else float("nan")
+    return out
