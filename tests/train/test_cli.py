@@ -60,3 +60,14 @@ def test_train_config_typo_is_reported(tmp_path):
     result = runner.invoke(app, ["train", str(config)])
     assert result.exit_code == 2
     assert "unknown key 'los'" in result.output and "Did you mean 'loss'" in result.output
+
+
+def test_missing_data_set_files_are_reported(tmp_path):
+    config = tmp_path / "fashion.yaml"
+    config.write_text(f"data: {{train: {{name: fashion_mnist, args: {{root: {tmp_path / 'nowhere'}}}}}}}\n"
+                      "model: {backbone: {name: small_cnn}}\nloss: {name: triplet}\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "nowhere" in result.output
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -67,8 +67,8 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 @contextlib.contextmanager
 def _seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed Python, numpy and torch for one sample's augmentation, then put the previous states back, so
-    a sample's augmentation depends only on (run seed, epoch, batch, position) and never on which worker
+    """Seed Python, numpy and torch for one batch's augmentations, then put the previous states back, so
+    a batch's augmentations depend only on (run seed, rank, epoch, batch number) and never on which worker
     process loads it or on what ran before: the key to exact resume mid-epoch."""
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     random.seed(seed)
@@ -83,8 +83,8 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
 
 
 class SeededDataset(torch.utils.data.Dataset):
-    """Wraps a data set so that item ``(index, seed)`` is loaded under its own seed. A data set whose
-    augmentations use a private generator can expose ``reseed(seed)`` to take part."""
+    """Wraps a data set so that a batch of items ``(index, seed)`` is loaded under its seed. A data set
+    whose augmentations use a private generator can expose ``reseed(seed)`` to take part."""
 
     def __init__(self, dataset: torch.utils.data.Dataset) -> None:
         self.dataset = dataset
@@ -93,16 +93,21 @@ class SeededDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
-        index, seed = item
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        # A DataLoader hands a whole batch to one worker; seeding once per batch (items carry their batch's
+        # seed) keeps the cost of seeding negligible next to loading.
+        seed = items[0][1]
         with _seeded_rngs(seed):
             reseed = getattr(self.dataset, "reseed", None)
             if callable(reseed):
                 reseed(seed)
-            return self.dataset[index]
+            return [self.dataset[index] for index, _ in items]
 
 
 class SeededBatches:
-    """Batch sampler adapter: yields ``[(index, seed), ...]`` from an inner batch sampler, skipping the
+    """Batch sampler adapter: yields ``[(index, batch seed), ...]`` from an inner batch sampler, skipping the
     first ``skip`` batches of the epoch (a resumed run continues where the checkpoint left off)."""
 
     def __init__(self, batch_sampler: Any, *, seed: int, rank: int = 0) -> None:
@@ -120,8 +125,8 @@ class SeededBatches:
         for number, batch in enumerate(self.batch_sampler):
             if number < skip:
                 continue
-            seeds = np.random.SeedSequence([self.seed, self.rank, self.epoch, number]).generate_state(len(batch))
-            yield [(int(index), int(seed)) for index, seed in zip(batch, seeds)]
+            seed = int(np.random.SeedSequence([self.seed, self.rank, self.epoch, number]).generate_state(1)[0])
+            yield [(int(index), seed) for index in batch]
 
 
 def _batch_size(batch: Any) -> int:
