@@ -48,6 +48,20 @@ def test_lookalike_and_duplicate_detection_on_constructed_renders():
     assert keep.tolist() == [True, False, True, False, False, False, True]
 
 
+def test_near_identical_renders_count_as_lookalikes_only_when_compared_approximately():
+    letter = np.zeros((8, 8), np.uint8)
+    letter[1:7, 1:7] = 255
+    hinted = letter.copy()
+    hinted[1, 1] = 0  # one pixel off, as hinting does to a copied outline
+    other = np.zeros((8, 8), np.uint8)
+    other[3:5, :] = 255
+    rendered = {"images": np.stack([letter, hinted, other]), "char_index": np.array([0, 1, 2]),
+                "font_index": np.array([0, 0, 0])}
+    assert drop_duplicates_and_lookalikes(rendered, 3)[1] == []
+    keep, pairs = drop_duplicates_and_lookalikes(rendered, 3, near=np.array([True, True, True]))
+    assert pairs == [(0, 1)] and keep.tolist() == [True, False, True]
+
+
 @needs_fonts
 def test_tofu_and_empty_renders_are_dropped():
     face = representative_faces(enumerate_fonts(FONTS[:1]))[0]

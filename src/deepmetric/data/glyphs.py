@@ -26,7 +26,7 @@ from deepmetric.data.base import LabelledImages, check_split
 from deepmetric.io import atomic_path
 from deepmetric.registry import register
 
-RENDER_VERSION = 4
+RENDER_VERSION = 5
 SCRIPTS = ("latin", "greek", "cyrillic", "digits", "cjk")
 
 # Characters that look the same in most typefaces: each group keeps its first member as the class and
@@ -334,9 +334,13 @@ def _cache_key(faces: Sequence[FontFace], chars: Sequence[str], image_size: int,
 _CACHED_KEYS = ("images", "char_index", "font_index", "lookalikes")
 
 
-def clean_renders(rendered: dict[str, np.ndarray], num_chars: int) -> dict[str, np.ndarray]:
-    """Renders without duplicates and look-alike classes, plus ``lookalikes`` (K, 2) (kept, dropped) pairs."""
-    keep, pairs = drop_duplicates_and_lookalikes(rendered, num_chars)
+def clean_renders(rendered: dict[str, np.ndarray], chars: Sequence[str]) -> dict[str, np.ndarray]:
+    """Renders without duplicates and look-alike classes, plus ``lookalikes`` (K, 2) (kept, dropped) pairs.
+    Alphabet characters are compared approximately; CJK characters (thousands, rarely confusable by
+    design) only for identical renders."""
+    cjk = set(character_set(("cjk",)))
+    near = np.array([c not in cjk for c in chars])
+    keep, pairs = drop_duplicates_and_lookalikes(rendered, len(chars), near=near)
     cleaned = {key: rendered[key][keep] for key in ("images", "char_index", "font_index")}
     cleaned["lookalikes"] = np.asarray(pairs, np.int64).reshape(-1, 2)
     return cleaned
@@ -348,7 +352,7 @@ def load_or_render(faces: Sequence[FontFace], chars: Sequence[str], *, image_siz
     concurrent processes are safe: the last writer wins with identical content."""
     def render() -> dict[str, np.ndarray]:
         return clean_renders(render_glyphs(faces, chars, image_size=image_size, wanted=wanted, progress=progress),
-                             len(chars))
+                             chars)
 
     if cache_dir is None:
         return render()
@@ -367,15 +371,43 @@ def load_or_render(faces: Sequence[FontFace], chars: Sequence[str], *, image_siz
     return cleaned
 
 
+def _alike_pairs(images: np.ndarray, chars: np.ndarray, hashes: np.ndarray, near: np.ndarray,
+                 tolerance: float) -> set[tuple[int, int]]:
+    """Character pairs drawn alike by one font: identical renders, or for ``near`` characters renders whose
+    L2 difference is below ``tolerance`` times the larger render's norm (hinting makes copies of one
+    outline differ by a few pixels)."""
+    pairs: set[tuple[int, int]] = set()
+    by_hash: dict[str, list[int]] = {}
+    for c, h in zip(chars.tolist(), hashes.tolist()):
+        by_hash.setdefault(h, []).append(c)
+    for members in by_hash.values():
+        members = sorted(set(members))
+        pairs.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    close = np.flatnonzero(near[chars])
+    if len(close) > 1:
+        vectors = images[close].reshape(len(close), -1).astype(np.float32) / 255.0
+        norms = (vectors * vectors).sum(1)
+        squared = np.maximum(norms[:, None] + norms[None, :] - 2.0 * vectors @ vectors.T, 0.0)
+        alike = squared < tolerance ** 2 * np.maximum(norms[:, None], norms[None, :])
+        for i, j in zip(*np.nonzero(np.triu(alike, 1))):
+            a, b = sorted((int(chars[close[i]]), int(chars[close[j]])))
+            if a != b:
+                pairs.add((a, b))
+    return pairs
+
+
 def drop_duplicates_and_lookalikes(rendered: dict[str, np.ndarray], num_chars: int, *,
+                                   near: np.ndarray | None = None, tolerance: float = 0.2,
                                    lookalike_fraction: float = 0.5) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Mask of renders to keep, and the (kept, dropped) class pairs found to be look-alikes.
 
     A render identical to an earlier font's render of the same character adds no new design and is
-    dropped. Two characters whose renders are pixel-identical in at least ``lookalike_fraction`` of the
-    fonts drawing both are one class in practice: the later character is dropped.
+    dropped. Two characters drawn alike (see ``_alike_pairs``; ``near`` marks the characters compared
+    approximately, default none) in at least ``lookalike_fraction`` of the fonts drawing both are one
+    class in practice: the later character is dropped.
     """
     images, chars, fonts = rendered["images"], rendered["char_index"], rendered["font_index"]
+    near = np.zeros(num_chars, bool) if near is None else np.asarray(near, bool)
     hashes = np.array([hashlib.blake2b(im.tobytes(), digest_size=8).hexdigest() for im in images])
     keep = np.ones(len(images), bool)
     seen: set[tuple[int, str]] = set()
@@ -384,26 +416,19 @@ def drop_duplicates_and_lookalikes(rendered: dict[str, np.ndarray], num_chars: i
         if key in seen:
             keep[i] = False
         seen.add(key)
-    # Look-alike classes: count, per character pair, the fonts where both renders are identical.
     same_counts: dict[tuple[int, int], int] = {}
-    by_font_hash: dict[tuple[int, str], list[int]] = {}
-    for i in range(len(images)):
-        by_font_hash.setdefault((int(fonts[i]), hashes[i]), []).append(int(chars[i]))
-    for members in by_font_hash.values():
-        if len(members) > 1:
-            members = sorted(set(members))
-            for a in range(len(members)):
-                for b in range(a + 1, len(members)):
-                    pair = (members[a], members[b])
-                    same_counts[pair] = same_counts.get(pair, 0) + 1
+    for font in np.unique(fonts):
+        rows = np.flatnonzero(fonts == font)
+        for pair in _alike_pairs(images[rows], chars[rows], hashes[rows], near, tolerance):
+            same_counts[pair] = same_counts.get(pair, 0) + 1
     fonts_per_char = [set() for _ in range(num_chars)]
-    for c, f in zip(chars, fonts):
-        fonts_per_char[int(c)].add(int(f))
+    for c, f in zip(chars.tolist(), fonts.tolist()):
+        fonts_per_char[c].add(f)
     dropped_pairs = []
     dropped: set[int] = set()
     for (a, b), count in sorted(same_counts.items()):
         shared = len(fonts_per_char[a] & fonts_per_char[b])
-        if a not in dropped and shared and count >= lookalike_fraction * shared:
+        if a not in dropped and b not in dropped and shared and count >= lookalike_fraction * shared:
             dropped.add(b)
             dropped_pairs.append((a, b))
     if dropped:
