@@ -60,11 +60,13 @@ def test_several_faces_largest_first_and_no_face(face_embedder):
         face_embedder.encode([astronaut(), no_face(astronaut())])
 
 
-def test_fingerprint_depends_on_model_files_only(face_embedder):
-    from deepmetric.faces import DlibFaceEmbedder
+def test_fingerprint_is_the_hash_of_the_landmark_and_descriptor_models(face_embedder):
+    import hashlib
 
-    assert DlibFaceEmbedder(upsample=0, num_jitters=1).fingerprint() == face_embedder.fingerprint()
-    assert len(face_embedder.fingerprint()) == 64
+    digest = hashlib.sha256(b"dlib_face_resnet_v1")
+    for name in ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat"):
+        digest.update(model_file(name).read_bytes())
+    assert face_embedder.fingerprint() == digest.hexdigest()
 
 
 class _PixelEmbedder:

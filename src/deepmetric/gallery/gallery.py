@@ -17,8 +17,8 @@ import numpy as np
 
 from deepmetric.gallery.cache import IdentityIndex
 from deepmetric.gallery.model import describe, model_fingerprint, threshold_from_config
-from deepmetric.gallery.store import (GalleryError, GalleryStore, IdentityRecord, TemplateInput,
-                                      UnknownIdentityError, check_identity_id, unit_vectors)
+from deepmetric.gallery.store import (DuplicateIdentityError, GalleryError, GalleryStore, IdentityRecord,
+                                      TemplateInput, UnknownIdentityError, check_identity_id, unit_vectors)
 
 DATABASE_FILE = "gallery.sqlite3"
 INDEX_FOLDER = "index"
@@ -231,8 +231,6 @@ class Gallery:
         the write is durable; a duplicate id is refused."""
         check_identity_id(identity_id)
         if self.store.contains(identity_id):  # fail before spending time on embedding images
-            from deepmetric.gallery.store import DuplicateIdentityError
-
             raise DuplicateIdentityError(f"identity {identity_id!r} already exists")
         templates = self._templates(images, embeddings)
         self.store.add_identity(identity_id, name=name, metadata=metadata, templates=templates)
