@@ -98,3 +98,18 @@ def test_aligned_face_embedder_normalises_pose_and_scale(face_embedder):
     raw = [np.asarray(Image.fromarray(x).convert("L").resize((96, 112)), dtype=np.float32).reshape(-1) - 128
            for x in (image, moved)]
     assert float(raw[0] @ raw[1] / np.linalg.norm(raw[0]) / np.linalg.norm(raw[1])) < float(first @ second) - 0.1
+
+
+def test_mmod_detector_agrees_with_hog(face_embedder):
+    from deepmetric.faces import FaceDetector
+
+    crop = np.ascontiguousarray(astronaut()[30:230, 120:320])  # small input: the CNN is slow on CPU
+    [cnn] = FaceDetector(detector="mmod", upsample=0).detect(crop)
+    [hog] = face_embedder.detector.detect(crop)
+    ax0, ay0, ax1, ay1 = cnn.box
+    bx0, by0, bx1, by1 = hog.box
+    intersection = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
+    assert intersection / (cnn.area + hog.area - intersection) > 0.7
+    assert np.abs(cnn.landmarks - hog.landmarks).max() < 6  # same 5-point predictor, similar boxes
+    with pytest.raises(ValueError, match="detector"):
+        FaceDetector(detector="haar")
