@@ -23,59 +23,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
-class _ExactIndex:
-    """Exact cosine search in numpy, used only while ``deepmetric.index`` is not installed (same verbs)."""
-
-    def __init__(self, dim: int) -> None:
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self.ids = np.zeros(0, dtype=np.int64)
-
-    def train(self, x: np.ndarray) -> None:
-        pass
-
-    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
-        self.vectors = np.concatenate([self.vectors, np.asarray(x, dtype=np.float32)])
-        self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
-
-    def remove(self, ids: np.ndarray) -> None:
-        keep = ~np.isin(self.ids, ids)
-        self.vectors, self.ids = self.vectors[keep], self.ids[keep]
-
-    def search(self, q: np.ndarray, k: int):
-        from deepmetric.types import SearchResult
-
-        scores = np.asarray(q, dtype=np.float32) @ self.vectors.T
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return SearchResult(scores=np.take_along_axis(scores, order, axis=1), ids=self.ids[order])
-
-    def save(self, path: Path) -> None:
-        with open(path, "wb") as handle:
-            np.savez(handle, vectors=self.vectors, ids=self.ids)
-
-    @classmethod
-    def load(cls, path: Path) -> "_ExactIndex":
-        with np.load(path, allow_pickle=False) as data:
-            index = cls(data["vectors"].shape[1])
-            index.vectors, index.ids = data["vectors"], data["ids"]
-        return index
-
-
-def _build_index(spec: str, dim: int, backend: str | None) -> Any:
-    try:
-        from deepmetric.index import build_index
-    except ImportError:
-        return _ExactIndex(dim)
-    return build_index(spec, dim, metric="cosine", backend=backend)
-
-
-def _load_index(path: Path) -> Any:
-    try:
-        from deepmetric.index import load_index
-    except ImportError:
-        return _ExactIndex.load(path)
-    return load_index(path)
-
-
 def _digest(path: Path) -> str:
     """sha256 over a file, or over every file of a folder (relative names and contents, sorted)."""
     digest = hashlib.sha256()
@@ -128,13 +75,16 @@ class IdentityIndex:
         return self.exact_spec if size <= self.exact_limit else self.ann_spec
 
     def _rebuild(self, reason: str) -> None:
+        from deepmetric.index import build_index
+
         generation = self.store.generation  # read before the snapshot: changes after it are replayed later
         batches = list(self.store.centroids())
         nums = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
         vectors = (np.concatenate([b[1] for b in batches]) if batches
                    else np.zeros((0, self.store.embedding_dim), dtype=np.float32))
         spec = self._spec_for(len(nums))
-        index = _build_index(spec, self.store.embedding_dim, self.ann_backend if spec == self.ann_spec else None)
+        index = build_index(spec, self.store.embedding_dim, metric="cosine",
+                            backend=self.ann_backend if spec == self.ann_spec else None)
         if len(nums):
             index.train(vectors)
             index.add(vectors, nums)
@@ -172,6 +122,7 @@ class IdentityIndex:
 
     def _load(self) -> str | None:
         """Load the persisted index; returns None on success or the reason it cannot be used."""
+        from deepmetric.index import load_index
         from deepmetric.io import read_json
 
         if self.cache_dir is None:
@@ -188,7 +139,7 @@ class IdentityIndex:
                 return "older than the last re-embedding"
             if _digest(index_path) != info["sha256"] or _digest(members_file) != info["members_sha256"]:
                 return "corrupt (checksum mismatch)"
-            index = _load_index(index_path)
+            index = load_index(index_path)
             members = np.load(members_file, allow_pickle=False)
         except Exception as error:  # any failure to read a cache means: rebuild it from the truth
             return f"corrupt ({type(error).__name__}: {error})"
