@@ -6,20 +6,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
+# "raw_euclidean": Euclidean distance without normalising the embeddings (the miners' generic path).
+DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot", "raw_euclidean")
+
+
+def build_distance(name: str):
+    from deepmetric.distances import EuclideanDistance, get_distance
+
+    return EuclideanDistance(normalize_embeddings=False) if name == "raw_euclidean" else get_distance(name)
 
 
 def table(name: str, embeddings: torch.Tensor, ref_embeddings: torch.Tensor | None = None) -> np.ndarray:
     """(B, R) values of the named distance / similarity, computed pair by pair."""
     x = embeddings.double().numpy()
     y = x if ref_embeddings is None else ref_embeddings.double().numpy()
-    if name != "dot":  # the package's defaults: dot is not normalised, the others are
+    if name not in ("dot", "raw_euclidean"):  # the package's defaults: dot is not normalised, the others are
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         y = y / np.linalg.norm(y, axis=1, keepdims=True)
     out = np.empty((len(x), len(y)))
     for i in range(len(x)):
         for j in range(len(y)):
-            if name == "euclidean":
+            if name in ("euclidean", "raw_euclidean"):
                 out[i, j] = np.sqrt(np.sum((x[i] - y[j]) ** 2))
             elif name == "squared_euclidean":
                 out[i, j] = np.sum((x[i] - y[j]) ** 2)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from deepmetric.miners import AllPairsMiner, PairRatioMiner
-from miner_reference import DISTANCES, is_similarity, pair_sets, relations, table
+from miner_reference import DISTANCES, build_distance, is_similarity, pair_sets, relations, table
 
 
 def batch(seed, size=20, num_classes=4):
@@ -41,7 +41,7 @@ def test_pair_ratio_hardest_matches_brute_force(distance, ratio):
     ties = (negative_values[None, :] == negative_values[:, None]).sum(1) - 1
     may = {pair for pair, count in zip(all_negative, strictly) if count < cap}
     must = {pair for pair, count, tie in zip(all_negative, strictly, ties) if count + tie < cap}
-    pairs = PairRatioMiner(ratio=ratio, distance=distance)(embeddings, labels)
+    pairs = PairRatioMiner(ratio=ratio, distance=build_distance(distance))(embeddings, labels)
     positive_set, negative_set = pair_sets(pairs)
     assert positive_set == {(a, p) for a, ps in enumerate(positives) for p in ps}
     assert must <= negative_set <= may and pairs.num_negative == cap

@@ -3,7 +3,7 @@ import torch
 
 from deepmetric.miners import triplets as triplet_miners
 from deepmetric.miners import AllTripletsMiner, BatchHardMiner, HardMiner, SemiHardMiner
-from miner_reference import DISTANCES, hardest, pair_sets, relations, semi_hard, table, triplet_set
+from miner_reference import DISTANCES, build_distance, hardest, pair_sets, relations, semi_hard, table, triplet_set
 
 
 def batch(seed, size=24, dim=6, num_classes=5):
@@ -40,10 +40,10 @@ def test_hard_matches_brute_force(distance, k, use_ref):
     hard_pos = hardest(distance, values, positives, k, farthest=True)
     hard_neg = hardest(distance, values, negatives, k, farthest=False)
 
-    pairs = HardMiner(tuple_type="pairs", k=k, distance=distance)(embeddings, labels, ref_embeddings, ref_labels)
+    pairs = HardMiner(tuple_type="pairs", k=k, distance=build_distance(distance))(embeddings, labels, ref_embeddings, ref_labels)
     assert pair_sets(pairs) == ({(a, p) for a, ps in enumerate(hard_pos) for p in ps},
                                 {(a, n) for a, ns in enumerate(hard_neg) for n in ns})
-    triplets = HardMiner(tuple_type="triplets", k=k, distance=distance)(embeddings, labels, ref_embeddings, ref_labels)
+    triplets = HardMiner(tuple_type="triplets", k=k, distance=build_distance(distance))(embeddings, labels, ref_embeddings, ref_labels)
     expected = {(a, p, n) for a in range(len(labels)) for p in hard_pos[a] for n in hard_neg[a]}
     assert triplet_set(triplets) == expected and len(triplets) == len(expected)
 
@@ -57,7 +57,7 @@ def test_batch_hard_matches_brute_force(distance):
     hard_pos = hardest(distance, values, positives, 1, farthest=True)
     hard_neg = hardest(distance, values, negatives, 1, farthest=False)
     expected = {(a, hard_pos[a][0], hard_neg[a][0]) for a in range(len(labels)) if hard_pos[a] and hard_neg[a]}
-    triplets = BatchHardMiner(distance=distance)(embeddings, labels)
+    triplets = BatchHardMiner(distance=build_distance(distance))(embeddings, labels)
     assert triplet_set(triplets) == expected and len(triplets) == len(expected)
     assert all(a != len(labels) - 1 for a, _, _ in expected)
 
@@ -77,13 +77,13 @@ def test_batch_hard_agrees_with_pytorch_metric_learning():
 def test_semi_hard_matches_brute_force(distance, fallback, use_ref, search, monkeypatch):
     # both lookups: a masked-min scan per positive, and sort + searchsorted
     monkeypatch.setattr(triplet_miners, "_SCAN_MAX_POSITIVES", 10**6 if search == "scan" else 0)
-    margin = {"euclidean": 0.3, "squared_euclidean": 0.4, "cosine": 0.2, "dot": 0.8}[distance]
+    margin = {"euclidean": 0.3, "squared_euclidean": 0.4, "cosine": 0.2, "dot": 0.8, "raw_euclidean": 0.6}[distance]
     for seed in range(3):
         embeddings, labels, ref_embeddings, ref_labels = inputs(seed, use_ref)
         values = table(distance, embeddings, ref_embeddings)
         positives, negatives = relations(labels, ref_labels)
         expected = semi_hard(distance, values, positives, negatives, margin, fallback)
-        miner = SemiHardMiner(margin=margin, fallback_to_hardest=fallback, distance=distance)
+        miner = SemiHardMiner(margin=margin, fallback_to_hardest=fallback, distance=build_distance(distance))
         triplets = miner(embeddings, labels, ref_embeddings, ref_labels)
         assert triplet_set(triplets) == expected and len(triplets) == len(expected)
         if not fallback:

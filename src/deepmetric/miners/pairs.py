@@ -7,7 +7,7 @@ import math
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.miners._util import SeededRandom, check_positive_number, distance_like
+from deepmetric.miners._util import SeededRandom, check_positive_number, closeness_ranking
 from deepmetric.miners.base import BaseMiner, label_masks
 from deepmetric.registry import register
 from deepmetric.types import Pairs
@@ -89,8 +89,9 @@ class PairRatioMiner(BaseMiner):
         if num_negative <= cap:
             anchor_negative, negative_idx = negative.nonzero(as_tuple=True)
         elif self.strategy == "hardest":
-            closeness = distance_like(self.distance, embeddings, ref_embeddings)
-            closeness = closeness.masked_fill(~negative, float("inf")).flatten()
+            closeness, _ = closeness_ranking(self.distance, embeddings,
+                                             embeddings if ref_labels is None else ref_embeddings)
+            closeness = closeness.masked_fill_(~negative, float("inf")).flatten()
             flat = torch.topk(closeness, cap, largest=False, sorted=True).indices
             anchor_negative, negative_idx = flat // negative.shape[1], flat % negative.shape[1]
         else:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.miners._util import check_positive_int, check_positive_number, distance_like
+from deepmetric.miners._util import (check_positive_int, check_positive_number, closeness_ranking, negatives_only,
+                                     positive_pairs)
 from deepmetric.miners.base import BaseMiner, label_masks, triplets_from_masks
 from deepmetric.registry import register
 from deepmetric.types import Pairs, Triplets
@@ -49,6 +50,26 @@ def _hardest(closeness: torch.Tensor, mask: torch.Tensor, k: int, *, farthest: b
     else:
         columns = torch.topk(masked, min(k, masked.shape[1]), dim=1, largest=farthest).indices
     return columns, mask.gather(1, columns)
+
+
+def _hardest_one(closeness: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_hardest`` with k = 1 for both sides from the positive-pair list: the farthest positive by a
+    reduction over the P pairs and the closest negative by one row minimum (the batch-hard hot path)."""
+    num_anchors = closeness.shape[0]
+    anchor, positive = positive_pairs(labels, ref_labels)
+    values = closeness[anchor, positive]
+    farthest = torch.full((num_anchors,), float("-inf"), dtype=values.dtype, device=values.device)
+    farthest = farthest.scatter_reduce(0, anchor, values, reduce="amax")
+    # first positive reaching its anchor's maximum
+    reaching = torch.where(values == farthest[anchor], torch.arange(anchor.numel(), device=anchor.device),
+                           anchor.numel())
+    first = torch.full((num_anchors,), anchor.numel(), dtype=torch.long, device=anchor.device)
+    first = first.scatter_reduce(0, anchor, reaching, reduce="amin")
+    pos_valid = first < anchor.numel()
+    pos_cols = torch.cat([positive, positive.new_zeros(1)])[first]  # anchors without a positive hit the pad
+    neg_values, neg_cols = negatives_only(closeness, anchor, positive, ref_labels is None).min(1)
+    return pos_cols[:, None], pos_valid[:, None], neg_cols[:, None], torch.isfinite(neg_values)[:, None]
 
 
 _TUPLE_TYPES = ("triplets", "pairs")
@@ -94,10 +115,13 @@ class HardMiner(BaseMiner):
         self.k = check_positive_int("k", k)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Pairs | Triplets:
-        positive, negative = label_masks(labels, ref_labels)
-        closeness = distance_like(self.distance, embeddings, ref_embeddings)
-        pos_cols, pos_valid = _hardest(closeness, positive, self.k, farthest=True)
-        neg_cols, neg_valid = _hardest(closeness, negative, self.k, farthest=False)
+        closeness, _ = closeness_ranking(self.distance, embeddings, embeddings if ref_labels is None else ref_embeddings)
+        if self.k == 1:
+            pos_cols, pos_valid, neg_cols, neg_valid = _hardest_one(closeness, labels, ref_labels)
+        else:
+            positive, negative = label_masks(labels, ref_labels)
+            pos_cols, pos_valid = _hardest(closeness, positive, self.k, farthest=True)
+            neg_cols, neg_valid = _hardest(closeness, negative, self.k, farthest=False)
         rows = torch.arange(closeness.shape[0], device=closeness.device)
         if self.tuple_type == "pairs":
             return Pairs(rows[:, None].expand_as(pos_cols)[pos_valid], pos_cols[pos_valid],
@@ -172,48 +196,57 @@ class SemiHardMiner(BaseMiner):
         self.fallback_to_hardest = bool(fallback_to_hardest)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Triplets:
-        positive, negative = label_masks(labels, ref_labels)
-        anchor, positive_idx = positive.nonzero(as_tuple=True)
+        anchor, positive_idx = positive_pairs(labels, ref_labels)
         if anchor.numel() == 0:
             return Triplets.empty(embeddings.device)
-        closeness = distance_like(self.distance, embeddings, ref_embeddings)
+        closeness, to_distance = closeness_ranking(self.distance, embeddings,
+                                                   embeddings if ref_labels is None else ref_embeddings)
         anchor_positive = closeness[anchor, positive_idx]
-        negative_closeness = closeness.masked_fill_(~negative, float("inf"))
+        negative_closeness = negatives_only(closeness, anchor, positive_idx, ref_labels is None)
         # Positive distances laid out per anchor, (B, most positives of an anchor), padded with +inf, so
         # that each anchor's negatives are scanned or searched once for all its positives.
-        counts = positive.sum(1)
+        counts = torch.bincount(anchor, minlength=closeness.shape[0])
         rank = torch.arange(anchor.numel(), device=anchor.device) - (torch.cumsum(counts, 0) - counts)[anchor]
         queries = torch.full((closeness.shape[0], int(counts.max())), float("inf"), dtype=closeness.dtype,
                              device=closeness.device)
         queries[anchor, rank] = anchor_positive
         candidate, negative_cols = _closest_farther(negative_closeness, queries)
         candidate, negative_idx = candidate[anchor, rank], negative_cols[anchor, rank]
-        # An inf candidate (no farther negative) fails the strict comparison.
-        semi_hard = (candidate > anchor_positive) & (candidate < anchor_positive + self.margin)
+        # The search ran on a ranking of the distances; the margin is tested on the distances themselves.
+        # An inf candidate (no farther negative) fails the comparisons.
+        farther = candidate > anchor_positive
+        if to_distance is not None:
+            candidate, anchor_positive = to_distance(candidate), to_distance(anchor_positive)
+        semi_hard = farther & (candidate < anchor_positive + self.margin)
         if not self.fallback_to_hardest:
             return Triplets(anchor[semi_hard], positive_idx[semi_hard], negative_idx[semi_hard])
-        hardest = negative_closeness.argmin(1)
-        keep = semi_hard | negative.any(1)[anchor]
+        hardest_value, hardest = negative_closeness.min(1)
+        keep = semi_hard | torch.isfinite(hardest_value)[anchor]
         negative_idx = torch.where(semi_hard, negative_idx, hardest[anchor])
         return Triplets(anchor[keep], positive_idx[keep], negative_idx[keep])
 
 
-# Up to this many positives per anchor one masked-min pass per positive beats sorting every row.
-_SCAN_MAX_POSITIVES = 12
+# Up to this many positives per anchor a masked min over (B, J, R) beats sorting every row; it runs over
+# blocks of rows of at most _SCAN_BLOCK elements so memory stays O(B R).
+_SCAN_MAX_POSITIVES = 6
+_SCAN_BLOCK = 1 << 22
 
 
 def _closest_farther(negative_closeness: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each ``queries[a, j]``, the smallest ``negative_closeness[a, n]`` strictly above it and its column
     (``inf`` when there is none). Inputs (B, R) and (B, J); memory O(B R) whatever J."""
-    if queries.shape[1] <= _SCAN_MAX_POSITIVES:
+    num_queries, num_refs = queries.shape[1], negative_closeness.shape[1]
+    if num_queries <= _SCAN_MAX_POSITIVES:
+        rows = max(1, _SCAN_BLOCK // (num_queries * num_refs))
         values, columns = [], []
-        for query in queries.unbind(1):
-            farther = negative_closeness.masked_fill(negative_closeness <= query[:, None], float("inf"))
-            value, column = farther.min(1)
+        for start in range(0, queries.shape[0], rows):
+            block = negative_closeness[start:start + rows, None, :]
+            query = queries[start:start + rows, :, None]
+            value, column = torch.where(block > query, block, float("inf")).min(2)
             values.append(value)
             columns.append(column)
-        return torch.stack(values, 1), torch.stack(columns, 1)
+        return torch.cat(values), torch.cat(columns)
     sorted_negatives, order = torch.sort(negative_closeness, dim=1, stable=True)
     slot = torch.searchsorted(sorted_negatives, queries.contiguous(), right=True)
-    slot = slot.clamp_max(negative_closeness.shape[1] - 1)
+    slot = slot.clamp_max(num_refs - 1)
     return sorted_negatives.gather(1, slot), order.gather(1, slot)
