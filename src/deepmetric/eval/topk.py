@@ -1,8 +1,8 @@
 """Exact k-nearest-neighbour search in blocks: memory grows linearly with the gallery, never N x N.
 
-Scores come from a fast float32 pass that proposes candidates and an exact re-scoring of the candidates
-(float64 accumulation of the float32 inputs, rounded to float32): BLAS rounds float32 matrix products
-differently for different block shapes, so only the re-scored values are shape-independent. Ties are then
+Scores come from a fast float32 matrix-product pass that proposes candidates and a re-scoring of the
+candidates by one fixed elementwise arithmetic: BLAS rounds matrix products differently for different
+block shapes, so only the re-scored values are shape-independent. Ties are then
 broken by gallery index, so results do not depend on the block sizes.
 """
 
@@ -184,26 +184,23 @@ def _mask_self(scores: torch.Tensor, q_start: int, q_stop: int, g_start: int, g_
 
 
 def _exact_scores(query: torch.Tensor, gallery: torch.Tensor, metric: str) -> torch.Tensor:
-    """Shape-independent scores: float32 products are exact in float64 and the float64 sum is rounded to
-    float32, so the block layout cannot change a single bit (short of a 1e-16 coincidence)."""
-    query, gallery = query.double(), gallery.double()
+    """Shape-independent scores of every (query, gallery) row pair, (Q, G) from (Q, D) and (G, D): an
+    elementwise product summed along D, the same arithmetic whatever the layout of the blocks."""
+    return _pair_scores(query[:, None, :], gallery[None, :, :], metric)
+
+
+def _pair_scores(query: torch.Tensor, gallery: torch.Tensor, metric: str) -> torch.Tensor:
     if metric == "euclidean":
-        sq = (query * query).sum(-1)[:, None] + (gallery * gallery).sum(-1)[None, :] - 2 * query @ gallery.T
-        return (-sq.clamp(min=0).sqrt()).float() + 0.0
-    return (query @ gallery.T).float() + 0.0  # + 0.0 turns -0.0 into +0.0 so equal scores compare equal
+        return -((query - gallery) ** 2).sum(-1).sqrt() + 0.0
+    return (query * gallery).sum(-1) + 0.0  # + 0.0 turns -0.0 into +0.0 so equal scores compare equal
 
 
 def _rescore(query_t: torch.Tensor, gallery_t: torch.Tensor, ids: torch.Tensor, metric: str,
-             chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+             chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     values = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
     for i in range(0, ids.shape[0], chunk):
-        q = query_t[i:i + chunk].double()[:, None, :]
-        g = gallery_t[ids[i:i + chunk]].double()
-        if metric == "euclidean":
-            values[i:i + chunk] = -((q - g) ** 2).sum(-1).sqrt().float()
-        else:
-            values[i:i + chunk] = (q * g).sum(-1).float()
-    return values + 0.0, ids
+        values[i:i + chunk] = _pair_scores(query_t[i:i + chunk, None, :], gallery_t[ids[i:i + chunk]], metric)
+    return values, ids
 
 
 def _left_out_bound(query_t: torch.Tensor, gallery_t: torch.Tensor, fast_last: torch.Tensor,
@@ -226,7 +223,9 @@ def _exact_rows(query: torch.Tensor, gallery_t: torch.Tensor, k: int, metric: st
     best_values = best_ids = None
     for g_start in range(0, gallery_t.shape[0], block_size):
         g_stop = min(g_start + block_size, gallery_t.shape[0])
-        block = _exact_scores(query, gallery_t[g_start:g_stop], metric)
+        step = max(1, (1 << 24) // max(1, query.shape[0] * query.shape[1]))
+        block = torch.cat([_exact_scores(query, gallery_t[i:min(i + step, g_stop)], metric)
+                           for i in range(g_start, g_stop, step)], 1)
         if exclude_self:
             inside = (rows >= g_start) & (rows < g_stop)
             local = torch.nonzero(inside).squeeze(1)
