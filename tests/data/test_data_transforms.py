@@ -61,3 +61,21 @@ def test_bad_preprocessing_is_named(bad, match):
 def test_transform_rejects_float_images():
     with pytest.raises(TypeError, match="uint8"):
         build_transforms(GREY, train=False)(np.zeros((4, 4), np.float32))
+
+
+def test_reseed_makes_augmentations_a_function_of_the_seed():
+    from deepmetric import registry
+
+    data = registry.build({"name": "digits", "args": {"split": "train", "image_size": 16}}, "dataset")
+    assert data.augment
+    data.reseed(7)
+    first = [data[i][0] for i in range(4)]
+    data.reseed(8)
+    other = [data[i][0] for i in range(4)]
+    data.reseed(7)
+    again = [data[i][0] for i in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    clone = pickle.loads(pickle.dumps(data))  # as in a worker process
+    clone.reseed(7)
+    assert all(torch.equal(clone[i][0], first[i]) for i in range(4))

@@ -98,3 +98,12 @@ def test_triplet_network_and_dataset():
     network = TripletNetwork(embedder=small_embedder())
     outputs = network(anchor, positive, negative)
     assert [o.shape for o in outputs] == [(4, 16)] * 3
+
+
+def test_pair_dataset_forwards_reseed_to_augmented_images():
+    digits = registry.build({"name": "digits", "args": {"split": "train", "image_size": 16}}, "dataset")
+    pairs = PairDataset(digits, num_pairs=6)
+    pairs.reseed(3)
+    first = [pairs[i][0] for i in range(3)]
+    pairs.reseed(3)
+    assert all(torch.equal(a, pairs[i][0]) for i, a in enumerate(first))

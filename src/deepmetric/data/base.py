@@ -83,7 +83,17 @@ def limit_per_class(labels: np.ndarray, max_per_class: int | None, seed: int = 0
     return np.sort(np.concatenate(keep)) if keep else np.arange(0)
 
 
-class LabelledImages(Dataset):
+class TransformedDataset(Dataset):
+    """Base of data sets whose items pass through ``self.transform`` (an ``ImageTransform``)."""
+
+    transform: Any
+
+    def reseed(self, seed: int) -> None:
+        """Seed the augmentations (see ``ImageTransform.reseed``)."""
+        self.transform.reseed(seed)
+
+
+class LabelledImages(TransformedDataset):
     """In-memory uint8 images with integer labels; relabels the chosen classes to ``0..num_classes-1``.
 
     Args:

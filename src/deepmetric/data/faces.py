@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from deepmetric.data.base import as_image_size
+from deepmetric.data.base import TransformedDataset, as_image_size
 from deepmetric.data.images import load_image, pil_to_array
 from deepmetric.data.transforms import build_transforms
 from deepmetric.registry import register
@@ -77,7 +76,7 @@ class VerificationPairs:
         return len(self.same)
 
 
-class PairImages(Dataset):
+class PairImages(TransformedDataset):
     """The unique images of a verification set, items ``(image (C, H, W), label)`` (label: identity index,
     or -1 when the format does not say), with ``pairs`` (a ``VerificationPairs`` indexing these items)."""
 
@@ -380,7 +379,7 @@ def _first_label(header: IRHeader) -> int:
 
 
 @register("dataset", "insightface_rec", example={"root": "faces_emore"})
-class InsightFaceRecord(Dataset):
+class InsightFaceRecord(TransformedDataset):
     """An insightface training set (``train.rec`` + ``train.idx``, e.g. MS1MV2 / Glint360K), read without
     MXNet. Record 0 may be a header whose label ``(a, b)`` says images are keys ``1..a-1`` and keys
     ``a..b-1`` are per-identity records holding each identity's image key range; otherwise every record is

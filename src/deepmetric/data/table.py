@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from deepmetric.data.base import as_image_size
+from deepmetric.data.base import TransformedDataset, as_image_size
 from deepmetric.data.images import load_image
 from deepmetric.data.transforms import build_transforms
 from deepmetric.io import atomic_write_text
@@ -224,7 +223,7 @@ def image_folder_to_table(folder: str | os.PathLike, *, extensions: Sequence[str
                      np.full(size, "", dtype=object), names)
 
 
-class TableDataset(Dataset):
+class TableDataset(TransformedDataset):
     """Images listed in a ``DataTable``, decoded with PIL on access. Labels are relabelled to
     ``0..num_classes-1`` (``class_ids`` keeps the table's labels).
 

@@ -105,6 +105,13 @@ class ImageTransform:
                                  max_pixel_value=255.0))
         return A.Compose(steps)
 
+    def reseed(self, seed: int) -> None:
+        """Make the next random augmentations a function of ``seed`` alone (albumentations keeps a private
+        generator that global seeding does not reach); the trainer calls this once per batch."""
+        if self._pipeline is None:
+            self._pipeline = self._build()
+        self._pipeline.set_random_seed(int(seed) % 2**32)
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise TypeError(f"image must be a uint8 numpy array, got {type(image).__name__} "

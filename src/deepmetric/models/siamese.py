@@ -126,7 +126,17 @@ def draw_different(labels: np.ndarray, anchors: np.ndarray, rng: np.random.Gener
     return others
 
 
-class PairDataset(Dataset):
+class _WrapperDataset(Dataset):
+    images: Dataset
+
+    def reseed(self, seed: int) -> None:
+        """Forward the trainer's per-batch augmentation seed to the wrapped data set."""
+        reseed = getattr(self.images, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+
+class PairDataset(_WrapperDataset):
     """Items ``(first_input, second_input, same)`` for a Siamese network.
 
     Give either ``pairs=(first_indices, second_indices, same)`` over ``images`` (only pair labels known),
@@ -185,7 +195,7 @@ class PairDataset(Dataset):
         return self._input(self.first[index]), self._input(self.second[index]), int(self.same[index])
 
 
-class TripletDataset(Dataset):
+class TripletDataset(_WrapperDataset):
     """Items ``(anchor, positive, negative)`` drawn from a labelled data set, redrawn by ``set_epoch``.
 
     Args:
