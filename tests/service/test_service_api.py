@@ -63,6 +63,13 @@ def test_enrol_identify_verify_embed_with_photos(face_client):
     assert thumbnail.headers["content-type"] == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(thumbnail.content)).convert("RGB")), image)
 
+    added = face_client.post("/api/identities/eileen/images", headers=KEY,
+                             files=[("images", ("c.jpg", rotated_with_exif(image), "image/jpeg"))])
+    assert added.status_code == 201 and added.json()["num_templates"] == 3
+    trimmed = face_client.delete(f"/api/identities/eileen/templates/{template_id}", headers=KEY)
+    assert trimmed.status_code == 200 and trimmed.json()["num_templates"] == 2
+    assert template_id not in {t["template_id"] for t in trimmed.json()["templates"]}
+
 
 def test_bad_photos_get_4xx_with_reason_and_change_nothing(face_client, face_gallery):
     jpeg = encode(astronaut(), "JPEG")
