@@ -222,3 +222,16 @@ def test_adacos_scales():
     wide = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
     assert adacos_dynamic_scale(rest[:3], wide) == pytest.approx(
         np.log(np.mean(np.exp(rest[:3].numpy()))) / np.cos(math.pi / 4))
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    head, inputs, labels, _ = make_case()
+    head.float()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        losses = head(inputs.detach().bfloat16().requires_grad_(True), labels, row_scale=64.0, margin=arcface).losses
+    expected = reference_losses(inputs.detach().bfloat16().double(), labels, head.weight.double(), None,
+                                torch.full((9,), 64.0, dtype=torch.float64), arcface, 1, True)
+    assert losses.dtype == torch.float32
+    torch.testing.assert_close(losses.double(), expected, rtol=1e-4, atol=1e-4)
+    losses.sum().backward()
+    assert torch.isfinite(head.weight.grad).all()

@@ -29,10 +29,11 @@ MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 HEADS = ("full", "sampled")
 
-# Elements of one (B, chunk * K) logit block: 1 Mi floats = 4 MiB in float32, small next to the
+# Elements of one (B, chunk * K) logit block: 4 Mi floats = 16 MiB in float32, small next to the
 # weight matrix yet large enough that each matrix product runs at full speed.
-_CHUNK_ELEMENTS = 1 << 20
+_CHUNK_ELEMENTS = 1 << 22
 _NORM_EPS = 1e-12
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def identity_margin(cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,7 @@ def identity_margin(cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def default_chunk_size(batch_size: int, num_subcenters: int = 1) -> int:
-    """Classes per chunk so that a (B, chunk * K) block holds about 1 Mi elements."""
+    """Classes per chunk so that a (B, chunk * K) block holds about 4 Mi elements."""
     return max(256, _CHUNK_ELEMENTS // max(1, batch_size * num_subcenters))
 
 
@@ -51,8 +52,7 @@ class _Chunk:
     stop: int
     row_ids: torch.Tensor | None    # rows of the weight matrix (None: the contiguous slice)
     augmented: torch.Tensor         # (n * K, D + extra): [unit centre | bias | 1], see _augmented_inputs
-    inv_norms: torch.Tensor | None  # (n * K,)
-    centres: torch.Tensor           # (n * K, D) view of the unit centres inside `augmented`
+    centres: torch.Tensor           # (n * K, D) view of the (unit) centres inside `augmented`
 
 
 def _subcentre_rows(classes: torch.Tensor, num_subcenters: int) -> torch.Tensor:
@@ -73,6 +73,13 @@ def _normalise_rows(rows: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, 
     return rows * inv_norms.unsqueeze(-1), inv_norms
 
 
+def _column_inverse_norms(weight: torch.Tensor, class_index: torch.Tensor | None, num_subcenters: int,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """``1 / ||w||`` of the head's rows in column order (the sampled rows only for a sampled head)."""
+    rows = weight if class_index is None else weight.index_select(0, _subcentre_rows(class_index, num_subcenters))
+    return _inverse_norms(rows).to(dtype)
+
+
 def _augmented_inputs(scaled: torch.Tensor, has_bias: bool, shift: torch.Tensor | None) -> torch.Tensor:
     """``[s_i x_i | 1 | -shift_i]`` so that one matrix product with ``[w_j | b_j | 1]`` gives
     ``s_i <x_i, w_j> + b_j - shift_i``: the bias and the log-sum-exp shift cost no pass over the block."""
@@ -85,14 +92,22 @@ def _augmented_inputs(scaled: torch.Tensor, has_bias: bool, shift: torch.Tensor 
     return augmented
 
 
+def _num_columns(weight: torch.Tensor, class_index: torch.Tensor | None, num_subcenters: int) -> int:
+    return weight.shape[0] // num_subcenters if class_index is None else class_index.numel()
+
+
 def _chunks(weight: torch.Tensor, bias: torch.Tensor | None, class_index: torch.Tensor | None,
-            num_subcenters: int, chunk_size: int, dtype: torch.dtype, normalize: bool,
-            inv_norms: torch.Tensor | None = None) -> Iterator[_Chunk]:
-    """Chunks of ``chunk_size`` classes; ``inv_norms`` (per head row, in column order) skips recomputing
-    the centre norms in the backward pass."""
+            num_subcenters: int, chunk_size: int, dtype: torch.dtype,
+            inv_norms: torch.Tensor | None) -> Iterator[_Chunk]:
+    """Chunks of ``chunk_size`` classes, centres scaled by ``inv_norms`` (column order; None: raw).
+
+    Without autograd one buffer serves every chunk, so a step costs a handful of kernels per chunk."""
     k = num_subcenters
     dim = weight.shape[1]
-    num_columns = weight.shape[0] // k if class_index is None else class_index.numel()
+    width = dim + 1 + int(bias is not None)
+    num_columns = _num_columns(weight, class_index, k)
+    reuse = not torch.is_grad_enabled()  # logits() with autograd needs a fresh tensor per chunk
+    buffer = None
     for start in range(0, num_columns, chunk_size):
         stop = min(start + chunk_size, num_columns)
         if class_index is None:
@@ -104,20 +119,19 @@ def _chunks(weight: torch.Tensor, bias: torch.Tensor | None, class_index: torch.
             row_ids = _subcentre_rows(classes, k)
             rows = weight.index_select(0, row_ids)
             chunk_bias = None if bias is None else bias.index_select(0, classes)
-        augmented = torch.empty(rows.shape[0], dim + 1 + int(bias is not None), dtype=dtype, device=weight.device)
-        chunk_inv = None
-        if normalize:
-            chunk_inv = _inverse_norms(rows) if inv_norms is None else inv_norms[start * k:stop * k]
-            if torch.is_grad_enabled():  # logits() outside the autograd Function stays differentiable
-                augmented[:, :dim] = rows * chunk_inv.unsqueeze(1)
-            else:
-                torch.mul(rows, chunk_inv.unsqueeze(1), out=augmented[:, :dim])
-        else:
+        if buffer is None or not reuse:
+            buffer = torch.empty(min(chunk_size, num_columns) * k, width, dtype=dtype, device=weight.device)
+            buffer[:, -1] = 1.0
+        augmented = buffer[:rows.shape[0]]
+        if inv_norms is None:
             augmented[:, :dim] = rows
+        elif reuse:
+            torch.mul(rows, inv_norms[start * k:stop * k].unsqueeze(1), out=augmented[:, :dim])
+        else:
+            augmented[:, :dim] = rows * inv_norms[start * k:stop * k].unsqueeze(1)
         if chunk_bias is not None:
             augmented[:, dim] = chunk_bias.repeat_interleave(k) if k > 1 else chunk_bias
-        augmented[:, -1] = 1.0
-        yield _Chunk(start, stop, row_ids, augmented, chunk_inv, augmented[:, :dim])
+        yield _Chunk(start, stop, row_ids, augmented, augmented[:, :dim])
 
 
 class _TargetCells:
@@ -139,23 +153,29 @@ class _TargetCells:
             block[self.rows[position], self.columns[position]] = value
 
 
-def _project_out_norm(grad_unit: torch.Tensor, unit: torch.Tensor, inv_norms: torch.Tensor | None) -> torch.Tensor:
-    """Gradient w.r.t. ``w`` from the gradient w.r.t. ``w / ||w||``: ``(g - u <g, u>) / ||w||`` (in place)."""
-    if inv_norms is None:
-        return grad_unit
-    radial = torch.linalg.vecdot(grad_unit, unit).unsqueeze(-1)
-    return grad_unit.addcmul_(unit, radial, value=-1.0).mul_(inv_norms.unsqueeze(-1))
+_PROJECTION_ROWS = 1 << 16
+
+
+def _project_out_norms(grad_unit: torch.Tensor, weight: torch.Tensor, inv_norms: torch.Tensor) -> None:
+    """In place: the gradient w.r.t. ``w`` from the gradient ``g`` w.r.t. ``u = w / ||w||``,
+    ``(g - u <g, u>) / ||w|| = g / ||w|| - w <g, w> / ||w||^3``, in blocks of rows (bounded temporaries)."""
+    for start in range(0, weight.shape[0], _PROJECTION_ROWS):
+        grad = grad_unit[start:start + _PROJECTION_ROWS]
+        rows = weight[start:start + _PROJECTION_ROWS]
+        inv = inv_norms[start:start + _PROJECTION_ROWS].unsqueeze(1)
+        radial = (grad * rows).sum(dim=1, keepdim=True)
+        grad.mul_(inv).addcmul_(rows, radial * inv.pow(3), value=-1.0)
 
 
 def _target_products(inputs: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, num_subcenters: int,
-                     normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Products with each sample's own class centre: values (B,), best sub-centre (B,), that unit centre
-    (B, D) and its inverse norm (B,) (None when not normalised)."""
+                     normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Products with each sample's own class centre: values (B,), best sub-centre (B,) and that
+    (unit, when normalised) centre (B, D)."""
     rows = weight.view(-1, num_subcenters, weight.shape[1])[labels].to(inputs.dtype)
-    centres, inv_norms = _normalise_rows(rows, normalize)
+    centres, _ = _normalise_rows(rows, normalize)
     values, best = torch.einsum("bd,bkd->bk", inputs, centres).max(dim=1)
     picked = torch.arange(labels.numel(), device=labels.device)
-    return values, best, centres[picked, best], None if inv_norms is None else inv_norms[picked, best]
+    return values, best, centres[picked, best]
 
 
 def _block(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int
@@ -177,11 +197,11 @@ def _logsumexp_bound(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torc
 
 def _exact_nontarget_logsumexp(scaled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                target_columns: torch.Tensor, class_index: torch.Tensor | None, num_subcenters: int,
-                               chunk_size: int, normalize: bool) -> torch.Tensor:
+                               chunk_size: int, inv_norms: torch.Tensor | None) -> torch.Tensor:
     augmented = _augmented_inputs(scaled, bias is not None, None)
     total = scaled.new_full((scaled.shape[0],), -math.inf)
     targets = _TargetCells(target_columns, chunk_size)
-    for chunk in _chunks(weight, bias, class_index, num_subcenters, chunk_size, scaled.dtype, normalize):
+    for chunk in _chunks(weight, bias, class_index, num_subcenters, chunk_size, scaled.dtype, inv_norms):
         logits, _ = _block(augmented, chunk, num_subcenters)
         targets.fill(logits, chunk.start, -math.inf)
         total = torch.logaddexp(total, torch.logsumexp(logits, dim=1))
@@ -193,7 +213,7 @@ def nontarget_logsumexp(inputs: torch.Tensor, row_scale: torch.Tensor, weight: t
                         class_index: torch.Tensor | None, num_subcenters: int, chunk_size: int,
                         normalize_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log sum_{j != y_i} exp(s_i <x_i, w_j> + b_j)`` (B,) streamed over class chunks, and the inverse
-    centre norms in column order (None when not normalised) for the backward pass.
+    centre norms in column order (None when not normalised), reused by the backward pass.
 
     Each block is exponentiated after subtracting a per-row upper bound of its logits (folded into the
     matrix product), so nothing overflows and no per-block maximum is needed. Rows whose sum could
@@ -201,30 +221,27 @@ def nontarget_logsumexp(inputs: torch.Tensor, row_scale: torch.Tensor, weight: t
     streaming log-sum-exp.
     """
     k = num_subcenters
+    inv_norms = _column_inverse_norms(weight, class_index, k, inputs.dtype) if normalize_weight else None
     scaled = inputs * row_scale.unsqueeze(1)
     shift = _logsumexp_bound(inputs, row_scale, weight, bias, normalize_weight)
     augmented = _augmented_inputs(scaled, bias is not None, shift)
-    sums = torch.zeros_like(shift)
-    num_rows = weight.shape[0] if class_index is None else class_index.numel() * k
-    inv_norms = torch.empty(num_rows, dtype=inputs.dtype, device=inputs.device) if normalize_weight else None
+    num_columns = _num_columns(weight, class_index, k)
+    partial_sums = inputs.new_empty(-(-num_columns // chunk_size), inputs.shape[0])
     targets = _TargetCells(target_columns, chunk_size)
-    for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, normalize_weight):
-        if inv_norms is not None:
-            inv_norms[chunk.start * k:chunk.stop * k] = chunk.inv_norms
+    for position, chunk in enumerate(_chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, inv_norms)):
         block, _ = _block(augmented, chunk, k)
         block.exp_()
         targets.fill(block, chunk.start, 0.0)
-        sums += block.sum(dim=1)
-    total = sums.log_().add_(shift)
+        torch.sum(block, dim=1, out=partial_sums[position])
+    total = partial_sums.sum(dim=0).log_().add_(shift)
     # Terms below exp(log(tiny)) flush to zero; with N of them lost the relative error of the sum
     # stays below eps as long as log(sum) > log(tiny) + log(N) - log(eps).
     finfo = torch.finfo(inputs.dtype)
-    num_terms = max(num_rows // k, 2)
-    floor = math.log(finfo.tiny) + math.log(num_terms) - math.log(finfo.eps)
+    floor = math.log(finfo.tiny) + math.log(max(num_columns, 2)) - math.log(finfo.eps)
     suspect = (total - shift < floor).nonzero().flatten()
     if suspect.numel():
         total[suspect] = _exact_nontarget_logsumexp(scaled[suspect], weight, bias, target_columns[suspect],
-                                                    class_index, k, chunk_size, normalize_weight)
+                                                    class_index, k, chunk_size, inv_norms)
     return total, inv_norms
 
 
@@ -240,7 +257,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
                 num_subcenters, chunk_size, normalize_weight):
         rest, inv_norms = nontarget_logsumexp(inputs, row_scale, weight, bias, target_columns, class_index,
                                               num_subcenters, chunk_size, normalize_weight)
-        target_cos, _, _, _ = _target_products(inputs, weight, labels, num_subcenters, normalize_weight)
+        target_cos, _, _ = _target_products(inputs, weight, labels, num_subcenters, normalize_weight)
         target_logits = row_scale * margin_fn(target_cos, labels)
         if bias is not None:
             target_logits = target_logits + bias[labels].to(inputs.dtype)
@@ -255,6 +272,11 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_losses, _grad_rest, _grad_cos):
+        with torch.autocast(device_type=grad_losses.device.type, enabled=False):
+            return _ChunkedMarginCrossEntropy._backward(ctx, grad_losses)
+
+    @staticmethod
+    def _backward(ctx, grad_losses):
         (inputs, row_scale, weight, bias, labels, target_columns, class_index, log_partition, target_logits,
          target_cos, inv_norms) = ctx.saved_tensors
         num_subcenters, chunk_size, normalize = ctx.settings
@@ -270,13 +292,15 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         scaled_weighted = scaled * grad_losses.unsqueeze(1)
         sum_p_centres = torch.zeros_like(inputs)
         full = class_index is None
+        # Gradient w.r.t. the unit centres first; the normalisation is undone once at the end.
         grad_weight = grad_bias = None
         if need_weight:
             grad_weight = torch.empty_like(weight) if full else torch.zeros_like(weight)
         if need_bias:
             grad_bias = torch.empty_like(bias) if full else torch.zeros_like(bias)
+        write_in_place = full and weight.dtype == inputs.dtype
         targets = _TargetCells(target_columns, chunk_size)
-        for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, normalize, inv_norms):
+        for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, inv_norms):
             products = augmented @ chunk.augmented.T
             if k > 1:
                 probs, best = products.view(batch, -1, k).max(dim=2)
@@ -292,11 +316,13 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
                 probs_rows = probs
             sum_p_centres.addmm_(probs_rows, chunk.centres)
             if need_weight:
-                grad_rows = _project_out_norm(probs_rows.T @ scaled_weighted, chunk.centres, chunk.inv_norms)
-                if full:
-                    grad_weight[chunk.start * k:chunk.stop * k] = grad_rows
+                rows = slice(chunk.start * k, chunk.stop * k)
+                if write_in_place:
+                    torch.mm(probs_rows.T, scaled_weighted, out=grad_weight[rows])
+                elif full:
+                    grad_weight[rows] = probs_rows.T @ scaled_weighted
                 else:
-                    grad_weight.index_copy_(0, chunk.row_ids, grad_rows.to(weight.dtype))
+                    grad_weight.index_copy_(0, chunk.row_ids, (probs_rows.T @ scaled_weighted).to(weight.dtype))
             if need_bias:
                 grad_rows_bias = (probs.T @ grad_losses).to(bias.dtype)
                 if full:
@@ -312,7 +338,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             grad_cos = torch.autograd.grad(margin_values, cosine, grad_target * row_scale, allow_unused=True)[0]
         if grad_cos is None:
             grad_cos = torch.zeros_like(target_cos)
-        _, target_sub, target_centres, target_inv = _target_products(inputs, weight, labels, k, normalize)
+        _, target_sub, target_centres = _target_products(inputs, weight, labels, k, normalize)
 
         grad_inputs = grad_scale = None
         if need_inputs:
@@ -321,8 +347,10 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         if need_scale:
             grad_scale = grad_losses * (sum_p_centres * inputs).sum(1) + grad_target * margin_values.detach()
         if need_weight:
-            grad_target_rows = _project_out_norm(grad_cos.unsqueeze(1) * inputs, target_centres, target_inv)
-            grad_weight.index_add_(0, labels * k + target_sub, grad_target_rows.to(weight.dtype))
+            grad_weight.index_add_(0, labels * k + target_sub, (grad_cos.unsqueeze(1) * inputs).to(weight.dtype))
+            if normalize:
+                row_inv = inv_norms if full else _inverse_norms(weight)
+                _project_out_norms(grad_weight, weight, row_inv.to(weight.dtype))
         if need_bias:
             grad_bias.index_add_(0, labels, grad_target.to(bias.dtype))
         return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 7
@@ -362,7 +390,7 @@ class ClassCentreHead(nn.Module):
         bias: learn a per-class bias (plain softmax).
         head: ``"full"`` or ``"sampled"``.
         sample_rate: fraction of classes in the sampled denominator, in (0, 1].
-        chunk_size: classes per chunk; None picks ~1 Mi logits per chunk.
+        chunk_size: classes per chunk; None picks ~4 Mi logits per chunk.
     """
 
     def __init__(self, *, embedding_dim: int, num_classes: int, num_subcenters: int = 1,
@@ -441,9 +469,13 @@ class ClassCentreHead(nn.Module):
         if class_index is None and self.head == "sampled" and self.training:
             class_index = self.sample_classes(labels)
         target_columns, class_index = self._columns(labels, class_index)
-        losses, rest, target_cos = _ChunkedMarginCrossEntropy.apply(
-            inputs, row_scale, self.weight, self.bias, labels, target_columns, class_index, margin,
-            self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight)
+        if inputs.dtype in _HALF_DTYPES:
+            # exp(s cos - bound) underflows in 16-bit floats; the head always computes in >= float32.
+            inputs, row_scale = inputs.float(), row_scale.float()
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            losses, rest, target_cos = _ChunkedMarginCrossEntropy.apply(
+                inputs, row_scale, self.weight, self.bias, labels, target_columns, class_index, margin,
+                self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight)
         return HeadOutput(losses, rest, target_cos)
 
     def _columns(self, labels: torch.Tensor, class_index: torch.Tensor | None
@@ -483,9 +515,10 @@ class ClassCentreHead(nn.Module):
         """Margin-free logits ``s_i <x_i, w_j> + b_j`` (B, C) (largest sub-centre), built chunk by chunk."""
         row_scale = self._check(inputs, row_scale)
         augmented = _augmented_inputs(inputs * row_scale.unsqueeze(1), self.bias is not None, None)
+        inv_norms = _inverse_norms(self.weight).to(inputs.dtype) if self.normalize_weight else None
         parts = [_block(augmented, chunk, self.num_subcenters)[0]
                  for chunk in _chunks(self.weight, self.bias, None, self.num_subcenters,
-                                      self._resolve_chunk(inputs.shape[0]), inputs.dtype, self.normalize_weight)]
+                                      self._resolve_chunk(inputs.shape[0]), inputs.dtype, inv_norms)]
         return torch.cat(parts, dim=1)
 
     def unit_centres(self) -> torch.Tensor:
