@@ -84,6 +84,13 @@ def test_degenerate_batches_give_no_invalid_tuple(name, case):
 
 
 @pytest.mark.parametrize("name", MINERS)
+def test_empty_batch_or_reference_set(name):
+    labels = torch.tensor([0, 0, 1, 1])
+    assert len(build(name)(torch.randn(4, 3), labels, torch.randn(0, 3), torch.zeros(0, dtype=torch.long))) == 0
+    assert len(build(name)(torch.randn(0, 3), torch.zeros(0, dtype=torch.long))) == 0
+
+
+@pytest.mark.parametrize("name", MINERS)
 def test_loss_on_mined_tuples_backpropagates(name):
     loss_name = "triplet" if name in TRIPLET_MINERS else "contrastive"
     if loss_name not in registry.names("loss"):

@@ -98,6 +98,8 @@ class DistanceWeightedMiner(BaseMiner):
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Triplets:
         positive, _ = label_masks(labels, ref_labels)
+        if not bool(positive.any()):
+            return Triplets.empty(embeddings.device)
         weights = self.sampling_weights(embeddings, labels, ref_embeddings, ref_labels)
         usable = weights.sum(1) > 0
         positive &= usable[:, None]

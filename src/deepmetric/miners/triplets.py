@@ -44,11 +44,7 @@ def _hardest(closeness: torch.Tensor, mask: torch.Tensor, k: int, *, farthest: b
     negatives) and whether each chosen column is really allowed (rows may have fewer than ``k``)."""
     fill = float("-inf") if farthest else float("inf")
     masked = closeness.masked_fill(~mask, fill)
-    if k == 1:
-        # max/min is cheaper than topk and is the batch-hard hot path.
-        columns = (masked.argmax(1) if farthest else masked.argmin(1)).unsqueeze(1)
-    else:
-        columns = torch.topk(masked, min(k, masked.shape[1]), dim=1, largest=farthest).indices
+    columns = torch.topk(masked, min(k, masked.shape[1]), dim=1, largest=farthest).indices
     return columns, mask.gather(1, columns)
 
 
@@ -116,6 +112,8 @@ class HardMiner(BaseMiner):
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Pairs | Triplets:
         closeness, _ = closeness_ranking(self.distance, embeddings, embeddings if ref_labels is None else ref_embeddings)
+        if closeness.numel() == 0:
+            return (Pairs if self.tuple_type == "pairs" else Triplets).empty(embeddings.device)
         if self.k == 1:
             pos_cols, pos_valid, neg_cols, neg_valid = _hardest_one(closeness, labels, ref_labels)
         else:
