@@ -2,9 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-API_KEY = "test-key-123"
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~10 s (starts a server and a browser)")
 
@@ -28,11 +25,12 @@ def face_gallery(tmp_path, face_model):
 
 
 @pytest.fixture
-def face_client(face_gallery):
+def face_client(face_gallery, request):
+    """A client of the app over a dlib face gallery; the test module defines ``API_KEY``."""
     from fastapi.testclient import TestClient
 
     from deepmetric.service.app import create_app
 
-    with TestClient(create_app(face_gallery, api_key=API_KEY, max_upload_bytes=2_000_000,
+    with TestClient(create_app(face_gallery, api_key=request.module.API_KEY, max_upload_bytes=2_000_000,
                                max_pixels=4_000_000)) as client:
         yield client

@@ -11,8 +11,7 @@ from deepmetric.faces.samples import astronaut, encode, moved, no_face, rotated_
 from deepmetric.gallery import Gallery
 from deepmetric.service.app import create_app
 
-from conftest import API_KEY
-
+API_KEY = "test-key-123"
 KEY = {"X-API-Key": API_KEY}
 DIM = 8
 
@@ -159,7 +158,8 @@ def test_identity_crud_and_decisions_on_embeddings(vector_client):
     renamed = vector_client.patch("/api/identities/alice", headers=KEY, json={"name": "Alice B."}).json()
     assert renamed["name"] == "Alice B." and renamed["metadata"] == {"team": "red"}
 
-    decision = vector_client.post("/api/identify/embedding", json={"embedding": (eye[0] + 0.1 * eye[1]).tolist()}).json()
+    probe = (eye[0] + 0.1 * eye[1]).tolist()
+    decision = vector_client.post("/api/identify/embedding", json={"embedding": probe}).json()
     assert decision["identity_id"] == "alice" and decision["accepted"]
     assert decision["margin"] == pytest.approx(decision["score"] - decision["matches"][1]["score"], abs=1e-5)
     unknown = vector_client.post("/api/identify/embedding", json={"embedding": eye[5].tolist()}).json()

@@ -43,8 +43,8 @@ class IdentityIndex:
         cache_dir: where the index is persisted between runs (None: memory only).
         exact_limit: galleries up to this many identities use exact search (``exact_spec``); larger ones an
             approximate graph index (``ann_spec``).
-        exact_spec, ann_spec: ``deepmetric.index.build_index`` spec strings; ``ann_backend`` optionally picks the library
-            for ``ann_spec`` (default: faiss; removals become tombstones the index compacts itself).
+        exact_spec, ann_spec: ``deepmetric.index.build_index`` spec strings.
+        ann_backend: library for ``ann_spec`` (None: faiss; removals become tombstones it compacts itself).
         ann_knobs: query-time knobs of the approximate index; efSearch=256 finds the true nearest identity
             for 99.7 % of probes in a 100,000-identity gallery of clustered face-like vectors (64: 91 %).
         max_stale_fraction: rebuild once this fraction of index entries is superseded.

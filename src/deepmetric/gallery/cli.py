@@ -78,7 +78,8 @@ def create_gallery(folder: Path, *, model: str, faces: bool, detector: str, thre
 
 
 @gallery_app.command("create")
-def create(gallery: Path = GALLERY_ARG, model: str = typer.Option("dlib-face", "--model", help="'dlib-face' or a model folder"),
+def create(gallery: Path = GALLERY_ARG,
+           model: str = typer.Option("dlib-face", "--model", help="'dlib-face' or a model folder"),
            faces: bool = FACES_OPTION, detector: str = typer.Option("hog", help="face detector: hog or mmod"),
            store_images: bool = typer.Option(True, help="keep enrolled photos so `reembed` can redo them")) -> None:
     """Create an empty gallery stamped with its model."""
@@ -131,7 +132,8 @@ def remove(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(...),
 
 
 @gallery_app.command("rename")
-def rename(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(...), name: str = typer.Argument(...)) -> None:
+def rename(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(...),
+           name: str = typer.Argument(...)) -> None:
     """Change an identity's display name."""
     opened = open_gallery(gallery, need_model=False)
     try:
@@ -149,8 +151,8 @@ def list_identities(gallery: Path = GALLERY_ARG, limit: int = typer.Option(100, 
     """List identities (id, name, template count)."""
     opened = open_gallery(gallery, need_model=False)
     try:
-        out: dict[str, Any] = {"total": len(opened),
-                               "identities": [r.to_dict() for r in opened.list(offset=offset, limit=limit, prefix=prefix)]}
+        records = opened.list(offset=offset, limit=limit, prefix=prefix)
+        out: dict[str, Any] = {"total": len(opened), "identities": [r.to_dict() for r in records]}
         if check:
             out["problems"] = opened.store.integrity_problems()
         _print(out)

@@ -60,7 +60,8 @@ class _Metrics:
         lines = ["# TYPE deepmetric_requests_total counter"]
         with self._lock:
             for (method, route, status), count in sorted(self.requests.items()):
-                lines.append(f'deepmetric_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
+                labels = f'method="{method}",route="{route}",status="{status}"'
+                lines.append(f"deepmetric_requests_total{{{labels}}} {count}")
             lines.append("# TYPE deepmetric_request_seconds histogram")
             for (method, route), counts in sorted(self.buckets.items()):
                 labels = f'method="{method}",route="{route}"'
