@@ -69,7 +69,7 @@ class LiftedStructureLoss(MetricLoss):
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
         values = self.distance(embeddings, ref_embeddings)
         pos_exponent = farther_than(self.distance, values, self.pos_margin)
-        neg_exponent = -farther_than(self.distance, values, self.neg_margin)
+        neg_exponent = farther_than(self.distance, values, self.neg_margin, scale=-1.0)
         if self.form == "generalized":
             has_both = positive.any(1) & negative.any(1)
             losses = F.relu(masked_logsumexp(pos_exponent, positive) + masked_logsumexp(neg_exponent, negative))
@@ -239,8 +239,8 @@ class MultiSimilarityLoss(MetricLoss):
         values = self.distance(embeddings, ref_embeddings)
         if self.mining_epsilon is not None:
             positive, negative = self._mine(as_dissimilarity(self.distance, values.detach()), positive, negative)
-        pos_exponent = self.alpha * farther_than(self.distance, values, self.base)
-        neg_exponent = -self.beta * farther_than(self.distance, values, self.base)
+        pos_exponent = farther_than(self.distance, values, self.base, scale=self.alpha)
+        neg_exponent = farther_than(self.distance, values, self.base, scale=-self.beta)
         losses = (masked_logsumexp(pos_exponent, positive, add_one=True) / self.alpha
                   + masked_logsumexp(neg_exponent, negative, add_one=True) / self.beta)
         return reduce(losses, self.reduction, like=values)

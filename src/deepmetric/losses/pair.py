@@ -75,7 +75,7 @@ class ContrastiveLoss(MetricLoss):
         return self._hinge(farther_than(self.distance, values, self.pos_margin))
 
     def _negative_loss(self, values: torch.Tensor) -> torch.Tensor:
-        return self._hinge(-farther_than(self.distance, values, self.neg_margin))
+        return self._hinge(farther_than(self.distance, values, self.neg_margin, scale=-1.0))
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings

@@ -58,10 +58,14 @@ def triplets_for(labels: torch.Tensor, ref_labels: torch.Tensor | None, mined: P
     return triplets_from_masks(*pair_masks(labels, ref_labels, mined, num_refs))
 
 
-def farther_than(distance: Distance, values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """How much farther apart than ``threshold`` the pairs are, in the units of ``distance``:
-    ``d - t`` for a distance, ``t - s`` for a similarity (so margins are thresholds on the same scale)."""
-    return threshold - values if distance.is_similarity else values - threshold
+def farther_than(distance: Distance, values: torch.Tensor, threshold: float, scale: float = 1.0) -> torch.Tensor:
+    """``scale`` times how much farther apart than ``threshold`` the pairs are, in the units of
+    ``distance``: ``scale * (d - t)`` for a distance, ``scale * (t - s)`` for a similarity (so margins are
+    thresholds on the same scale). Two passes at most over ``values`` (it often spans a (B, R) matrix)."""
+    sign = -scale if distance.is_similarity else scale
+    if sign == 1.0:
+        return values - threshold
+    return (values * sign).sub_(threshold * sign)
 
 
 def as_dissimilarity(distance: Distance, values: torch.Tensor) -> torch.Tensor:
