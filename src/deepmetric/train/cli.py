@@ -115,6 +115,7 @@ def register(app: typer.Typer) -> None:
         minutes: float = typer.Option(4.5, help="total time budget for the three models, in minutes"),
         dataset: str = typer.Option("auto", help="glyphs, fashion_mnist or digits (auto: glyphs when fonts exist)"),
         seed: int = typer.Option(0, help="random seed"),
+        min_steps: int = typer.Option(100, help="train each model at least this many steps, even past the budget"),
     ) -> None:
         """The main job: train an embedding model on the seen classes of a built-in data set, evaluate
         retrieval and verification on classes it never saw against the untrained network and a softmax
@@ -122,4 +123,4 @@ def register(app: typer.Typer) -> None:
         from deepmetric.train.quickstart import run_quickstart
 
         with user_errors():
-            run_quickstart(out_dir=out, minutes=minutes, dataset=dataset, seed=seed)
+            run_quickstart(out_dir=out, minutes=minutes, dataset=dataset, seed=seed, min_steps=min_steps)
