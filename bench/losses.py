@@ -3,14 +3,14 @@
 Memory: each (case, implementation) runs one step in a fresh subprocess, and the peak resident memory of
 that step above the resident memory just before it is recorded (Linux VmHWM, reset through
 /proc/self/clear_refs). Time: one more subprocess runs both implementations' steps interleaved (2 torch
-threads) and reports the median of each, so a shared machine's changing load hits both alike. The parent prints a table of the
-ratios and writes it to docs/benchmarks/losses.md. An address-space limit per subprocess turns a
-runaway allocation (pytorch-metric-learning at B=1024 wants 12.8 GB) into a recorded failure instead of
-swapping a shared machine.
+threads) and reports the median of each, so a shared machine's changing load hits both alike. The parent
+prints a table of the ratios and writes it to docs/benchmarks/losses.md. An address-space limit per
+subprocess turns a runaway allocation (pytorch-metric-learning at B=1024 wants 12.8 GB) into a recorded
+failure instead of swapping a shared machine.
 
-    .venv/bin/python bench/losses.py                    # everything (classification rows last; ~10 min)
+    .venv/bin/python bench/losses.py                    # everything (classification rows last; 20-40 min)
     .venv/bin/python bench/losses.py --quick            # 2 repeats, 100k classes, no docs written
-    .venv/bin/python bench/losses.py --only ntxent,lifted
+    .venv/bin/python bench/losses.py --only ntxent,lifted  # re-runs those rows, keeps the others in the docs
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def _pml_step(case: Case, num_classes: int | None):
 
     miner = None
     if case.name == "semi_hard_triplet":
-        loss, miner = losses.TripletMarginLoss(margin=0.2), miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+        loss = losses.TripletMarginLoss(margin=0.2)
+        miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
     elif case.name == "batch_hard_triplet":
         loss, miner = losses.TripletMarginLoss(margin=0.2), miners.BatchHardMiner()
     elif case.name == "contrastive":
@@ -319,11 +320,28 @@ def table_row(case: Case, shape: str, ours: dict, theirs: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _merge_previous(output: Path, cases: list[Case], rows: list[str], notes: list[str]) -> tuple[list, list]:
+    """With ``--only``, keep the rows (and notes) of the cases not re-run from the existing file, in the
+    order of CASES, so that a partial run updates the table instead of replacing it."""
+    if not output.exists():
+        return rows, notes
+    rerun = {case.name for case in cases}
+    by_name = {row.split("|")[1].strip(): row for row in rows}
+    old_notes = []
+    for line in output.read_text().splitlines():
+        name = line.split("|")[1].strip() if line.startswith("| ") else ""
+        if name in CASES_BY_NAME and name not in rerun:
+            by_name[name] = line
+        elif line.startswith("- ") and line[2:].split(",")[0].split(":")[0] not in rerun:
+            old_notes.append(line)
+    return [by_name[case.name] for case in CASES if case.name in by_name], old_notes + notes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated substrings of case names, e.g. ntxent,lifted")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 100k classes, docs not written")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 7; 1M classes: 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 7; 1M classes: 2)")
     parser.add_argument("--output", default=None, help="markdown file (default docs/benchmarks/losses.md)")
     parser.add_argument("--memory-worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--timing-worker", nargs=2, metavar=("CASE", "IMPLS"), help=argparse.SUPPRESS)
@@ -357,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(notes[-1], flush=True)
                 continue
             num_classes = 100_000 if args.quick else case.num_classes
-        repeats = args.repeats or (2 if args.quick else 3 if num_classes else 7)
+        repeats = args.repeats or (2 if args.quick or num_classes else 7)
         ours, theirs = measure(case, repeats, num_classes)
         shape = f"{case.batch_size} x {case.dim}" + (f", C = {num_classes:,}" if num_classes else "")
         rows.append(table_row(case, shape, ours, theirs))
@@ -373,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     output = Path(args.output) if args.output else REPO / "docs" / "benchmarks" / "losses.md"
     output.parent.mkdir(parents=True, exist_ok=True)
+    if wanted:
+        rows, notes = _merge_previous(output, cases, rows, notes)
     text = "\n".join([
         "# Loss benchmark: deepmetric vs pytorch-metric-learning",
         "",
@@ -380,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{load_after} at the end of the run (the machine is shared; on 2 cores a load above 2 means the "
         "wall clock mostly measures waiting, so the process CPU time is shown too).",
         "",
-        f"Command: `.venv/bin/python bench/losses.py{' --only ' + args.only if args.only else ''}`",
+        "Command: `.venv/bin/python bench/losses.py` (rows may come from several `--only` runs; the load "
+        "average is that of the last run).",
         "",
         "Forward + backward on identical inputs: random normal embeddings with P x K labels (K = 4) or, for "
         "the classification heads, labels uniform over C classes. Time: median of interleaved steps (ours, "

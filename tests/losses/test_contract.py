@@ -32,7 +32,8 @@ def uses_mined(loss):
         return False
     embeddings, labels = batch(torch.float32)
     try:
-        loss(embeddings, labels, mined=Pairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([4])))
+        pairs = Pairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([4]))
+        loss(embeddings, labels, mined=pairs)
     except (TypeError, ValueError):
         return False
     return True

@@ -14,7 +14,8 @@ from torch import nn
 from deepmetric.distances import Distance
 from deepmetric.losses.base import BaseLoss, MetricLoss
 from deepmetric.losses.pair import _check_number
-from deepmetric.losses.tuples import as_dissimilarity, farther_than, masked_logsumexp, pair_masks
+from deepmetric.losses.tuples import (as_dissimilarity, distance_matrix, farther_than, masked_logsumexp,
+                                      pair_masks)
 from deepmetric.reducers import reduce
 from deepmetric.registry import register
 
@@ -67,7 +68,7 @@ class LiftedStructureLoss(MetricLoss):
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = self.distance(embeddings, ref_embeddings)
+        values = distance_matrix(self.distance, embeddings, ref_embeddings)
         pos_exponent = farther_than(self.distance, values, self.pos_margin)
         neg_exponent = farther_than(self.distance, values, self.neg_margin, scale=-1.0)
         if self.form == "generalized":
@@ -182,7 +183,8 @@ class NTXentLoss(MetricLoss):
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        logits = -as_dissimilarity(self.distance, self.distance(embeddings, ref_embeddings)) / self.temperature
+        values = distance_matrix(self.distance, embeddings, ref_embeddings)
+        logits = -as_dissimilarity(self.distance, values) / self.temperature
         if self.supervised:
             denominator = masked_logsumexp(logits, positive | negative)
             pos_count = positive.sum(1)
@@ -236,7 +238,7 @@ class MultiSimilarityLoss(MetricLoss):
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = self.distance(embeddings, ref_embeddings)
+        values = distance_matrix(self.distance, embeddings, ref_embeddings)
         if self.mining_epsilon is not None:
             positive, negative = self._mine(as_dissimilarity(self.distance, values.detach()), positive, negative)
         pos_exponent = farther_than(self.distance, values, self.base, scale=self.alpha)

@@ -69,6 +69,7 @@ class MagnetLoss(BaseLoss):
         memory_size: number of recent embeddings kept for the refresh.
         kmeans_iterations: Lloyd iterations per refresh.
         seed: seed of the k-means++ initialisation.
+        reduction: over the batch items (``mean`` default, as in the paper).
 
     Example:
         >>> loss = MagnetLoss(clusters_per_class=2)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import MetricLoss
-from deepmetric.losses.tuples import (as_dissimilarity, farther_than, hinge_sums, pair_masks, pair_values,
-                                      reduce_masked, triplets_for)
+from deepmetric.losses.tuples import (as_dissimilarity, distance_matrix, farther_than, hinge_sums, pair_masks,
+                                      pair_values, reduce_masked, triplets_for)
 from deepmetric.reducers import reduce, zero_loss
 from deepmetric.registry import register
 from deepmetric.types import Triplets
@@ -80,7 +80,7 @@ class ContrastiveLoss(MetricLoss):
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = self.distance(embeddings, ref_embeddings)
+        values = distance_matrix(self.distance, embeddings, ref_embeddings)
         pos_part = reduce_masked(self._positive_loss, values, positive, self.reduction, like=values)
         neg_part = reduce_masked(self._negative_loss, values, negative, self.reduction, like=values)
         return torch.cat([pos_part, neg_part]) if self.reduction == "none" else pos_part + neg_part
@@ -123,7 +123,7 @@ class TripletLoss(MetricLoss):
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         if not isinstance(mined, Triplets) and not self.soft_margin and self.reduction != "none":
-            values = as_dissimilarity(self.distance, self.distance(embeddings, ref_embeddings))
+            values = as_dissimilarity(self.distance, distance_matrix(self.distance, embeddings, ref_embeddings))
             positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
             totals, violating, counts = hinge_sums(values, positive, values, negative, self.margin)
             return _reduce_hinge_sums(totals.sum(), violating.sum(), counts.sum(), self.reduction, values)
@@ -200,14 +200,14 @@ class QuadrupletLoss(MetricLoss):
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
         ref_labels_or_self = labels if ref_labels is None else ref_labels
-        values = as_dissimilarity(self.distance, self.distance(embeddings, ref_embeddings))
+        values = as_dissimilarity(self.distance, distance_matrix(self.distance, embeddings, ref_embeddings))
         positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
+        margin = self.margin if self.form == "chen" else self.second_margin
         if isinstance(mined, Triplets):
-            triplet_term = self._triplet_term(values, mined, self.margin if self.form == "chen" else self.second_margin)
+            triplet_term = self._triplet_term(values, mined, margin)
         else:
-            margin = self.margin if self.form == "chen" else self.second_margin
-            triplet_term = _reduce_hinge_sums(*(t.sum() for t in hinge_sums(values, positive, values, negative, margin)),
-                                              self.reduction, values)
+            sums = hinge_sums(values, positive, values, negative, margin)
+            triplet_term = _reduce_hinge_sums(*(t.sum() for t in sums), self.reduction, values)
         if self.form == "chen":
             second = self._chen_pair_term(values, positive, negative, labels, ref_labels_or_self)
         else:
@@ -232,17 +232,20 @@ class QuadrupletLoss(MetricLoss):
         neg_row_labels, neg_col_labels = labels[neg_rows], ref_labels[neg_cols]
         pos_rows, pos_cols = positive.nonzero(as_tuple=True)
         pos_values, pos_labels = values[pos_rows, pos_cols], labels[pos_rows]
-        total = zero_loss(values)
-        violating = count = 0
+
+        def combined(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+            every = hinge_sums(pos[None], torch.ones_like(pos, dtype=torch.bool)[None], neg[None],
+                               torch.ones_like(neg, dtype=torch.bool)[None], self.second_margin)
+            return every[0].sum(), int(every[1].sum()), int(every[2].sum())
+
+        # Every (positive, negative) combination once (one sort of all negative pairs), minus, class by
+        # class, the combinations whose negative pair involves the positive's class: those are few
+        # (about 2 K B per class), so no per-class pass over all negative pairs is needed.
+        total, violating, count = combined(pos_values, neg_values)
         for label in torch.unique(pos_labels):
-            keep = (neg_row_labels != label) & (neg_col_labels != label)
-            if not bool(keep.any()):
-                continue
-            chosen = pos_labels == label
-            sums = hinge_sums(pos_values[chosen][None], torch.ones_like(chosen[chosen])[None],
-                              neg_values[keep][None], torch.ones_like(keep[keep])[None], self.second_margin)
-            total = total + sums[0].sum()
-            violating += int(sums[1].sum())
-            count += int(sums[2].sum())
+            involved = (neg_row_labels == label) | (neg_col_labels == label)
+            if bool(involved.any()):
+                excluded = combined(pos_values[pos_labels == label], neg_values[involved])
+                total, violating, count = total - excluded[0], violating - excluded[1], count - excluded[2]
         return _reduce_hinge_sums(total, torch.tensor(violating), torch.tensor(count), self.reduction, values)
 
