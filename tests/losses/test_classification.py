@@ -386,3 +386,11 @@ def test_combined_margin_loss_general_multiplier_runs():
     target = combined_margin(cosines[torch.arange(BATCH), labels], 1.5, 0.1, 0.05)
     expected = F.cross_entropy(10.0 * cosines.index_put((torch.arange(BATCH), labels), target), labels)
     torch.testing.assert_close(loss(embeddings, labels), expected)
+
+
+def test_empty_batch_is_a_zero_loss():
+    loss = ArcFaceLoss(embedding_dim=4, num_classes=3)
+    embeddings = torch.randn(0, 4, requires_grad=True)
+    value = loss(embeddings, torch.zeros(0, dtype=torch.long))
+    value.backward()
+    assert value.item() == 0.0 and embeddings.grad.shape == (0, 4)

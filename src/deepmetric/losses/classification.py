@@ -98,7 +98,7 @@ class ClassCentreLoss(BaseLoss):
         if labels is None:
             raise ValueError(f"{type(self).__name__} needs labels, got None")
         weights = mined_weights(mined, embeddings.shape[0], embeddings)
-        if weights is not None and not bool(weights.any()):
+        if embeddings.shape[0] == 0 or (weights is not None and not bool(weights.any())):
             return zero_loss(embeddings)
         losses = self.head_output(embeddings, labels).losses
         extra = self.extra_losses(embeddings, labels)
