@@ -10,8 +10,10 @@ The head computes, per sample ``i`` with label ``y_i``, scale ``s_i`` and a marg
 
 where ``\hat w_j`` is centre ``j`` (L2-normalised when ``normalize_weight``; with ``K`` sub-centres the
 largest of the ``K`` products is used, Deng et al. 2020). The forward pass streams over chunks of
-classes keeping a running log-sum-exp; the backward pass recomputes each chunk's logits and writes that
-chunk's rows of the weight gradient. The margin touches only the ``B`` target values, and its derivative
+classes, normalising each chunk's centres on the fly and summing ``exp(logit - bound)``; the backward
+pass recomputes each chunk's logits (four matrix products in all, instead of three for an
+implementation that keeps the (B, C) probabilities) and writes that chunk's rows of the weight
+gradient. The margin touches only the ``B`` target values, and its derivative
 is taken exactly with autograd on those ``B`` values.
 """
 
@@ -29,8 +31,9 @@ MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 HEADS = ("full", "sampled")
 
-# Elements of one (B, chunk * K) logit block: 4 Mi floats = 16 MiB in float32, small next to the
-# weight matrix yet large enough that each matrix product runs at full speed.
+# Elements of one (B, chunk * K) logit block: 4 Mi floats = 16 MiB in float32. Few enough chunks that
+# per-kernel overhead stays small on a busy machine, and below glibc's 32 MiB mmap threshold so each
+# block reuses heap memory instead of page-faulting a fresh mapping.
 _CHUNK_ELEMENTS = 1 << 22
 _NORM_EPS = 1e-12
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
