@@ -4,6 +4,7 @@ training stack loads inside the commands."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def register(app: typer.Typer) -> None:
             from deepmetric.train.pipelines import train
 
             result = train(resolved, resume=resume, overwrite=overwrite)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+            return
         console = Console()
         state = "interrupted (resume with --resume)" if result.interrupted else "finished"
         console.print(f"[bold]{state}[/] after {result.steps} steps in {result.seconds:.0f} s")

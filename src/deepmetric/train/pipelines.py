@@ -219,4 +219,10 @@ def train(config: Mapping[str, Any], *, resume: bool = False, overwrite: bool = 
     if context.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "experiment.yaml")
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        if context.enabled:
+            from deepmetric.train.distributed import cleanup
+
+            cleanup()
