@@ -58,6 +58,11 @@ class FaissIndex(VectorIndex):
             raise ValueError(f"faiss cannot build spec {self.factory!r} for dim={self.dim}: "
                              f"{str(error).strip().splitlines()[-1]}") from None
         self._adopt(index)
+        for kind in ("IndexPQ", "IndexIVFPQ"):
+            for part in self._parts(kind):
+                # Polysemous code ordering only serves Hamming-threshold search, which we do not use, and
+                # its annealing dominates training time (minutes even for small sets).
+                part.do_polysemous_training = False
         for hnsw in self._graph_hnsw():
             if "efConstruction" in self.build_options:
                 hnsw.hnsw.efConstruction = int(self.build_options["efConstruction"])
