@@ -60,3 +60,22 @@ def test_bad_protocol_is_rejected(saved, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", str(saved / "emb.npy"), "--labels", str(saved / "labels.npy"),
                                       "-p", "retreival", "-o", str(tmp_path)])
     assert result.exit_code != 0 and "protocol" in result.output
+
+
+def test_model_folder_with_dataset_and_calibration(tmp_path):
+    from deepmetric import registry
+    from deepmetric.eval import load_calibration
+    from deepmetric.models import build_embedder
+
+    dataset = registry.build({"name": "digits", "args": {"split": "test", "classes": "0-2"}}, "dataset")
+    model = build_embedder({"backbone": {"name": "small_cnn", "args": {"in_channels": 1, "width": 8}},
+                            "embedding_dim": 8, "preprocessing": dataset.preprocessing})
+    model.save(tmp_path / "model")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "model"), "--data", "digits", "--data-arg",
+                                      "classes=0-2", "-p", "verification", "--calibrate-far", "0.01",
+                                      "--bootstrap", "5", "--no-map", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    calibration = load_calibration(tmp_path / "model")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert calibration["target_far"] == 0.01
+    assert metrics["verification/calibrated_threshold"] == calibration["threshold"]

@@ -107,3 +107,13 @@ def test_calibration_round_trip(tmp_path, pairs):
     assert loaded["threshold"] == calibration["threshold"] and loaded["metric"] == "cosine"
     with pytest.raises(ValueError, match="needs at least 10000 impostor pairs"):
         calibrate_threshold(scores, same, target_far=1e-4)
+
+
+def test_kfold_with_listed_folds_equals_contiguous_split():
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=40) + np.r_[np.ones(20), np.zeros(20)][rng.permutation(40)]
+    same = scores > 0.5
+    same[::7] = ~same[::7]
+    contiguous = verification_kfold(scores, same, folds=4)
+    listed = verification_kfold(scores, same, fold_ids=np.repeat([7, 2, 5, 9], 10))
+    assert listed == pytest.approx(contiguous)

@@ -36,7 +36,19 @@ def _read_labels(path: Path, count: int):
     return labels, paths
 
 
-def _embed_dataset(model_dir: Path, data: str, split: str, batch_size: int):
+def _parse_data_args(items: list[str]) -> dict:
+    import yaml
+
+    args = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--data-arg must look like key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+def _embed_dataset(model_dir: Path, data: str, data_args: dict, split: str, batch_size: int):
     import numpy as np
     import torch
 
@@ -44,13 +56,13 @@ def _embed_dataset(model_dir: Path, data: str, split: str, batch_size: int):
     from deepmetric.models import Embedder
 
     model = Embedder.load(model_dir)
-    dataset = registry.build({"name": data, "args": {"split": split}}, "dataset")
+    dataset = registry.build({"name": data, "args": data_args}, "dataset", split=split)
     chunks = []
     for start in range(0, len(dataset), batch_size):
         batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
         chunks.append(model.encode(batch, batch_size=batch_size))
     embeddings = np.concatenate(chunks) if chunks else np.zeros((0, model.embedding_dim), np.float32)
-    return embeddings, np.asarray(dataset.labels), getattr(dataset, "paths", None)
+    return embeddings, np.asarray(dataset.labels), getattr(dataset, "paths", None), getattr(dataset, "pairs", None)
 
 
 def evaluate(
@@ -58,7 +70,8 @@ def evaluate(
     protocol: str = typer.Option("retrieval", "--protocol", "-p", help="|".join(PROTOCOLS)),
     labels: Optional[Path] = typer.Option(None, "--labels", help="labels for .npy embeddings: .npy or CSV with a 'label' (and optional 'path') column"),
     data: Optional[str] = typer.Option(None, "--data", help="data set registry name for a model folder (e.g. digits, fashion_mnist, glyphs)"),
-    split: str = typer.Option("test", "--split", help="data set split"),
+    data_arg: list[str] = typer.Option([], "--data-arg", help="data set argument key=value (repeatable), e.g. root=lfw"),
+    split: str = typer.Option("test", "--split", help="data set split (for data sets that have splits)"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder: metrics.json + report/"),
     metric: str = typer.Option("cosine", "--metric", help="cosine | dot | euclidean"),
     distractors: int = typer.Option(0, "--distractors", help="identification: also report rank-1 with up to this many synthetic distractors"),
@@ -76,11 +89,12 @@ def evaluate(
 
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    paths = None
+    paths = pairs = None
     if source.is_dir():
         if data is None:
             raise typer.BadParameter("a model folder needs --data (a data set name) to embed")
-        embeddings, label_array, paths = _embed_dataset(source, data, split, batch_size)
+        embeddings, label_array, paths, pairs = _embed_dataset(source, data, _parse_data_args(data_arg), split,
+                                                               batch_size)
     elif source.suffix == ".npy" and source.is_file():
         embeddings = np.load(source, allow_pickle=False)
         if labels is None:
@@ -97,7 +111,14 @@ def evaluate(
         counts = [c for c in (10, 100, 1_000, 10_000, 100_000, 1_000_000) if c <= distractors]
         options["distractor_counts"] = counts or [distractors]
     evaluator = build_evaluator(protocol, **options)
-    metrics = evaluator(embeddings, label_array)
+    if protocol == "verification" and pairs is not None:
+        # the data set lists its own pairs and folds (LFW pairs.txt, insightface .bin): use them as given
+        from deepmetric.eval.verification import pair_scores
+
+        scores = pair_scores(embeddings[pairs.first], embeddings[pairs.second], metric=metric)
+        metrics = evaluator.evaluate_pairs(scores, pairs.same, fold_ids=pairs.fold)
+    else:
+        metrics = evaluator(embeddings, label_array)
     if calibrate_far is not None:
         if protocol != "verification" or not source.is_dir():
             raise typer.BadParameter("--calibrate-far needs --protocol verification and a model folder")

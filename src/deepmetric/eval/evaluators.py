@@ -203,12 +203,14 @@ class VerificationEvaluator(Evaluator):
                                                metric=self.metric) for i in range(0, max(first.size, 1), 262144)])
         return self._evaluate_scores(scores[:first.size], same)
 
-    def evaluate_pairs(self, scores, same) -> dict[str, float]:
-        """Metrics for given pair ``scores`` (P,) and ``same`` (P,) flags, keys prefixed "verification/"."""
+    def evaluate_pairs(self, scores, same, *, fold_ids=None) -> dict[str, float]:
+        """Metrics for given pair ``scores`` (P,) and ``same`` (P,) flags (and the listed ``fold_ids`` of the
+        k-fold accuracy, if any), keys prefixed "verification/"."""
         self.details = {}
-        return {f"{self.name}/{k}": float(v) for k, v in self._evaluate_scores(*V.as_pairs(scores, same)).items()}
+        out = self._evaluate_scores(*V.as_pairs(scores, same), fold_ids=fold_ids)
+        return {f"{self.name}/{k}": float(v) for k, v in out.items()}
 
-    def _evaluate_scores(self, scores: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    def _evaluate_scores(self, scores: np.ndarray, same: np.ndarray, fold_ids=None) -> dict[str, float]:
         V._require_both(same)
         boot = dict(num_bootstrap=self.num_bootstrap, seed=self.seed)
         num_impostor = int((~same).sum())
@@ -217,7 +219,7 @@ class VerificationEvaluator(Evaluator):
         out["auc_ci95_low"], out["auc_ci95_high"] = V.bootstrap_ci(scores, same, V.auc, **boot)
         out["eer"], out["eer_threshold"] = V.eer(scores, same)
         folds = min(self.folds, len(scores))
-        kfold = V.verification_kfold(scores, same, folds=folds)
+        kfold = V.verification_kfold(scores, same, folds=folds, fold_ids=fold_ids)
         out["accuracy"], out["accuracy_std"] = kfold["accuracy"], kfold["accuracy_std"]
         out["best_threshold"], out["best_accuracy"] = V.best_threshold(scores, same)
         for far in self.fars:

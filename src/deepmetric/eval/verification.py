@@ -158,22 +158,34 @@ def best_threshold(scores, same) -> tuple[float, float]:
     return float(thresholds[i]), float(accuracy[i])
 
 
-def verification_kfold(scores, same, *, folds: int = 10) -> dict[str, float]:
+def verification_kfold(scores, same, *, folds: int = 10, fold_ids=None) -> dict[str, float]:
     r"""The LFW protocol (Huang et al. 2007, "Labeled Faces in the Wild"): pairs are split, in the given
     order, into ``folds`` contiguous folds (LFW's pairs.txt lists 10 sets of 300 + 300); for each fold the
     best threshold (``best_threshold``) is chosen on the other folds and the accuracy measured on it.
+
+    ``fold_ids`` (P,), when given, names the fold of each pair instead (e.g. the folds a pairs file lists).
 
     Returns:
         {"accuracy": mean, "accuracy_std": population std over folds, "threshold": mean threshold}.
     """
     scores, same = as_pairs(scores, same)
+    if fold_ids is not None:
+        fold_ids = np.asarray(fold_ids)
+        if fold_ids.shape != scores.shape:
+            raise ValueError(f"fold_ids must have one fold per pair ({scores.shape}), got shape {fold_ids.shape}")
+        return _kfold([fold_ids == f for f in np.unique(fold_ids)], scores, same)
     if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= len(scores):
         raise ValueError(f"folds must be an integer in [2, number of pairs={len(scores)}], got {folds!r}")
     bounds = np.linspace(0, len(scores), folds + 1).round().astype(int)
+    positions = np.arange(len(scores))
+    return _kfold([(positions >= bounds[f]) & (positions < bounds[f + 1]) for f in range(folds)], scores, same)
+
+
+def _kfold(test_masks, scores: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    if len(test_masks) < 2:
+        raise ValueError(f"the k-fold protocol needs at least 2 folds, got {len(test_masks)}")
     accuracies, thresholds = [], []
-    for f in range(folds):
-        test = np.zeros(len(scores), bool)
-        test[bounds[f]:bounds[f + 1]] = True
+    for test in test_masks:
         threshold, _ = best_threshold(scores[~test], same[~test])
         accuracies.append(((scores[test] >= threshold) == same[test]).mean())
         thresholds.append(threshold)
