@@ -164,8 +164,6 @@ def _check_value(path: str, value: Any, spec: _Value) -> Any:
     # bool is an int in Python; a YAML ``true`` where a number is expected is almost surely a typo.
     bad_bool = isinstance(value, bool) and bool not in spec.types
     if bad_bool or not isinstance(value, spec.types):
-        if float in spec.types and isinstance(value, int) and not isinstance(value, bool):
-            return float(value) if int not in spec.types else value
         expected = " or ".join(t.__name__ for t in spec.types)
         raise ConfigError(f"{path} must be {expected}, got {type(value).__name__}: {value!r}")
     if spec.choices is not None and value not in spec.choices:
