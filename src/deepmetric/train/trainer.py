@@ -195,7 +195,7 @@ class LossComputation(nn.Module):
         self.mode = mode
         self.mixed_precision = mixed_precision
         self.world_size = world_size
-        self.gather = world_size > 1
+        self.gather = world_size > 1 and mode == "labels"  # pair/triplet batches: local means average exactly
         self.uses_memory = miner is not None and hasattr(miner, "ref_embeddings")
         self.memory_weight = float(memory_weight)
         self.memory_active = True  # the trainer switches it on at train.memory_start_step
