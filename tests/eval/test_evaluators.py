@@ -53,3 +53,16 @@ def test_other_evaluators_and_bad_protocol(data):
     assert 0 < build_evaluator("clustering")(x, labels)["clustering/nmi"] <= 1
     with pytest.raises(ValueError, match="protocol must be one of"):
         build_evaluator("retreival")
+
+
+def test_retrieval_through_an_ann_index_reports_the_loss(data):
+    pytest.importorskip("hnswlib")
+    from deepmetric.index import build_index
+
+    x, labels = data
+    index = build_index("HNSW32", x.shape[1], backend="hnswlib")
+    index.add(x, ids=np.arange(len(x)))
+    out = build_evaluator("retrieval", index=index)(x, labels)
+    assert 0.9 <= out["retrieval/ann_neighbour_recall"] <= 1.0
+    assert out["retrieval/ann_map@r_loss"] == pytest.approx(out["retrieval/exact/map@r"] - out["retrieval/map@r"])
+    assert abs(out["retrieval/ann_map@r_loss"]) < 0.05

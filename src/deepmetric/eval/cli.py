@@ -65,6 +65,17 @@ def _embed_dataset(model_dir: Path, data: str, data_args: dict, split: str, batc
     return embeddings, np.asarray(dataset.labels), getattr(dataset, "paths", None), getattr(dataset, "pairs", None)
 
 
+def _build_index(spec: str, embeddings, metric: str):
+    import numpy as np
+
+    from deepmetric.index import build_index
+
+    vector_index = build_index(spec, embeddings.shape[1], metric=metric)
+    vector_index.train(embeddings)
+    vector_index.add(embeddings, ids=np.arange(len(embeddings)))
+    return vector_index
+
+
 def evaluate(
     source: Path = typer.Argument(..., help="embeddings (.npy, N x D) or a model folder (config.json + model.safetensors)"),
     protocol: str = typer.Option("retrieval", "--protocol", "-p", help="|".join(PROTOCOLS)),
@@ -76,6 +87,7 @@ def evaluate(
     metric: str = typer.Option("cosine", "--metric", help="cosine | dot | euclidean"),
     distractors: int = typer.Option(0, "--distractors", help="identification: also report rank-1 with up to this many synthetic distractors"),
     calibrate_far: Optional[float] = typer.Option(None, "--calibrate-far", help="verification on a model folder: store the threshold for this FAR in its config.json"),
+    index: Optional[str] = typer.Option(None, "--index", help="retrieval through an ANN index built from this spec (e.g. HNSW32); the loss against exact search is reported"),
     bootstrap: int = typer.Option(100, "--bootstrap", help="verification: bootstrap resamples for confidence intervals"),
     no_map: bool = typer.Option(False, "--no-map", help="skip the t-SNE embedding map"),
     batch_size: int = typer.Option(256, "--batch-size", help="embedding batch size for model folders"),
@@ -107,6 +119,10 @@ def evaluate(
         options["metric"] = metric
     if protocol == "verification":
         options["num_bootstrap"] = bootstrap
+    if index is not None:
+        if protocol != "retrieval":
+            raise typer.BadParameter("--index applies to --protocol retrieval")
+        options["index"] = _build_index(index, embeddings, metric)
     if protocol == "identification" and distractors > 0:
         counts = [c for c in (10, 100, 1_000, 10_000, 100_000, 1_000_000) if c <= distractors]
         options["distractor_counts"] = counts or [distractors]
