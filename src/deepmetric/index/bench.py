@@ -187,6 +187,7 @@ def run_benchmark(*, n: int = 1_000_000, dim: int = 128, num_queries: int = 10_0
         database, queries = make_embeddings(n, dim, num_queries=num_queries, seed=seed)
         source = f"synthetic clustered embeddings, {n // 50} identities x 50, L2-normalised (seed {seed})"
     n, dim = database.shape
+    load_start = list(os.getloadavg())
     log(f"data: {n} x {dim}, {queries.shape[0]} queries; torch threads {torch.get_num_threads()}")
 
     exact = ExactIndex(dim=dim, metric=metric)
@@ -228,6 +229,7 @@ def run_benchmark(*, n: int = 1_000_000, dim: int = 128, num_queries: int = 10_0
         method_results.append(run_method(name, family, spec, backend, database, queries, true_ids,
                                          metric=metric, log=log))
     results["methods"] = [asdict(m) for m in method_results]
+    results["load_average"] = {"start": load_start, "end": list(os.getloadavg())}
     if plot:
         write_plot(results, plot)
     if report:
@@ -332,6 +334,23 @@ def render_report(results: dict[str, Any], plot: str | None) -> str:
                       "of centroids), which fits one machine's RAM, against 100e6 x "
                       f"{results['dim']} x 4 B = {100e6 * results['dim'] * 4 / 1e9:.0f} GB for the raw float32 "
                       "vectors that Flat or HNSW would need."]
+    load = results.get("load_average")
+    if load:
+        lines += ["", f"Machine load average (1/5/15 min) at start {load['start'][0]:.1f}/{load['start'][1]:.1f}/"
+                  f"{load['start'][2]:.1f}, at end {load['end'][0]:.1f}/{load['end'][1]:.1f}/{load['end'][2]:.1f} "
+                  "on 2 cores: other jobs shared the CPU, so absolute times are slower than on an idle machine; "
+                  "ratios were measured side by side and are the meaningful numbers."]
+    lines += ["", "## What the API costs where a library cannot do a verb", "",
+              "- faiss HNSW / Flat / PQ / Refine cannot delete: removed ids become tombstones that an "
+              "`IDSelectorBitmap` (N/8 bytes, built per search) filters inside the graph walk or scan; once 30% "
+              "of the items are dead the index is rebuilt from its stored vectors (cost of a fresh build). "
+              "faiss IVF deletes natively.",
+              "- annoy cannot add after build: later items wait in a buffer searched exactly and merged; at "
+              "10% of the forest (min 10,000) the forest is rebuilt. Tombstones are filtered by over-fetching "
+              "(about total/alive times the work).",
+              "- hnswlib deletes natively (`mark_deleted`, memory kept until `compact()`); restricted search "
+              "uses a per-node Python filter callback, and subsets of <= 4,096 ids are answered exactly from "
+              "the stored vectors on every backend."]
     if plot:
         lines += ["", f"![recall vs QPS]({plot})", "",
                   "Every knob setting tried (nprobe, efSearch, search_k, k_factor), one line per method."]
