@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     cases = [case for case in CASES if not wanted or any(token in case.name for token in wanted)]
     rows, notes = [], []
     load_before = _load()
+    output = None
+    if not (args.quick and args.output is None):
+        output = Path(args.output) if args.output else REPO / "docs" / "benchmarks" / "losses.md"
     print(machine_description())
     print(f"load average (1/5/15 min) at start: {load_before}")
     print(HEADER, flush=True)
@@ -384,21 +387,25 @@ def main(argv: list[str] | None = None) -> None:
             if "error" in result:
                 notes.append(f"- {case.name}, {label} failed: `{result['error']}`")
                 print(notes[-1], flush=True)
-    load_after = _load()
-    print(f"load average at end: {load_after}")
+        if output is not None:  # after every row, so an interrupted run keeps what it measured
+            write_table(output, rows, notes, [c for c in cases if c.name in {r.split("|")[1].strip() for r in rows}],
+                        partial=bool(wanted) or case is not cases[-1], load_before=load_before)
+    print(f"load average at end: {_load()}")
+    if output is not None:
+        print(f"wrote {output}")
 
-    if args.quick and args.output is None:
-        return
-    output = Path(args.output) if args.output else REPO / "docs" / "benchmarks" / "losses.md"
+
+def write_table(output: Path, rows: list[str], notes: list[str], measured: list[Case], *, partial: bool,
+                load_before: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    if wanted:
-        rows, notes = _merge_previous(output, cases, rows, notes)
+    if partial:
+        rows, notes = _merge_previous(output, measured, rows, notes)
     text = "\n".join([
         "# Loss benchmark: deepmetric vs pytorch-metric-learning",
         "",
-        f"Machine: {machine_description()}. Load average (1/5/15 min) {load_before} at the start and "
-        f"{load_after} at the end of the run (the machine is shared; on 2 cores a load above 2 means the "
-        "wall clock mostly measures waiting, so the process CPU time is shown too).",
+        f"Machine: {machine_description()}. Load average (1/5/15 min) {load_before} at the start of the run "
+        f"and {_load()} when this file was written (the machine is shared; on 2 cores a load above 2 means "
+        "the wall clock mostly measures waiting, so the process CPU time is shown too).",
         "",
         "Command: `.venv/bin/python bench/losses.py` (rows may come from several `--only` runs; the load "
         "average is that of the last run).",
@@ -420,7 +427,6 @@ def main(argv: list[str] | None = None) -> None:
     from deepmetric.io import atomic_write_text
 
     atomic_write_text(output, text)
-    print(f"wrote {output}")
 
 
 if __name__ == "__main__":
