@@ -104,10 +104,16 @@ def plot_dir_fpir(mated, non_mated, path) -> Path:
     fig, ax = _figure()
     keep = fpir > 0
     ax.step(fpir[keep], dir_values[keep], where="post", lw=2)
+    return _log_x_rate(fig, ax, path, "false positive identification rate (FPIR)",
+                       "detection and identification rate (DIR)", "Open-set identification")
+
+
+def _log_x_rate(fig, ax, path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Finish a figure whose x axis is logarithmic and whose y axis is a rate in [0, 1]."""
     ax.set_xscale("log")
-    ax.set_xlabel("false positive identification rate (FPIR)")
-    ax.set_ylabel("detection and identification rate (DIR)")
-    ax.set_title("Open-set identification")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_ylim(0, 1.01)
     return _save(fig, Path(path))
 
@@ -118,12 +124,8 @@ def plot_distractors(curve: dict, path) -> Path:
     values = np.array([curve[c] for c in counts])
     fig, ax = _figure()
     ax.plot(counts, values, "o-", lw=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("number of distractors")
-    ax.set_ylabel("rank-1 identification rate")
-    ax.set_title("Rank-1 vs distractors (MegaFace-style)")
-    ax.set_ylim(0, 1.01)
-    return _save(fig, Path(path))
+    return _log_x_rate(fig, ax, path, "number of distractors", "rank-1 identification rate",
+                       "Rank-1 vs distractors (MegaFace-style)")
 
 
 def plot_recall_at_k(values: dict, path) -> Path:
