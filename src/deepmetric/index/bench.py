@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from deepmetric.index.tuning import SweepPoint, knob_grid, sweep
+from deepmetric.index.tuning import SweepPoint, knob_grid, sweep_runs
 
 TARGETS = (0.95, 0.99)
 PQ_POINTS_PER_CENTROID = 64
@@ -146,7 +146,10 @@ def run_method(name: str, family: str, spec: str, backend: str, database: np.nda
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = MethodResult(name, family, spec, backend, build_seconds, index.memory_bytes(), disk)
-    result.points = sweep(index, queries, true_ids, knob_grid(index), stop_at=0.999)
+    grid = knob_grid(index)
+    if "k_factor" in index.knob_names():
+        grid = [g for g in grid if g.split(",")[0] in ("k_factor=4", "k_factor=16")]
+    result.points = sweep_runs(index, queries, true_ids, grid, stop_at=0.999, patience=2)
     for point in result.points:
         log(f"  {point.knobs:>24}  1-R@1 {point.recall:.4f}  {point.seconds:7.3f} s  {point.qps:9.0f} QPS")
     if backend in ("faiss", "hnswlib"):

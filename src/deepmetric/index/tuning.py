@@ -71,9 +71,11 @@ def exact_neighbours(database: np.ndarray, queries: np.ndarray, *, metric: str, 
 
 
 def sweep(index: VectorIndex, queries: Any, true_ids: np.ndarray, settings: list[str], *, k: int = 1,
-          stop_at: float | None = None) -> list[SweepPoint]:
-    """Measure every setting in order (stopping after the first one whose recall reaches ``stop_at``).
-    ``true_ids`` (Q,) holds each query's true nearest neighbour id."""
+          stop_at: float | None = None, patience: int | None = None) -> list[SweepPoint]:
+    """Measure every setting in order, stopping after the first one whose recall reaches ``stop_at`` or
+    once ``patience`` settings in a row gained less than 0.001 recall (a plateau: costlier settings of a
+    compressed index cannot recover what its codes lost). ``true_ids`` (Q,) holds each query's true
+    nearest neighbour id."""
     true_ids = as_ids(true_ids, None, "true_ids")
     points = []
     for knobs in settings:
@@ -85,6 +87,9 @@ def sweep(index: VectorIndex, queries: Any, true_ids: np.ndarray, settings: list
         recall = float((found == true_ids[:, None]).any(axis=1).mean())
         points.append(SweepPoint(knobs or format_knobs(index.knobs), recall, seconds, len(true_ids) / seconds))
         if stop_at is not None and recall >= stop_at:
+            break
+        if patience and len(points) > patience and \
+                recall - points[-1 - patience].recall < 0.001:
             break
     return points
 
@@ -111,7 +116,7 @@ def tune(index: VectorIndex, queries: Any, *, target_recall: float, database: An
     positions = exact_neighbours(database, queries, metric=index.metric, k=1)[:, 0]
     true_ids = database_ids[positions]
     settings = grid if grid is not None else knob_grid(index, k)
-    points = _sweep_monotone(index, queries, true_ids, settings, k, target_recall)
+    points = sweep_runs(index, queries, true_ids, settings, k=k, stop_at=target_recall)
     reaching = [p for p in points if p.recall >= target_recall]
     chosen = max(reaching, key=lambda p: p.qps) if reaching else max(points, key=lambda p: (p.recall, p.qps))
     if chosen.knobs:
@@ -119,14 +124,14 @@ def tune(index: VectorIndex, queries: Any, *, target_recall: float, database: An
     return TuneResult(chosen.knobs if reaching else None, chosen.recall, chosen.qps, points)
 
 
-def _sweep_monotone(index: VectorIndex, queries: np.ndarray, true_ids: np.ndarray, settings: list[str], k: int,
-                    target: float) -> list[SweepPoint]:
-    """Settings sharing every knob but the last are a cost-ordered run: stop each run at the target."""
+def sweep_runs(index: VectorIndex, queries: np.ndarray, true_ids: np.ndarray, settings: list[str], *, k: int = 1,
+               stop_at: float | None = None, patience: int | None = None) -> list[SweepPoint]:
+    """Settings sharing every knob but the last form a cost-ordered run; each run stops on its own."""
     runs: dict[str, list[str]] = {}
     for setting in settings:
         head = setting.rpartition(",")[0] if "," in setting else ""
         runs.setdefault(head, []).append(setting)
     points: list[SweepPoint] = []
     for run in runs.values():
-        points += sweep(index, queries, true_ids, run, k=k, stop_at=target)
+        points += sweep(index, queries, true_ids, run, k=k, stop_at=stop_at, patience=patience)
     return points
