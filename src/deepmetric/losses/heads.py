@@ -183,11 +183,11 @@ def _target_products(inputs: torch.Tensor, weight: torch.Tensor, labels: torch.T
 
 def _block(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, n) logits minus the shift for one chunk (largest sub-centre) and the arg-max sub-centres."""
+    """(B, n) logits minus the shift for one chunk (largest sub-centre; no arg-max needed here)."""
     products = augmented_inputs @ chunk.augmented.T
     if num_subcenters == 1:
         return products, None
-    return products.view(products.shape[0], -1, num_subcenters).max(dim=2)
+    return products.view(products.shape[0], -1, num_subcenters).amax(dim=2), None
 
 
 def _logsumexp_bound(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor,
