@@ -415,7 +415,9 @@ def write_table(output: Path, rows: list[str], notes: list[str], measured: list[
         "PML, ours, ...) in one process after a warm-up; CPU = process CPU time of the step. Peak: resident "
         "memory high-water mark of one step above the memory just before it, each implementation in a fresh "
         "process. Speed-up = PML / ours. PML's semi-hard miner returns every semi-hard triplet, ours "
-        "(FaceNet) the closest semi-hard negative of each positive pair.",
+        "(FaceNet) the closest semi-hard negative of each positive pair. Each subprocess runs under an "
+        "address-space cap (6 GB for the pair and batch rows, 16-20 GB for the 1M-class heads); 'fails' "
+        "means the allocation was refused under it (PML asks for 12.8 GB at B = 1024).",
         "",
         HEADER,
         "|" + "---|" * (HEADER.count("|") - 1),
