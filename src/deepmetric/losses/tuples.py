@@ -93,8 +93,9 @@ def pair_values(distance: Distance, embeddings: torch.Tensor, ref_embeddings: to
     """Dissimilarities (larger = farther) of the pairs ``(embeddings[rows], refs[cols])``.
 
     Few pairs: from the gathered rows. Many pairs of a Euclidean or dot-product distance: the dot products
-    come from one matrix product and everything else is computed on the selected entries only, so no
-    element-wise pass (forward or backward) runs over the (B, R) matrix. Other distances: full matrix.
+    come from one matrix product and everything else is computed on the selected entries only (the (B, R)
+    matrix is touched by the product and by the scatter of the selected gradients, nothing else). Other
+    distances: the full matrix.
     """
     prepared = distance.prepare(embeddings)
     prepared_refs = prepared if ref_embeddings is None else distance.prepare(ref_embeddings)
