@@ -253,7 +253,10 @@ def write_plot(results: dict[str, Any], path: str) -> None:
     figure, axes = plt.subplots(figsize=(8, 5.5))
     for method in results["methods"]:
         points = method["points"]
-        axes.plot([p["recall"] for p in points], [p["qps"] for p in points], marker="o", label=method["name"])
+        # Two-knob sweeps are several runs; a line through them would suggest an order that is not there.
+        style = "none" if any("," in p["knobs"] for p in points) else "-"
+        axes.plot([p["recall"] for p in points], [p["qps"] for p in points], marker="o", linestyle=style,
+                  label=method["name"])
     exact = results["exact"]
     axes.scatter([1.0], [results["num_queries"] / exact["seconds"]], marker="*", s=200, color="black",
                  label="exact (torch)", zorder=5)
