@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Rebuild docs/benchmarks.md from the per-area files that the bench/ scripts write in docs/benchmarks/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+{
+cat <<'HEAD'
+# deepmetric benchmarks
+
+Every number below was measured on the project's build machine: AMD EPYC (Zen 3), 2 cores, 24 GiB RAM, no GPU,
+Python 3.11.7, torch 2.13.0+cpu, pytorch-metric-learning 2.9.0, faiss-cpu 1.15.1, hnswlib 0.8.0, annoy 1.17.3.
+Most rows were measured while the 2 cores were shared with up to eight other jobs (load average 4-15; each
+section states its load), so absolute wall-clock times are pessimistic; ratios are measured side by side in
+one run and are the meaningful numbers. Rows measured on the idle machine say so. The per-area files in
+`docs/benchmarks/` are what the scripts write; `scripts/assemble_benchmarks.sh` collects them here.
+
+| area | script | section |
+|---|---|---|
+| losses and miners vs pytorch-metric-learning | `bench/losses.py` | Losses |
+| evaluation vs pytorch-metric-learning's AccuracyCalculator | `bench/eval.py` | Evaluation |
+| ANN search: exact, faiss IVF / IVF-PQ / HNSW, hnswlib, annoy | `bench/ann.py`, `deepmetric index bench` | ANN |
+| gallery service under load | `bench/load.py` | Load |
+| data loading and glyph rendering | `bench/data_loading.py` | Data |
+| the quick start | `deepmetric quickstart` | Training |
+HEAD
+for area in losses eval ann load data train; do
+  echo
+  # demote headings one level: the page has one title
+  sed 's/^\(#\{1,5\}\) /#\1 /' "docs/benchmarks/$area.md"
+done
+} > docs/benchmarks.md
