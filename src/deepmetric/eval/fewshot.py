@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from deepmetric.eval.topk import as_embeddings, as_labels
+from deepmetric.validation import check_positive_int
 
 
 def fewshot_accuracy(embeddings, labels, *, ways: int = 5, shots: int = 1, queries_per_class: int = 15,
@@ -32,8 +33,7 @@ def fewshot_accuracy(embeddings, labels, *, ways: int = 5, shots: int = 1, queri
     labels = as_labels("labels", labels, len(x))
     for name, value in (("ways", ways), ("shots", shots), ("queries_per_class", queries_per_class),
                         ("episodes", episodes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
     if ways < 2:
         raise ValueError(f"ways must be at least 2, got {ways}")
     if metric == "cosine":

@@ -18,6 +18,7 @@ from deepmetric.losses.tuples import (as_dissimilarity, distance_matrix, farther
                                       pair_masks)
 from deepmetric.reducers import reduce
 from deepmetric.registry import register
+from deepmetric.validation import check_positive_int
 
 
 @register("loss", "lifted_structure", example={"form": "song", "neg_margin": 1.0})
@@ -286,8 +287,7 @@ class ProxyAnchorLoss(BaseLoss):
     def __init__(self, *, embedding_dim: int, num_classes: int, margin: float = 0.1, alpha: float = 32.0) -> None:
         super().__init__()
         for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
         self.margin = _check_number("margin", margin)

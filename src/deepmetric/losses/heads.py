@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepmetric.validation import check_positive_int
+
 MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(target_cosines (B,), labels (B,)) -> margin-penalised target values (B,)``."""
 
@@ -402,8 +404,7 @@ class ClassCentreHead(nn.Module):
         super().__init__()
         for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes),
                             ("num_subcenters", num_subcenters)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not isinstance(sample_rate, (int, float)) or not 0.0 < sample_rate <= 1.0:

@@ -10,6 +10,7 @@ import torch
 
 from deepmetric.distances import (CosineSimilarity, Distance, DotProductSimilarity, EuclideanDistance,
                                   SquaredEuclideanDistance)
+from deepmetric.validation import check_positive_int  # noqa: F401  (re-exported for the miners)
 
 
 def distance_like(distance: Distance, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
@@ -81,12 +82,6 @@ def negatives_only(closeness: torch.Tensor, anchor: torch.Tensor, positive: torc
     if same_set:
         closeness.fill_diagonal_(float("inf"))
     return closeness
-
-
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_positive_number(name: str, value: object) -> float:
