@@ -105,6 +105,45 @@ def test_sampled_denominator_equals_reference_and_keeps_every_positive():
     assert torch.count_nonzero(head.weight.grad[class_index]) > 0
 
 
+@pytest.mark.parametrize("case", [dict(num_subcenters=3), dict(num_subcenters=2, bias=True),
+                                  dict(bias=True, normalize=False)])
+def test_sampled_denominator_gradients_equal_reference(case):
+    # Sub-centre rows are visited sub-centre-major inside a chunk and written back by row id.
+    torch.manual_seed(1)
+    head, inputs, labels, row_scale = make_case(num_classes=31, batch=8, chunk_size=3, **case)
+    head.head, head.sample_rate = "sampled", 0.4
+    class_index = head.sample_classes(labels)
+    upstream = torch.randn(inputs.shape[0], dtype=torch.float64)
+    ours = head(inputs, labels, row_scale=row_scale, margin=arcface, class_index=class_index).losses
+    grads = torch.autograd.grad(ours, [inputs, row_scale] + parameters(head), upstream)
+    expected = reference_losses(inputs, labels, head.weight, head.bias, row_scale, arcface, head.num_subcenters,
+                                head.normalize_weight, class_index)
+    expected_grads = torch.autograd.grad(expected, [inputs, row_scale] + parameters(head), upstream)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_subcenters", [1, 3])
+def test_float32_head_matches_float64_reference(num_subcenters):
+    # float32 takes the in-place weight-gradient path and base-2 exponentials at realistic scales.
+    head, inputs, labels, _ = make_case(num_subcenters=num_subcenters, num_classes=50, batch=16, dim=32,
+                                        chunk_size=7)
+    head32 = head.float()
+    inputs32 = inputs.detach().float().requires_grad_(True)
+    ours = head32(inputs32, labels, row_scale=30.0, margin=arcface).losses
+    ours.sum().backward()
+    weight64 = head.weight.detach().double().requires_grad_(True)
+    inputs64 = inputs.detach().double().requires_grad_(True)
+    expected = reference_losses(inputs64, labels, weight64, None, torch.full((16,), 30.0, dtype=torch.float64),
+                                arcface, num_subcenters, True)
+    expected.sum().backward()
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
+    # float32 rounding (products of norm-30 logits) reaches ~3e-5 here, as it did with base-e exponentials.
+    torch.testing.assert_close(head32.weight.grad.double(), weight64.grad, rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(inputs32.grad.double(), inputs64.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_sampled_head_draws_fresh_classes_in_training_only():
     head, inputs, labels, _ = make_case(num_classes=400, batch=8, chunk_size=64)
     head.head, head.sample_rate = "sampled", 0.05

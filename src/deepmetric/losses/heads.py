@@ -58,11 +58,16 @@ def default_chunk_size(batch_size: int, num_subcenters: int = 1) -> int:
 
 @dataclass
 class _Chunk:
+    """One chunk of classes; its rows in the head's order (sub-centres of a class adjacent). Blocks are
+    computed transposed, (n * K, B), so the largest of a class's K sub-centres is an element-wise
+    maximum of K strided (n, B) slabs and the weight gradient is written straight into its rows."""
+
     start: int                      # first column (position among the head's classes)
     stop: int
     row_ids: torch.Tensor | None    # rows of the weight matrix (None: the contiguous slice)
     augmented: torch.Tensor         # (n * K, D + extra): [unit centre | bias | 1], see _augmented_inputs
     centres: torch.Tensor           # (n * K, D) view of the (unit) centres inside `augmented`
+    inv_norms: torch.Tensor | None  # (n * K,) 1 / ||w|| of the rows (None: not normalised)
 
 
 def _subcentre_rows(classes: torch.Tensor, num_subcenters: int) -> torch.Tensor:
@@ -131,19 +136,20 @@ def _chunks(weight: torch.Tensor, bias: torch.Tensor | None, class_index: torch.
             row_ids = _subcentre_rows(classes, k)
             rows = weight.index_select(0, row_ids)
             chunk_bias = None if bias is None else bias.index_select(0, classes)
+        chunk_inv = None if inv_norms is None else inv_norms[start * k:stop * k]
         if buffer is None or not reuse:
             buffer = torch.empty(min(chunk_size, num_columns) * k, width, dtype=dtype, device=weight.device)
             buffer[:, -1] = 1.0
         augmented = buffer[:rows.shape[0]]
-        if inv_norms is None:
+        if chunk_inv is None:
             augmented[:, :dim] = rows
         elif reuse:
-            torch.mul(rows, inv_norms[start * k:stop * k].unsqueeze(1), out=augmented[:, :dim])
+            torch.mul(rows, chunk_inv.unsqueeze(1), out=augmented[:, :dim])
         else:
-            augmented[:, :dim] = rows * inv_norms[start * k:stop * k].unsqueeze(1)
+            augmented[:, :dim] = rows * chunk_inv.unsqueeze(1)
         if chunk_bias is not None:
             augmented[:, dim] = chunk_bias.repeat_interleave(k) if k > 1 else chunk_bias
-        yield _Chunk(start, stop, row_ids, augmented, augmented[:, :dim])
+        yield _Chunk(start, stop, row_ids, augmented, augmented[:, :dim], chunk_inv)
 
 
 class _TargetCells:
@@ -183,13 +189,12 @@ def _target_products(inputs: torch.Tensor, weight: torch.Tensor, labels: torch.T
     return values, best, centres[picked, best]
 
 
-def _block(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int
-           ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, n) logits minus the shift for one chunk (largest sub-centre; no arg-max needed here)."""
-    products = augmented_inputs @ chunk.augmented.T
+def _block_t(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int) -> torch.Tensor:
+    """(n, B) logits minus the shift for one chunk, transposed (largest sub-centre; see _Chunk)."""
+    products = chunk.augmented @ augmented_inputs.T
     if num_subcenters == 1:
-        return products, None
-    return products.view(products.shape[0], -1, num_subcenters).amax(dim=2), None
+        return products
+    return products.view(-1, num_subcenters, products.shape[1]).amax(dim=1)
 
 
 def _logsumexp_bound(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor,
@@ -207,7 +212,7 @@ def _exact_nontarget_logsumexp(scaled: torch.Tensor, weight: torch.Tensor, bias:
     total = scaled.new_full((scaled.shape[0],), -math.inf)
     targets = _TargetCells(target_columns, chunk_size)
     for chunk in _chunks(weight, bias, class_index, num_subcenters, chunk_size, scaled.dtype, inv_norms):
-        logits, _ = _block(augmented, chunk, num_subcenters)
+        logits = _block_t(augmented, chunk, num_subcenters).T
         targets.fill(logits, chunk.start, -math.inf)
         total = torch.logaddexp(total, torch.logsumexp(logits, dim=1))
     return total
@@ -234,10 +239,10 @@ def nontarget_logsumexp(inputs: torch.Tensor, row_scale: torch.Tensor, weight: t
     partial_sums = inputs.new_empty(-(-num_columns // chunk_size), inputs.shape[0])
     targets = _TargetCells(target_columns, chunk_size)
     for position, chunk in enumerate(_chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, inv_norms)):
-        block, _ = _block(augmented, chunk, k)
+        block = _block_t(augmented, chunk, k)
         block.exp2_()
-        targets.fill(block, chunk.start, 0.0)
-        torch.sum(block, dim=1, out=partial_sums[position])
+        targets.fill(block.T, chunk.start, 0.0)
+        torch.sum(block, dim=0, out=partial_sums[position])
     total = partial_sums.sum(dim=0).log_().add_(shift)
     # Terms below exp(log(tiny)) flush to zero; with N of them lost the relative error of the sum
     # stays below eps as long as log(sum) > log(tiny) + log(N) - log(eps).
@@ -306,37 +311,37 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         write_in_place = full and weight.dtype == inputs.dtype
         targets = _TargetCells(target_columns, chunk_size)
         for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, inv_norms):
-            products = augmented @ chunk.augmented.T
+            products = chunk.augmented @ augmented.T  # (n * K, B), see _Chunk
             if k > 1:
-                per_class = products.view(batch, -1, k)
-                probs = per_class.amax(dim=2)
+                slabs = products.view(-1, k, batch)
+                probs = slabs.amax(dim=1)
                 # 1 at the winning sub-centre of each class, 0 elsewhere, in the product buffer.
-                per_class.eq_(probs.unsqueeze(2))
+                slabs.eq_(probs.unsqueeze(1))
             else:
                 probs = products
             probs.exp2_()
-            targets.fill(probs, chunk.start, 0.0)
+            targets.fill(probs.T, chunk.start, 0.0)
             if k > 1:
                 # Only the winning sub-centre of each class receives gradient (exactly tied sub-centres
                 # each receive it).
-                probs_rows = per_class.mul_(probs.unsqueeze(2)).view(batch, -1)
+                probs_rows = slabs.mul_(probs.unsqueeze(1)).view(-1, batch)
             else:
                 probs_rows = probs
-            sum_p_centres.addmm_(probs_rows, chunk.centres)
+            sum_p_centres.addmm_(probs_rows.T, chunk.centres)
             if need_weight:
                 rows = slice(chunk.start * k, chunk.stop * k)
                 if write_in_place:
-                    grad_rows = torch.mm(probs_rows.T, scaled_weighted, out=grad_weight[rows])
+                    grad_rows = torch.mm(probs_rows, scaled_weighted, out=grad_weight[rows])
                 else:
-                    grad_rows = probs_rows.T @ scaled_weighted
+                    grad_rows = probs_rows @ scaled_weighted
                 if normalize:
-                    _project_out_norms(grad_rows, chunk.centres, inv_norms[rows])
-                if full and not write_in_place:
-                    grad_weight[rows] = grad_rows
-                elif not full:
+                    _project_out_norms(grad_rows, chunk.centres, chunk.inv_norms)
+                if not full:
                     grad_weight.index_copy_(0, chunk.row_ids, grad_rows.to(weight.dtype))
+                elif not write_in_place:
+                    grad_weight[rows] = grad_rows
             if need_bias:
-                grad_rows_bias = (probs.T @ grad_losses).to(bias.dtype)
+                grad_rows_bias = (probs @ grad_losses).to(bias.dtype)
                 if full:
                     grad_bias[chunk.start:chunk.stop] = grad_rows_bias
                 else:
@@ -529,7 +534,7 @@ class ClassCentreHead(nn.Module):
         row_scale = self._check(inputs, row_scale)
         augmented = _augmented_inputs(inputs * row_scale.unsqueeze(1), self.bias is not None, None)
         inv_norms = _inverse_norms(self.weight).to(inputs.dtype) if self.normalize_weight else None
-        parts = [_block(augmented, chunk, self.num_subcenters)[0]
+        parts = [_block_t(augmented, chunk, self.num_subcenters).T
                  for chunk in _chunks(self.weight, self.bias, None, self.num_subcenters,
                                       self._resolve_chunk(inputs.shape[0]), inputs.dtype, inv_norms)]
         return torch.cat(parts, dim=1)
