@@ -86,3 +86,25 @@ def test_magnet_degenerate_inputs_and_errors():
         MagnetLoss()(embeddings, torch.zeros(6, dtype=torch.long), mined=Pairs.empty())
     with pytest.raises(ValueError, match="clusters_per_class must be an integer >= 1, got 0"):
         MagnetLoss(clusters_per_class=0)
+
+
+def test_magnet_state_survives_a_checkpoint_round_trip():
+    from deepmetric.train.checkpoint import flatten_state, load_module_state, unflatten_state
+
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.arange(4).repeat_interleave(6)
+    loss = MagnetLoss(clusters_per_class=2, refresh_every=2, memory_size=40)
+    for _ in range(3):
+        loss(torch.randn(24, 5, generator=generator), labels)
+    assert loss.centres is not None and loss.calls == 3
+    meta, tensors = flatten_state({"loss": loss.state_dict()})
+    restored = MagnetLoss(clusters_per_class=2, refresh_every=2, memory_size=40)
+    load_module_state(restored, unflatten_state(meta, tensors)["loss"], "loss")
+    assert restored.calls == 3
+    for name in ("centres", "centre_labels", "_memory", "_memory_labels"):
+        assert torch.equal(getattr(restored, name), getattr(loss, name))
+    batch = torch.randn(24, 5, generator=generator)
+    loss.eval(), restored.eval()
+    torch.testing.assert_close(restored(batch, labels), loss(batch, labels))
+    with pytest.raises(ValueError, match="magnet state"):
+        restored.set_extra_state({"centres": loss.centres})

@@ -60,7 +60,8 @@ class MagnetLoss(BaseLoss):
     one cluster). The loss keeps the last ``memory_size`` batch embeddings (detached) and re-runs k-means
     on them every ``refresh_every`` calls in training mode. For the paper's schedule (re-embed the whole
     training set, then cluster) call ``update_clusters(embeddings, labels)`` yourself and set
-    ``refresh_every=0``. Centres are not saved in ``state_dict``: they are rebuilt from data.
+    ``refresh_every=0``. The centres, the stored embeddings and the call count are part of
+    ``state_dict`` (as extra state), so a training run resumed from a checkpoint keeps its clusters.
 
     Args:
         clusters_per_class: K.
@@ -96,6 +97,22 @@ class MagnetLoss(BaseLoss):
         self.centre_labels: torch.Tensor | None = None
         self._memory: torch.Tensor | None = None
         self._memory_labels: torch.Tensor | None = None
+
+    _STATE_TENSORS = ("centres", "centre_labels", "_memory", "_memory_labels")
+
+    def get_extra_state(self) -> dict:
+        """The clusters, the embedding memory and the call count (saved with ``state_dict``)."""
+        state = {"calls": torch.tensor(self.calls)}
+        state.update({name: getattr(self, name) for name in self._STATE_TENSORS if getattr(self, name) is not None})
+        return state
+
+    def set_extra_state(self, state: dict) -> None:
+        unknown = set(state) - {"calls", *self._STATE_TENSORS}
+        if "calls" not in state or unknown:
+            raise ValueError(f"magnet state must hold 'calls' and only {self._STATE_TENSORS}; got {sorted(state)}")
+        self.calls = int(state["calls"])
+        for name in self._STATE_TENSORS:
+            setattr(self, name, state.get(name))
 
     def update_clusters(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """Re-run k-means per class on ``embeddings`` (N, D) with ``labels`` (N,) and keep the centres."""
