@@ -223,8 +223,9 @@ class ExactIndex(VectorIndex):
         for row in range(0, candidates.shape[0], step):
             labels = candidates[row: row + step]
             chosen = torch.index_select(self._vectors, 0, labels.flatten(), out=gathered[: labels.numel()])
-            torch.bmm(chosen.view(labels.shape[0], width, self.dim), queries[row: row + step].unsqueeze(2),
-                      out=scores[row: row + step].unsqueeze(2))
+            # Multiply-and-sum: batched matrix-vector products (bmm with one column) are ~6x slower here.
+            torch.sum(chosen.view(labels.shape[0], width, self.dim) * queries[row: row + step].unsqueeze(1), dim=2,
+                      out=scores[row: row + step])
         if self.metric == "l2":
             scores = 2 * scores - sq_norms[candidates]
         scores.masked_fill_(~valid, -float("inf"))

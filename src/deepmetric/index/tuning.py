@@ -49,7 +49,7 @@ def knob_grid(index: VectorIndex, k: int = 1) -> list[str]:
         if "efSearch" in names:
             axes.append([f"efSearch={e}" for e in POWERS if 16 <= e <= 1024 and e >= k])
         if "k_factor" in names:
-            axes.insert(0, [f"k_factor={f}" for f in (1, 2, 4, 8, 16)])
+            axes.insert(0, [f"k_factor={f}" for f in (1, 4, 16, 64)])  # 4-bit fast-scan codes need 64
         grid = [""]
         for axis in axes:
             grid = [",".join(filter(None, (a, b))) for a in grid for b in axis]
@@ -71,11 +71,13 @@ def exact_neighbours(database: np.ndarray, queries: np.ndarray, *, metric: str, 
 
 
 def sweep(index: VectorIndex, queries: Any, true_ids: np.ndarray, settings: list[str], *, k: int = 1,
-          stop_at: float | None = None, patience: int | None = None) -> list[SweepPoint]:
-    """Measure every setting in order, stopping after the first one whose recall reaches ``stop_at`` or
+          stop_at: float | None = None, patience: int | None = None,
+          max_seconds: float | None = None) -> list[SweepPoint]:
+    """Measure every setting in order, stopping after the first one whose recall reaches ``stop_at``,
     once ``patience`` settings in a row gained less than 0.001 recall (a plateau: costlier settings of a
-    compressed index cannot recover what its codes lost). ``true_ids`` (Q,) holds each query's true
-    nearest neighbour id."""
+    compressed index cannot recover what its codes lost), or after a setting slower than ``max_seconds``
+    (e.g. exact search's time: costlier settings are pointless). ``true_ids`` (Q,) holds each query's
+    true nearest neighbour id."""
     true_ids = as_ids(true_ids, None, "true_ids")
     points = []
     for knobs in settings:
@@ -86,7 +88,7 @@ def sweep(index: VectorIndex, queries: Any, true_ids: np.ndarray, settings: list
         seconds = time.perf_counter() - start
         recall = float((found == true_ids[:, None]).any(axis=1).mean())
         points.append(SweepPoint(knobs or format_knobs(index.knobs), recall, seconds, len(true_ids) / seconds))
-        if stop_at is not None and recall >= stop_at:
+        if (stop_at is not None and recall >= stop_at) or (max_seconds is not None and seconds > max_seconds):
             break
         if patience and len(points) > patience and \
                 recall - points[-1 - patience].recall < 0.001:
@@ -125,7 +127,8 @@ def tune(index: VectorIndex, queries: Any, *, target_recall: float, database: An
 
 
 def sweep_runs(index: VectorIndex, queries: np.ndarray, true_ids: np.ndarray, settings: list[str], *, k: int = 1,
-               stop_at: float | None = None, patience: int | None = None) -> list[SweepPoint]:
+               stop_at: float | None = None, patience: int | None = None,
+               max_seconds: float | None = None) -> list[SweepPoint]:
     """Settings sharing every knob but the last form a cost-ordered run; each run stops on its own."""
     runs: dict[str, list[str]] = {}
     for setting in settings:
@@ -133,5 +136,6 @@ def sweep_runs(index: VectorIndex, queries: np.ndarray, true_ids: np.ndarray, se
         runs.setdefault(head, []).append(setting)
     points: list[SweepPoint] = []
     for run in runs.values():
-        points += sweep(index, queries, true_ids, run, k=k, stop_at=stop_at, patience=patience)
+        points += sweep(index, queries, true_ids, run, k=k, stop_at=stop_at, patience=patience,
+                        max_seconds=max_seconds)
     return points
