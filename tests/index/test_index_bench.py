@@ -20,7 +20,7 @@ def test_benchmark_writes_table_plot_and_json(tmp_path):
     results = run_benchmark(n=1500, dim=16, num_queries=100, methods=["IVF", "HNSW hnswlib"],
                             report=str(report), plot=str(plot), log=lambda line: None)
     text = report.read_text()
-    assert "| Flat, exact (ours, torch) |" in text and "HNSW32 (hnswlib)" in text and "## Targets" in text
+    assert "| Flat, exact (ours, torch) |" in text and "HNSW16 (hnswlib)" in text and "## Targets" in text
     assert plot.stat().st_size > 10_000
     saved = json.loads(report.with_suffix(".json").read_text())
     assert saved["n"] == 1500 and len(saved["methods"]) == 2

@@ -16,6 +16,8 @@ import numpy as np
 from deepmetric.index.base import VectorIndex, as_ids, format_knobs
 
 POWERS = [2 ** i for i in range(13)]
+# Graph search lists grow by factors of ~1.5 (16, 24, 32, 48, ...): recall moves fast at small efSearch.
+EF_SEARCH = [e for p in POWERS for e in (p, 3 * p // 2) if 16 <= e <= 1024]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def knob_grid(index: VectorIndex, k: int = 1) -> list[str]:
             nlist = max(int(ivf.nlist) for ivf in index._ivf())
             axes.append([f"nprobe={p}" for p in POWERS if p <= nlist])
         if "efSearch" in names:
-            axes.append([f"efSearch={e}" for e in POWERS if 16 <= e <= 1024 and e >= k])
+            axes.append([f"efSearch={e}" for e in EF_SEARCH if e >= k])
         if "k_factor" in names:
             axes.insert(0, [f"k_factor={f}" for f in (1, 4, 16, 64)])  # 4-bit fast-scan codes need 64
         grid = [""]
@@ -55,7 +57,7 @@ def knob_grid(index: VectorIndex, k: int = 1) -> list[str]:
             grid = [",".join(filter(None, (a, b))) for a in grid for b in axis]
         return grid
     if index.backend == "hnswlib":
-        return [f"efSearch={e}" for e in POWERS if 16 <= e <= 1024 and e >= k]
+        return [f"efSearch={e}" for e in EF_SEARCH if e >= k]
     if index.backend == "annoy":
         return [f"search_k={index.trees * k * p}" for p in POWERS]
     return [""]
