@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.eval import knn
+from deepmetric.eval import knn, topk
 
 
 def brute_force(queries, gallery, k, exclude_self):
@@ -72,3 +72,82 @@ def test_bad_input_names_argument():
         knn(np.array([[np.nan, 1.0]]), k=1)
     with pytest.raises(ValueError, match="metric"):
         knn(np.eye(3), k=1, metric="cos")
+
+
+def exact_order(queries, gallery, k, metric, exclude_self):
+    """Reference: every score by the same elementwise float32 arithmetic as the re-scoring, then a
+    lexicographic sort (score descending, index ascending) - no candidate pass involved."""
+    q, g = torch.from_numpy(queries), torch.from_numpy(gallery)
+    if metric == "cosine":
+        q, g = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1)
+    if metric == "euclidean":
+        scores = -((q[:, None, :] - g[None]) ** 2).sum(-1).sqrt()
+    else:
+        scores = (q[:, None, :] * g[None]).sum(-1) + 0.0
+    scores = scores.numpy()
+    if exclude_self:
+        np.fill_diagonal(scores, -np.inf)
+    ids = np.stack([np.lexsort((np.arange(len(g)), -row))[:k] for row in scores])
+    return ids, np.take_along_axis(scores, ids, 1)
+
+
+def near_ties(seed=0, n=600, dim=32):
+    """Clusters of near-duplicates (offsets far below bfloat16 resolution), exact duplicates and vectors with
+    components of very different magnitudes: many scores agree in their first 8-16 bits."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(40, dim)) * rng.choice([1e-3, 1.0, 30.0], size=(40, dim))
+    x = base[rng.integers(0, 40, size=n)]
+    x += rng.normal(size=x.shape) * np.abs(x) * rng.choice([0.0, 1e-6, 1e-3], size=(n, 1))
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("fast_dtype", [torch.bfloat16, torch.float32])
+def test_fast_pass_precision_does_not_change_results(monkeypatch, metric, fast_dtype):
+    x = near_ties()
+    queries, gallery = x[:150], x[150:]
+    monkeypatch.setattr(topk, "_fast_dtype", lambda *args: fast_dtype)
+    for kwargs in (dict(query_block_size=64, gallery_block_size=96), dict()):
+        same = knn(x, k=25, metric=metric, **kwargs)
+        ids, scores = exact_order(x, x, 25, metric, exclude_self=True)
+        np.testing.assert_array_equal(same.ids, ids)
+        np.testing.assert_array_equal(same.scores, scores)
+        separate = knn(queries, gallery, k=25, metric=metric, **kwargs)
+        ids, scores = exact_order(queries, gallery, 25, metric, exclude_self=False)
+        np.testing.assert_array_equal(separate.ids, ids)
+        np.testing.assert_array_equal(separate.scores, scores)
+
+
+def test_euclidean_near_ties():
+    x = near_ties(seed=1)
+    result = knn(x, k=20, metric="euclidean", query_block_size=50, gallery_block_size=70)
+    ids, scores = exact_order(x, x, 20, "euclidean", exclude_self=True)
+    np.testing.assert_array_equal(result.ids, ids)
+    np.testing.assert_array_equal(result.scores, scores)
+
+
+def test_symmetric_and_one_sided_passes_agree():
+    # queries = gallery uses each block product for both its rows and its columns
+    x = near_ties(seed=2, n=300)
+    same = knn(x, k=30, query_block_size=40)
+    one_sided = knn(x, x.copy(), k=30, exclude_self=True, query_block_size=40)
+    np.testing.assert_array_equal(same.ids, one_sided.ids)
+    np.testing.assert_array_equal(same.scores, one_sided.scores)
+
+
+def test_rows_with_too_many_candidates_are_redone_exactly(monkeypatch, tied_data):
+    # 90 items with 12 distinct vectors: a cap of 2k forces rows with many ties onto the exact fallback
+    monkeypatch.setattr(topk, "_MIN_EXTRA_CANDIDATES", 0)
+    result = knn(tied_data, k=3, query_block_size=16, gallery_block_size=32)
+    np.testing.assert_array_equal(result.ids, brute_force(tied_data, tied_data, 3, exclude_self=True))
+
+
+def test_bfloat16_error_bound_holds():
+    # |fast - exact| <= E + 2^-8 |fast| on vectors with mixed magnitudes, checked in float64
+    x = torch.from_numpy(near_ties(seed=3, n=400))
+    fast = topk._FastPass.build(x[100:], "dot", torch.bfloat16)
+    scores = fast.scores(fast.cast(x[:100]), 0, 300).double()
+    exact = x[:100].double() @ x[100:].double().T
+    allowed = fast.error(x[:100], rescored=False)[:, None] + topk._BFLOAT16_UNIT * scores.abs()
+    assert ((scores - exact).abs() <= allowed).all()
+    assert isinstance(topk._bfloat16_pays_off(), bool)
