@@ -90,8 +90,11 @@ def worker(kind: str, n: int, queries: int) -> dict:
         seconds = time.perf_counter() - start
     else:
         raise ValueError(kind)
+    from deepmetric.eval import topk
+
     return {"seconds": seconds, "values": {k: float(v) for k, v in values.items()},
-            "peak_mb": peak_mb(), "data_mb": base}
+            "peak_mb": peak_mb(), "data_mb": base, "load": os.getloadavg()[0],
+            "candidate_pass": str(topk._fast_dtype("cosine", torch.device("cpu"), n * n)).replace("torch.", "")}
 
 
 def run(kind: str, n: int, queries: int = 0) -> dict | None:
@@ -126,17 +129,19 @@ def main() -> None:
              "`k=\"max_bin_count\"` (its exact-R setting; with a smaller k its MAP@R/R-precision are wrong) and its "
              "default faiss `IndexFlatL2` search; deepmetric: `search_neighbours` (blocked exact top-k, "
              "k = largest class) + the metric functions. NMI: both computed from the same k-means assignments "
-             "(k-means itself is random, so only the metric is compared). Time = kNN + metrics (not k-means). "
-             "Peak = max RSS of the measuring process, data included (data alone: column `data MB`).", "",
-             "| N x 128 | library | seconds | speed-up | peak MB | data MB | precision@1 | R-precision | MAP@R | NMI | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"(scikit-learn, one run capped at {KMEANS_ITERATIONS} iterations, not timed: only the metric is "
+             "compared). Time = kNN + metrics (not k-means). "
+             "Peak = max RSS of the measuring process, data included (data alone: column `data MB`). "
+             "`load` = 1-minute load average when the measurement ended.", "",
+             "| N x 128 | library | seconds | speed-up | peak MB | data MB | precision@1 | R-precision | MAP@R | NMI | max abs diff | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     metric_names = ("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI")
     for n in args.sizes:
         ours = run("ours", n)
         pml = run("pml", n)
         for name, result in (("deepmetric", ours), ("pml 2.9", pml)):
             if result is None:
-                lines.append(f"| {n:,} | {name} | failed | | | | | | | | |")
+                lines.append(f"| {n:,} | {name} | failed | | | | | | | | | |")
                 continue
             diff = ""
             if name == "deepmetric" and pml is not None:
@@ -145,7 +150,7 @@ def main() -> None:
             v = result["values"]
             lines.append(f"| {n:,} | {name} | {result['seconds']:.1f} | {speed} | {result['peak_mb']:.0f} | "
                          f"{result['data_mb']:.0f} | {v['precision_at_1']:.6f} | {v['r_precision']:.6f} | "
-                         f"{v['mean_average_precision_at_r']:.6f} | {v['NMI']:.6f} | {diff} |")
+                         f"{v['mean_average_precision_at_r']:.6f} | {v['NMI']:.6f} | {diff} | {result['load']:.1f} |")
             print(lines[-1], flush=True)
     if args.million_queries:
         result = run("million", args.million, args.million_queries)
@@ -157,11 +162,12 @@ def main() -> None:
             lines.append("failed (see stderr)")
         else:
             v = result["values"]
-            lines += ["| queries | gallery | k (largest class) | seconds | peak MB | data MB | precision@1 | R-precision | MAP@R |",
-                      "|---|---|---|---|---|---|---|---|---|",
+            lines += ["| queries | gallery | k (largest class) | seconds | peak MB | data MB | precision@1 | R-precision | MAP@R "
+                      "| load |", "|---|---|---|---|---|---|---|---|---|---|",
                       f"| {args.million_queries:,} | {args.million - args.million_queries:,} | {int(v['k'])} | "
                       f"{result['seconds']:.1f} | {result['peak_mb']:.0f} | {result['data_mb']:.0f} | "
-                      f"{v['precision_at_1']:.4f} | {v['r_precision']:.4f} | {v['mean_average_precision_at_r']:.4f} |"]
+                      f"{v['precision_at_1']:.4f} | {v['r_precision']:.4f} | {v['mean_average_precision_at_r']:.4f} | "
+                      f"{result['load']:.1f} |"]
         print("\n".join(lines[-3:]), flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ gallery index, so results depend neither on the block sizes nor on the fast pass
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -99,10 +100,13 @@ def knn(
     a proven bound on |fast - exact| for that query (input rounding, Higham's accumulation bound, both
     doubled). Everything dropped therefore scores strictly below the k-th exact score. The candidates are
     re-scored by one elementwise float32 arithmetic and sorted, so the result is the same whichever
-    pass and block sizes were used.
+    pass and block sizes were used. When the queries are the gallery, each product of two blocks serves
+    the rows of both (half the multiplications).
 
-    Memory: ``query_block_size * min(gallery_block_size, 4096)`` scores plus the candidates of one
-    query block and the (Q, k) result.
+    Memory: ``query_block_size * min(gallery_block_size, 4096)`` scores (twice that when the queries are the
+    gallery: square blocks of that size and their transpose), the candidates of the query blocks in
+    progress (all of them in the queries-are-the-gallery case: about k + a few dozen per query) and the
+    (Q, k) result.
 
     Args:
         query_embeddings: (Q, D) array or tensor.
@@ -146,12 +150,13 @@ def knn(
     with torch.inference_mode():
         fast = _FastPass.build(gallery_t, metric, _fast_dtype(metric, device, num_queries * num_gallery))
         cap = k + max(k, _MIN_EXTRA_CANDIDATES)
+        tile = min(gallery_block_size, _TILE_COLUMNS)
         if same_set:
+            # square blocks with as many scores as a (query_block_size, tile) block
             selections = _symmetric_selections(fast, queries_t, k, cap, exclude_self,
-                                               min(query_block_size, gallery_block_size, _TILE_COLUMNS))
+                                               math.isqrt(query_block_size * tile))
         else:
-            selections = _selections(fast, queries_t, k, cap, exclude_self, query_block_size,
-                                     min(gallery_block_size, _TILE_COLUMNS))
+            selections = _selections(fast, queries_t, k, cap, exclude_self, query_block_size, tile)
         for start, selection in selections:
             ids, overflow = selection.finish()
             stop = start + ids.shape[0]
