@@ -287,9 +287,13 @@ class _FastPass:
         if metric == "euclidean" and dtype != torch.float32:
             raise ValueError(f"euclidean candidates need float32, got {dtype}")
         fast = gallery_t.to(dtype)
-        exact, rounded = gallery_t.double(), fast.double()
-        return cls(fast, metric, float(exact.norm(dim=1).max()), float(rounded.norm(dim=1).max()),
-                   float((exact - rounded).norm(dim=1).max()),
+        norms = torch.zeros(3, dtype=torch.float64, device=gallery_t.device)
+        for start in range(0, len(gallery_t), 1 << 16):  # in float64, a slice at a time to keep memory flat
+            exact, rounded = gallery_t[start:start + (1 << 16)].double(), fast[start:start + (1 << 16)].double()
+            chunk = [exact.norm(dim=1).max(), rounded.norm(dim=1).max(), (exact - rounded).norm(dim=1).max()]
+            norms = torch.maximum(norms, torch.stack(chunk))
+        norm, rounded_norm, residual_norm = norms.tolist()
+        return cls(fast, metric, norm, rounded_norm, residual_norm,
                    (gallery_t * gallery_t).sum(1) if metric == "euclidean" else None)
 
     @property
@@ -367,15 +371,17 @@ class _Selection:
         self.stored = _Candidates.empty(rows, device)
         self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (row, item, value), flat
         self.pending_count = 0
+        self.bounded = False  # every row's k-th-best bound is finite
 
     def add(self, grid_and_maxima: tuple[torch.Tensor, torch.Tensor], offset: int, limit: int) -> None:
         """``grid[r, j, p]``: fast score of row r and gallery item ``offset + j * width + p`` (items from
         ``limit`` on are padding); ``group_max[r, p]`` the maximum over j."""
         grid, group_max = grid_and_maxima
         rows, groups, width = grid.shape
-        first = bool(torch.isneginf(self.kth).any())
+        first = not self.bounded
         if first:
             self._bound_kth(grid)
+            self.bounded = bool(torch.isfinite(self.kth).all())
         hit_rows, hit_groups = torch.nonzero(group_max >= self.threshold[:, None], as_tuple=True)
         members = grid[hit_rows, :, hit_groups]
         at, member = torch.nonzero(members >= self.threshold[hit_rows, None], as_tuple=True)
