@@ -172,7 +172,8 @@ class ExactIndex(VectorIndex):
         """Small-k first pass: only the maximum of every ``GROUP`` consecutive items is kept (a cheap
         vectorised reduction of a score block still in cache), then the ``wanted`` best groups per query.
         The true top ``wanted`` items lie in those groups: each other group's best is beaten by ``wanted``
-        group maxima, i.e. by ``wanted`` distinct items. Returns (Q, wanted * GROUP) labels."""
+        group maxima, i.e. by ``wanted`` distinct items (up to float32 rounding between near-equal scores,
+        as in any blocked product). Returns (Q, wanted * GROUP) labels."""
         import torch
 
         groups = -(-self._count // GROUP)
