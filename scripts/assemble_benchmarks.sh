@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 cat <<'HEAD'
 # deepmetric benchmarks
 
-Every number below was measured on the project's build machine: AMD EPYC (Zen 3), 2 cores, 24 GiB RAM, no GPU,
+Every number below was measured on the project's build machines: AMD EPYC, 2 cores, 24 GiB RAM, no GPU (rows from
+2026-12-01 on: a Zen 4 core with AVX-512 and AVX512_BF16; the first session's rows came from a machine of the same
+kind whose CPU reported no bf16 support),
 Python 3.11.7, torch 2.13.0+cpu, pytorch-metric-learning 2.9.0, faiss-cpu 1.15.1, hnswlib 0.8.0, annoy 1.17.3.
 Most rows were measured while the 2 cores were shared with up to eight other jobs (load average 4-15; each
 section states its load), so absolute wall-clock times are pessimistic; ratios are measured side by side in
