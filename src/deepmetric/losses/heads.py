@@ -179,14 +179,14 @@ def _project_out_norms(grad_unit: torch.Tensor, unit: torch.Tensor, inv_norms: t
 
 
 def _target_products(inputs: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, num_subcenters: int,
-                     normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Products with each sample's own class centre: values (B,), best sub-centre (B,) and that
-    (unit, when normalised) centre (B, D)."""
+                     normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Products with each sample's own class centre: values (B,), best sub-centre (B,), that (unit, when
+    normalised) centre (B, D) and its ``1 / ||w||`` (B,) (None when not normalised)."""
     rows = weight.view(-1, num_subcenters, weight.shape[1])[labels].to(inputs.dtype)
-    centres, _ = _normalise_rows(rows, normalize)
+    centres, inv_norms = _normalise_rows(rows, normalize)
     values, best = torch.einsum("bd,bkd->bk", inputs, centres).max(dim=1)
     picked = torch.arange(labels.numel(), device=labels.device)
-    return values, best, centres[picked, best]
+    return values, best, centres[picked, best], None if inv_norms is None else inv_norms[picked, best]
 
 
 def _block_t(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int) -> torch.Tensor:
@@ -267,7 +267,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
                 num_subcenters, chunk_size, normalize_weight):
         rest, inv_norms = nontarget_logsumexp(inputs, row_scale, weight, bias, target_columns, class_index,
                                               num_subcenters, chunk_size, normalize_weight)
-        target_cos, _, _ = _target_products(inputs, weight, labels, num_subcenters, normalize_weight)
+        target_cos = _target_products(inputs, weight, labels, num_subcenters, normalize_weight)[0]
         target_logits = row_scale * margin_fn(target_cos, labels)
         if bias is not None:
             target_logits = target_logits + bias[labels].to(inputs.dtype)
@@ -355,7 +355,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             grad_cos = torch.autograd.grad(margin_values, cosine, grad_target * row_scale, allow_unused=True)[0]
         if grad_cos is None:
             grad_cos = torch.zeros_like(target_cos)
-        _, target_sub, target_centres = _target_products(inputs, weight, labels, k, normalize)
+        _, target_sub, target_centres, target_inv = _target_products(inputs, weight, labels, k, normalize)
 
         grad_inputs = grad_scale = None
         if need_inputs:
@@ -367,7 +367,6 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             target_rows = labels * k + target_sub
             grad_target_rows = grad_cos.unsqueeze(1) * inputs
             if normalize:
-                target_inv = _inverse_norms(weight.index_select(0, target_rows)).to(inputs.dtype)
                 _project_out_norms(grad_target_rows, target_centres, target_inv)
             grad_weight.index_add_(0, target_rows, grad_target_rows.to(weight.dtype))
         if need_bias:
