@@ -9,7 +9,8 @@ like the values (-0.0 just below +0.0). Every query row owns
 - a threshold key, the smallest key of value >= ``kth - margin - 3 unit (|kth| + margin)`` (``margin`` is
   twice the row's proven error bound, ``unit`` the relative rounding of the fast scores' output; see
   ``topk._FastPass``), raised whenever the heap's minimum rises,
-- a bounded list of (key, gallery id) candidates: every item offered whose key reached the threshold.
+- a bounded list of candidates, (key, gallery id) packed in one int64: every item offered whose key
+  reached the threshold (items whose key is above the k-th best bound also go through the heap).
 
 A full list is compacted to the candidates still at or above the threshold; a row whose list stays 3/4
 full (thousands of tied scores) is flagged to be re-done exactly.
@@ -25,6 +26,7 @@ from numba import njit, prange
 GROUPS = 16  # a block row's columns form 16 strided groups; a group is read item by item only if its maximum passes
 ROW_GROUP = 16  # the transposed use tests groups of 16 block rows per column
 COLUMN_SPAN = 256  # columns per thread task in the transposed use
+HISTOGRAM_BINS = 256  # buckets of order keys counted per row, from its k-th-best bucket up
 ACCEPT_ALL = np.int32(-(1 << 31))  # threshold key before a row has a bound on its k-th best
 ACCEPT_NONE = np.int32((1 << 31) - 1)  # threshold key of an overflowed row
 
@@ -57,8 +59,10 @@ def _ceil_key(value, shift):
     mantissa_bits = 23 - shift
     fraction, exponent = math.frexp(abs(value))  # |value| = fraction 2^exponent, fraction in [0.5, 1)
     biased = exponent + 126  # float32 biased exponent of |value|
-    if value == 0 or biased <= 0:
+    if value == 0 or (biased <= 0 and value > 0):
         return np.int32(-1)  # -0.0: at or below every value >= a value this close to zero
+    if biased <= 0:  # a negative value in the subnormal range: truncate its magnitude in subnormal units
+        return np.int32(-1 - math.floor(math.ldexp(abs(value), 149 - shift)))
     scaled = math.ldexp(fraction, mantissa_bits + 1)  # exact, in [2^p, 2^(p+1))
     if value > 0:
         significand = math.ceil(scaled)
@@ -73,7 +77,9 @@ def _ceil_key(value, shift):
     return np.int32(-1 - ((biased << mantissa_bits) | (significand - (1 << mantissa_bits))))
 
 
-@njit(cache=True)
+# the helpers below that take arrays are inlined: a call with array arguments costs a reference-count
+# update per array, which is more than the work of the common case
+@njit(inline="always")
 def _raise_threshold(row, best, kth_key, threshold, margin, unit, shift):
     """A new lower bound ``best`` on the row's k-th best key raises its threshold."""
     if best > kth_key[row]:
@@ -82,77 +88,102 @@ def _raise_threshold(row, best, kth_key, threshold, margin, unit, shift):
         if math.isinf(kth):
             return
         widened = kth - margin[row] - 3.0 * unit * (abs(kth) + margin[row])
-        threshold[row] = max(threshold[row], _ceil_key(widened, shift))
+        if math.isfinite(widened):
+            threshold[row] = max(threshold[row], _ceil_key(widened, shift))
 
 
 @njit(cache=True)
-def _offer_heap(row, key, heap, heap_size, kth_key, threshold, margin, unit, shift):
-    """Keep the k best keys offered to the row in a min-heap; a full heap's minimum bounds the k-th best."""
-    k = heap.shape[1]
-    size = heap_size[row]
-    if size < k:  # sift up
-        i = size
-        while i > 0 and heap[row, (i - 1) // 2] > key:
-            heap[row, i] = heap[row, (i - 1) // 2]
-            i = (i - 1) // 2
-        heap[row, i] = key
-        heap_size[row] = size + 1
-        if size + 1 == k:
-            _raise_threshold(row, heap[row, 0], kth_key, threshold, margin, unit, shift)
-        return
-    if key <= heap[row, 0]:
-        return
-    i = 0  # replace the minimum, sift down
+def _recount(row, cands, count, hist, base, above, kth_coarse, coarse_shift):
+    """Recount the row's histogram from its candidate list, its first bin at the k-th-best bucket."""
+    base[row] = kth_coarse[row]
+    hist[row, :] = 0
+    total = 0
+    for i in range(count[row]):
+        bucket = (cands[row, i] >> 32) >> coarse_shift
+        if bucket >= base[row]:
+            total += 1
+            if bucket - base[row] < hist.shape[1]:
+                hist[row, bucket - base[row]] += 1
+    above[row] = total
+
+
+@njit(inline="always")
+def _advance(row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift,
+             k):
+    """Move the row's k-th-best bucket up while at least k offered items stay at or above it."""
+    moved = False
     while True:
-        child = 2 * i + 1
-        if child >= k:
+        b = kth_coarse[row] - base[row]
+        if b >= hist.shape[1]:
+            _recount(row, cands, count, hist, base, above, kth_coarse, coarse_shift)
+            b = 0
+        if above[row] - hist[row, b] < k:
             break
-        if child + 1 < k and heap[row, child + 1] < heap[row, child]:
-            child += 1
-        if heap[row, child] >= key:
-            break
-        heap[row, i] = heap[row, child]
-        i = child
-    heap[row, i] = key
-    _raise_threshold(row, heap[row, 0], kth_key, threshold, margin, unit, shift)
+        above[row] -= hist[row, b]
+        kth_coarse[row] += 1
+        moved = True
+    if moved:
+        _raise_threshold(row, kth_coarse[row] << coarse_shift, kth_key, threshold, margin, unit, shift)
 
 
 @njit(cache=True)
-def _compact(row, cand_key, cand_id, count, threshold, overflow):
+def _start(row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift,
+           k):
+    """The row's first k candidates: its k-th-best bucket and histogram."""
+    keys = np.empty(count[row], np.int64)
+    for i in range(count[row]):
+        keys[i] = (cands[row, i] >> 32) >> coarse_shift
+    kth_coarse[row] = np.partition(keys, count[row] - k)[count[row] - k]
+    _recount(row, cands, count, hist, base, above, kth_coarse, coarse_shift)
+    _raise_threshold(row, kth_coarse[row] << coarse_shift, kth_key, threshold, margin, unit, shift)
+    _advance(row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift,
+             k)
+
+
+@njit(cache=True)
+def _compact(row, cands, count, threshold, overflow):
     """Drop the row's candidates below its threshold; flag the row if its list stays 3/4 full."""
     limit = threshold[row]
     kept = 0
     for i in range(count[row]):
-        if cand_key[row, i] >= limit:
-            cand_key[row, kept] = cand_key[row, i]
-            cand_id[row, kept] = cand_id[row, i]
+        if (cands[row, i] >> 32) >= limit:
+            cands[row, kept] = cands[row, i]
             kept += 1
     count[row] = kept
-    if kept > cand_key.shape[1] - cand_key.shape[1] // 4:
+    if kept > cands.shape[1] - cands.shape[1] // 4:
         overflow[row] = True
         threshold[row] = ACCEPT_NONE
         count[row] = 0
 
 
 @njit(inline="always")
-def _append(row, key, item, cand_key, cand_id, count, heap, heap_size, kth_key, threshold, margin, unit, shift,
-            overflow):
-    _offer_heap(row, key, heap, heap_size, kth_key, threshold, margin, unit, shift)
-    if key < threshold[row]:
-        return
-    if count[row] == cand_key.shape[1]:
-        _compact(row, cand_key, cand_id, count, threshold, overflow)
+def _append(row, key, item, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift,
+            coarse_shift, overflow, k):
+    """Add an item whose key reached the row's threshold: to the list as one int64 (key in the high half,
+    gallery id in the low half: a cache line holds 8 candidates), and to the count of its bucket."""
+    if count[row] == cands.shape[1]:
+        _compact(row, cands, count, threshold, overflow)
         if overflow[row]:
             return
     n = count[row]
-    cand_key[row, n] = key
-    cand_id[row, n] = item
+    cands[row, n] = (np.int64(key) << 32) | np.int64(item)
     count[row] = n + 1
+    if kth_coarse[row] == ACCEPT_ALL:
+        if n + 1 == k:
+            _start(row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift,
+                   coarse_shift, k)
+        return
+    bucket = key >> coarse_shift
+    if bucket >= kth_coarse[row]:
+        if bucket - base[row] < hist.shape[1]:
+            hist[row, bucket - base[row]] += 1
+        above[row] += 1
+        _advance(row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift,
+                 coarse_shift, k)
 
 
 @njit(parallel=True, cache=True)
-def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cand_key, cand_id, count, heap, heap_size,
-              kth_key, threshold, margin, unit, shift, overflow):
+def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
     """Row r of ``block`` scores state row ``first_row + r`` against items ``first_item + c``; with
     ``skip_self`` the item ``row + self_offset`` (the query itself) is left out.
 
@@ -161,10 +192,10 @@ def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cand_k
     without a bound yet takes one from the (k+1)-th largest group maximum (maxima of disjoint item sets,
     one of which may be the query itself)."""
     rows, columns = block.shape
-    k = heap.shape[1]
     width = (columns + GROUPS - 1) // GROUPS
     for chunk in prange((rows + 15) // 16):
         lane = np.empty(width, block.dtype)
+        hits = np.empty(width * GROUPS, np.int64)
         for r in range(chunk * 16, min(chunk * 16 + 16, rows)):
             row = first_row + r
             data = block[r]
@@ -176,30 +207,27 @@ def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cand_k
                     key = _key(part[p], mask)
                     lane[p] = key if key > lane[p] else lane[p]
             if kth_key[row] == ACCEPT_ALL and width > k:
+                # np.partition sorts a copy
                 _raise_threshold(row, np.partition(lane, width - k - 1)[width - k - 1], kth_key, threshold,
                                  margin, unit, shift)
-                for p in range(width):  # the partition reordered the lanes
-                    lane[p] = _key(data[p], mask)
-                for j in range(1, GROUPS):
-                    part = data[j * width:(j + 1) * width]
-                    for p in range(part.shape[0]):
-                        key = _key(part[p], mask)
-                        lane[p] = key if key > lane[p] else lane[p]
+            # first the columns that pass, without branches inside a group; then their appends
             limit = threshold[row]
+            found = 0
             for p in range(width):
-                if lane[p] < limit:
-                    continue
-                for c in range(p, columns, width):
-                    key = _key(data[c], mask)
-                    if key >= limit and not (skip_self and first_item + c == row + self_offset):
-                        _append(row, key, first_item + c, cand_key, cand_id, count, heap, heap_size, kth_key,
-                                threshold, margin, unit, shift, overflow)
-                        limit = threshold[row]
+                if lane[p] >= limit:
+                    for j in range(GROUPS):
+                        c = p + j * width
+                        hits[found] = c
+                        found += (c < columns) and (_key(data[min(c, columns - 1)], mask) >= limit)
+            for i in range(found):
+                c = hits[i]
+                key = _key(data[c], mask)
+                if key >= threshold[row] and not (skip_self and first_item + c == row + self_offset):
+                    _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
 
 
 @njit(parallel=True, cache=True)
-def scan_columns(block, first_row, first_item, mask, cand_key, cand_id, count, heap, heap_size, kth_key, threshold,
-                 margin, unit, shift, overflow):
+def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
     """The transposed use of a block: column c scores state row ``first_row + c`` against items
     ``first_item + r`` (row r). Threads own disjoint column ranges; per group of ROW_GROUP rows the column
     maxima are taken with vector operations and only columns whose maximum reaches their threshold are read."""
@@ -228,18 +256,16 @@ def scan_columns(block, first_row, first_item, mask, cand_key, cand_id, count, h
                 for r in range(g, min(g + ROW_GROUP, rows)):
                     key = _key(block[r, start + c], mask)
                     if key >= threshold[row]:
-                        _append(row, key, first_item + r, cand_key, cand_id, count, heap, heap_size, kth_key,
-                                threshold, margin, unit, shift, overflow)
+                        _append(row, key, first_item + r, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
                 limit[c] = min(max(threshold[row], low), high)
 
 
 @njit(parallel=True, cache=True)
-def finish(first_row, last_row, cand_key, cand_id, count, heap, heap_size, kth_key, threshold, margin, unit, shift,
-           overflow):
+def finish(first_row, last_row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
     """Final compaction of rows first_row:last_row, so that each keeps only what can reach its top k."""
     for row in prange(first_row, last_row):
         if not overflow[row]:
-            _compact(row, cand_key, cand_id, count, threshold, overflow)
+            _compact(row, cands, count, threshold, overflow)
 
 
 @njit(inline="always")
@@ -274,33 +300,34 @@ def pair_score(query, item, euclidean):
     return total + np.float32(0.0)
 
 
-@njit(cache=True)
-def _ordered(values, ids):
-    """Positions of ``values`` ordered by value descending, then id ascending."""
-    by_id = np.argsort(ids, kind="mergesort")
-    return by_id[np.argsort(-values[by_id], kind="mergesort")]
-
-
 @njit(parallel=True, cache=True)
-def finalize(queries, gallery, first_row, last_row, query_offset, cand_id, count, overflow, euclidean, out_scores,
+def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, overflow, euclidean, out_scores,
              out_ids):
-    """Exact scores of the candidates of state rows first_row:last_row (query ``row + query_offset``), sorted,
-    the best ``out_scores.shape[1]`` written to the query's output row (overflowed rows are left alone)."""
+    """Exact scores of the candidates of state rows first_row:last_row (query ``row + query_offset``), sorted by
+    score descending then id ascending (one sort of int64 (~order key of the score) << 32 | id), the best
+    ``out_scores.shape[1]`` written to the query's output row (overflowed rows are left alone)."""
     k = out_scores.shape[1]
-    for row in prange(first_row, last_row):
-        if overflow[row]:
-            continue
-        query = row + query_offset
-        n = count[row]
-        values = np.empty(n, np.float32)
-        ids = np.empty(n, np.int64)
-        for i in range(n):
-            ids[i] = cand_id[row, i]
-            values[i] = pair_score(queries[query], gallery[ids[i]], euclidean)
-        order = _ordered(values, ids)
-        for j in range(min(k, n)):
-            out_scores[query, j] = values[order[j]]
-            out_ids[query, j] = ids[order[j]]
+    per_task = 64
+    for task in prange((last_row - first_row + per_task - 1) // per_task):
+        values = np.empty(cands.shape[1], np.float32)
+        bits = values.view(np.int32)
+        order = np.empty(cands.shape[1], np.int64)
+        for row in range(first_row + task * per_task, min(first_row + (task + 1) * per_task, last_row)):
+            if overflow[row]:
+                continue
+            query = row + query_offset
+            n = count[row]
+            for i in range(n):
+                values[i] = pair_score(queries[query], gallery[cands[row, i] & 0xFFFFFFFF], euclidean)
+            for i in range(n):
+                key = _key(bits[i], np.int32(0x7FFFFFFF))
+                order[i] = (np.int64(~key) << 32) | (cands[row, i] & 0xFFFFFFFF)
+            order[:n].sort()
+            for j in range(min(k, n)):
+                key = ~np.int32(order[j] >> 32)
+                bits[j] = key ^ np.int32(0x7FFFFFFF) if key < 0 else key  # the order key's own inverse
+                out_scores[query, j] = values[j]
+                out_ids[query, j] = order[j] & 0xFFFFFFFF
 
 
 @njit(parallel=True, cache=True)

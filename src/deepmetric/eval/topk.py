@@ -151,7 +151,7 @@ def knn(
         def report(state: _State, first: int, last: int, query_offset: int) -> None:
             """Write the results of state rows first:last (queries ``row + query_offset``)."""
             state.finish(first, last)
-            _scan.finalize(queries_np, gallery_np, first, last, query_offset, state.ids, state.count,
+            _scan.finalize(queries_np, gallery_np, first, last, query_offset, state.candidates, state.count,
                            state.overflow, metric == "euclidean", out_scores, out_ids)
             for row in np.flatnonzero(state.overflow[first:last]) + first:
                 query = row + query_offset
@@ -195,12 +195,12 @@ def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int
     for start, stop in bounds:
         block = fast.scores(query_fast[start:stop], start, stop, scratch)
         state.rows(block, start, start, self_offset=0 if exclude_self else None)
-    for i, (start, stop) in enumerate(bounds):
-        for g_start, g_stop in bounds[i + 1:]:
+    for j, (g_start, g_stop) in enumerate(bounds):
+        for start, stop in bounds[:j]:
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
             state.rows(block, start, g_start, self_offset=None)
             state.columns(block, g_start, start)
-        report(state, start, stop, 0)
+    report(state, 0, len(queries_t), 0)
 
 
 class _State:
@@ -209,24 +209,29 @@ class _State:
     def __init__(self, fast: _FastPass, query_t: torch.Tensor, k: int, cap: int):
         rows, bfloat16 = query_t.shape[0], fast.gallery.dtype == torch.bfloat16
         self.k, self.bfloat16 = k, bfloat16
-        self.keys = np.empty((rows, cap), np.int16 if bfloat16 else np.int32)
-        self.ids = np.empty((rows, cap), np.int32 if fast.gallery.shape[0] < 2 ** 31 else np.int64)
+        if fast.gallery.shape[0] >= 2 ** 32:
+            raise ValueError(f"the exact search holds gallery ids in 32 bits; got {fast.gallery.shape[0]:,} items")
+        self.candidates = np.empty((rows, cap), np.int64)  # (order key << 32) | gallery id
         self.count = np.zeros(rows, np.int32)
-        self.heap = np.empty((rows, k), self.keys.dtype)
-        self.heap_size = np.zeros(rows, np.int32)
+        # per row: counts of candidates per bucket of the order key (bfloat16: the key itself; float32: its top
+        # 16 bits) from ``base`` up, how many are at or above the k-th-best bucket, and that bucket
+        self.histogram = np.zeros((rows, _scan.HISTOGRAM_BINS), np.uint16)
+        self.base = np.zeros(rows, np.int32)
+        self.above = np.zeros(rows, np.int32)
+        self.kth_bucket = np.full(rows, _scan.ACCEPT_ALL, np.int32)
         self.kth = np.full(rows, _scan.ACCEPT_ALL, np.int32)
         self.threshold = np.full(rows, _scan.ACCEPT_ALL, np.int32)
         self.margin = (2 * fast.error(query_t)).cpu().numpy().astype(np.float64)
         self.overflow = np.zeros(rows, dtype=np.bool_)
         self.unit = float(fast.output_unit)
-        self.shift, self.mask = (16, np.int16(0x7FFF)) if bfloat16 else (0, np.int32(0x7FFFFFFF))
+        self.shift, self.bucket_shift, self.mask = (16, 0, np.int16(0x7FFF)) if bfloat16 else (0, 16, np.int32(0x7FFFFFFF))
 
     def _bits(self, block: torch.Tensor) -> np.ndarray:
         return block.view(torch.int16 if self.bfloat16 else torch.int32).cpu().numpy()
 
     def _lists(self) -> tuple:
-        return (self.keys, self.ids, self.count, self.heap, self.heap_size, self.kth, self.threshold, self.margin,
-                self.unit, self.shift, self.overflow)
+        return (self.candidates, self.count, self.histogram, self.base, self.above, self.kth_bucket, self.kth,
+                self.threshold, self.margin, self.unit, self.shift, self.bucket_shift, self.overflow, self.k)
 
     def rows(self, block: torch.Tensor, first_row: int, first_item: int, *, self_offset: int | None) -> None:
         """Rows of ``block`` are state rows first_row..., columns items first_item...; with ``self_offset``
