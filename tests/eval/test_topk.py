@@ -166,3 +166,22 @@ def test_bfloat16_error_bound_holds():
     allowed = fast.error(x[:100], rescored=False)[:, None] + topk._BFLOAT16_UNIT * scores.abs()
     assert ((scores - exact).abs() <= allowed).all()
     assert isinstance(topk._bfloat16_pays_off(), bool)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+def test_locality_order_does_not_change_results(monkeypatch, metric):
+    # large searches reorder the items by nearest centre; results are still reported by original index,
+    # ties broken by original index
+    x = near_ties(seed=4, n=500)
+    monkeypatch.setattr(topk, "_LOCALITY_MIN_ITEMS", 1)
+    result = knn(x, k=15, metric=metric, query_block_size=40, gallery_block_size=50)
+    ids, scores = exact_order(x, x, 15, metric, exclude_self=True)
+    np.testing.assert_array_equal(result.ids, ids)
+    np.testing.assert_array_equal(result.scores, scores)
+
+
+def test_locality_order_with_overflowing_rows(monkeypatch, tied_data):
+    monkeypatch.setattr(topk, "_LOCALITY_MIN_ITEMS", 1)
+    monkeypatch.setattr(topk, "_MIN_EXTRA_CANDIDATES", 0)
+    result = knn(tied_data, k=3, query_block_size=16, gallery_block_size=32)
+    np.testing.assert_array_equal(result.ids, brute_force(tied_data, tied_data, 3, exclude_self=True))

@@ -301,11 +301,12 @@ def pair_score(query, item, euclidean):
 
 
 @njit(parallel=True, cache=True)
-def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, overflow, euclidean, out_scores,
-             out_ids):
+def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, overflow, euclidean, item_ids,
+             query_ids, out_scores, out_ids):
     """Exact scores of the candidates of state rows first_row:last_row (query ``row + query_offset``), sorted by
-    score descending then id ascending (one sort of int64 (~order key of the score) << 32 | id), the best
-    ``out_scores.shape[1]`` written to the query's output row (overflowed rows are left alone)."""
+    score descending then reported id ascending (one sort of int64 (~order key of the score) << 32 | id), the
+    best ``out_scores.shape[1]`` written to output row ``query_ids[query]``; gallery item i is reported as
+    ``item_ids[i]``. Overflowed rows are left alone."""
     k = out_scores.shape[1]
     per_task = 64
     for task in prange((last_row - first_row + per_task - 1) // per_task):
@@ -321,28 +322,34 @@ def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, 
                 values[i] = pair_score(queries[query], gallery[cands[row, i] & 0xFFFFFFFF], euclidean)
             for i in range(n):
                 key = _key(bits[i], np.int32(0x7FFFFFFF))
-                order[i] = (np.int64(~key) << 32) | (cands[row, i] & 0xFFFFFFFF)
+                order[i] = (np.int64(~key) << 32) | item_ids[cands[row, i] & 0xFFFFFFFF]
             order[:n].sort()
+            out = query_ids[query]
             for j in range(min(k, n)):
                 key = ~np.int32(order[j] >> 32)
                 bits[j] = key ^ np.int32(0x7FFFFFFF) if key < 0 else key  # the order key's own inverse
-                out_scores[query, j] = values[j]
-                out_ids[query, j] = order[j] & 0xFFFFFFFF
+                out_scores[out, j] = values[j]
+                out_ids[out, j] = order[j] & 0xFFFFFFFF
 
 
 @njit(parallel=True, cache=True)
-def exact_row(query, gallery, skip, euclidean, out_scores, out_ids):
+def exact_row(query, gallery, skip, euclidean, item_ids, out_scores, out_ids):
     """Exact top ``len(out_scores)`` of one query against the whole gallery (item ``skip`` left out; -1: none),
-    for the rare rows whose candidates overflowed."""
+    ordered like ``finalize``, for the rare rows whose candidates overflowed."""
     values = np.empty(gallery.shape[0], np.float32)
     for i in prange(gallery.shape[0]):
         values[i] = pair_score(query, gallery[i], euclidean)
-    order = np.argsort(-values, kind="mergesort")  # stable: ties stay in id order
-    j = 0
-    for i in order:
-        if j == len(out_scores):
-            break
+    bits = values.view(np.int32)
+    order = np.empty(gallery.shape[0], np.int64)
+    n = 0
+    for i in range(gallery.shape[0]):
         if i != skip:
-            out_scores[j] = values[i]
-            out_ids[j] = i
-            j += 1
+            key = _key(bits[i], np.int32(0x7FFFFFFF))
+            order[n] = (np.int64(~key) << 32) | item_ids[i]
+            n += 1
+    order[:n].sort()
+    for j in range(min(len(out_scores), n)):
+        key = ~np.int32(order[j] >> 32)
+        bits[j] = key ^ np.int32(0x7FFFFFFF) if key < 0 else key
+        out_scores[j] = values[j]
+        out_ids[j] = order[j] & 0xFFFFFFFF
