@@ -21,14 +21,51 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 GROUPS = 16  # a block row's columns form 16 strided groups; a group is read item by item only if its maximum passes
 ROW_GROUP = 16  # the transposed use tests groups of 16 block rows per column
 COLUMN_SPAN = 256  # columns per thread task in the transposed use
+_AHEAD = 6  # candidates whose gallery rows are prefetched ahead of the one being scored
 HISTOGRAM_BINS = 256  # buckets of order keys counted per row, from its k-th-best bucket up
 ACCEPT_ALL = np.int32(-(1 << 31))  # threshold key before a row has a bound on its k-th best
 ACCEPT_NONE = np.int32((1 << 31) - 1)  # threshold key of an overflowed row
+
+
+@intrinsic
+def _prefetch(typingctx, address):
+    """Ask the CPU to start loading the cache line at ``address`` (an integer) for reading."""
+    signature = types.void(types.intp)
+
+    def codegen(context, builder, sig, args):
+        pointer, int32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer, int32, int32, int32]), "llvm.prefetch.p0")
+        builder.call(function, [builder.inttoptr(args[0], pointer), int32(0), int32(3), int32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@njit(inline="always")
+def _prefetch_row(array, row):
+    """Prefetch every cache line of ``array[row]`` (a C-contiguous 2-D array)."""
+    start = array.ctypes.data + row * array.strides[0]
+    for offset in range(0, array.strides[0], 64):
+        _prefetch(start + offset)
+
+
+@njit(inline="always")
+def _prefetch_state(row, cands, count, hist, base, kth_coarse):
+    """Prefetch the lines of a row's state that an append touches: the list's next slot, the histogram bin
+    of its k-th-best bucket."""
+    _prefetch(cands.ctypes.data + row * cands.strides[0] + min(count[row], cands.shape[1] - 1) * 8)
+    b = kth_coarse[row] - base[row]
+    if 0 <= b < hist.shape[1]:
+        _prefetch(hist.ctypes.data + row * hist.strides[0] + b * 2)
 
 
 @njit(inline="always")
@@ -197,6 +234,7 @@ def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cands,
         lane = np.empty(width, block.dtype)
         hits = np.empty(width * GROUPS, np.int64)
         for r in range(chunk * 16, min(chunk * 16 + 16, rows)):
+            _prefetch_state(first_row + r, cands, count, hist, base, kth_coarse)
             row = first_row + r
             data = block[r]
             for p in range(width):
@@ -240,6 +278,7 @@ def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, a
         limit = np.empty(stop - start, block.dtype)
         for c in range(stop - start):
             limit[c] = min(max(threshold[first_row + start + c], low), high)
+            _prefetch_state(first_row + start + c, cands, count, hist, base, kth_coarse)
         for g in range(0, rows, ROW_GROUP):
             part = block[g, start:stop]  # slices indexed from 0 let the loops vectorise
             for c in range(part.shape[0]):
@@ -318,7 +357,11 @@ def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, 
                 continue
             query = row + query_offset
             n = count[row]
+            for i in range(min(n, _AHEAD)):
+                _prefetch_row(gallery, cands[row, i] & 0xFFFFFFFF)
             for i in range(n):
+                if i + _AHEAD < n:  # random rows of a large gallery: load them a few candidates ahead
+                    _prefetch_row(gallery, cands[row, i + _AHEAD] & 0xFFFFFFFF)
                 values[i] = pair_score(queries[query], gallery[cands[row, i] & 0xFFFFFFFF], euclidean)
             for i in range(n):
                 key = _key(bits[i], np.int32(0x7FFFFFFF))
