@@ -51,3 +51,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   $PIP install -q -e ".[dev]"
   touch "$stamp"
 fi
+# Compile the exact search's numba kernels once (cached on disk beside the module); later runs load them.
+HF_HUB_OFFLINE=1 .venv/bin/python -c "from deepmetric.eval.topk import warm_up; warm_up()"

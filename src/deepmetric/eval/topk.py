@@ -92,17 +92,20 @@ def knn(
     Method: a fast matrix-product pass (bfloat16 inputs with float32 accumulation where the CPU
     multiplies bfloat16 natively and the metric is cosine or dot, else float32) keeps, per query, every
     gallery item whose fast score s satisfies s >= s_k - 2E, where s_k is a lower bound on the k-th best
-    fast score (the k-th best among the items kept so far) and E a proven bound on |fast - exact| for that
-    query (input rounding, Higham's accumulation bound, both doubled). Everything dropped therefore scores
-    strictly below the k-th exact score. The selection runs in compiled code (``deepmetric.eval._scan``)
-    in one pass over each block while it is in cache. The candidates are re-scored by one fixed float32
-    arithmetic (``_scan.pair_score``) and sorted, so the result is the same whichever pass and block sizes
-    were used. When the queries are the gallery, each product of two blocks serves the rows of both (half
-    the multiplications). On a GPU the products run there and the selection on the CPU.
+    fast score (at least k of the items offered so far score s_k or more) and E a proven bound on
+    |fast - exact| for that query (input rounding, Higham's accumulation bound, both doubled). Everything
+    dropped therefore scores strictly below the k-th exact score. The selection runs in compiled code
+    (``deepmetric.eval._scan``, numba) in one pass over each block while it is in cache. The candidates are
+    re-scored by one fixed float32 arithmetic (``_scan.pair_score``) and sorted, so the result is the same
+    whichever pass and block sizes were used. When the queries are the gallery, each product of two blocks
+    serves the rows of both (half the multiplications), and large sets are first reordered so that near
+    neighbours share blocks (results are still reported by original index). On a GPU the products run
+    there and the selection on the CPU. The first call after an install compiles the kernels (~30-60 s,
+    then cached on disk; ``warm_up`` does it ahead).
 
     Memory: one block of ``query_block_size * min(gallery_block_size, 4096)`` fast scores, and per query in
-    progress (every query, when the queries are the gallery) a list of ``k + max(k, 128)`` candidates of 6-8
-    bytes each, plus the (Q, k) result.
+    progress (every query, when the queries are the gallery) a list of ``k + max(k, 128)`` candidates of 8
+    bytes and a 512-byte histogram, plus the (Q, k) result.
 
     Args:
         query_embeddings: (Q, D) array or tensor.
@@ -305,9 +308,32 @@ def _bfloat16_pays_off() -> bool:
 def _fast_dtype(metric: str, device: torch.device, work: int) -> torch.dtype:
     """bfloat16 for cosine/dot on CPUs where it pays off (checked once per process), else float32.
     Small searches skip the check: they would not gain from it."""
-    if metric == "euclidean" or device.type != "cpu" or work < _BFLOAT16_MIN_WORK:
+    if metric == "euclidean" or device.type != "cpu":
+        return torch.float32
+    if _FORCED_BFLOAT16:
+        return torch.bfloat16
+    if work < _BFLOAT16_MIN_WORK:
         return torch.float32
     return torch.bfloat16 if _bfloat16_pays_off() else torch.float32
+
+
+_FORCED_BFLOAT16 = False  # set only by warm_up
+
+
+def warm_up() -> None:
+    """Compile the selection kernels for every score format and schedule, or load them from numba's on-disk
+    cache (``__pycache__`` beside the module, else the user's cache directory). The first search after an
+    install otherwise spends ~30-60 s compiling; ``scripts/setup.sh`` calls this once. Not thread-safe."""
+    global _FORCED_BFLOAT16
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    try:
+        for forced in (False, True):
+            _FORCED_BFLOAT16 = forced
+            for metric in ("cosine", "euclidean"):
+                knn(x, k=5, metric=metric, query_block_size=64)
+                knn(x[:50], x, k=5, metric=metric, exclude_self=True, query_block_size=64)
+    finally:
+        _FORCED_BFLOAT16 = False
 
 
 @dataclass(frozen=True)
