@@ -185,3 +185,22 @@ def test_locality_order_with_overflowing_rows(monkeypatch, tied_data):
     monkeypatch.setattr(topk, "_MIN_EXTRA_CANDIDATES", 0)
     result = knn(tied_data, k=3, query_block_size=16, gallery_block_size=32)
     np.testing.assert_array_equal(result.ids, brute_force(tied_data, tied_data, 3, exclude_self=True))
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_overflowing_rows_of_a_separate_gallery_are_searched_again(monkeypatch, exclude_self):
+    # 100 distinct vectors, each ~10 times: a list of 2k candidates overflows on the ties, the second pass
+    # with 16x longer lists holds them (queries are the first 150 gallery items when excluding themselves)
+    rng = np.random.default_rng(5)
+    gallery = rng.normal(size=(100, 8)).astype(np.float32)[rng.integers(0, 100, size=1000)]
+    monkeypatch.setattr(topk, "_MIN_EXTRA_CANDIDATES", 0)
+    calls, searches = [], []
+    exact_row, one_sided = topk._scan.exact_row, topk._one_sided_search
+    monkeypatch.setattr(topk._scan, "exact_row", lambda *args: calls.append(1) or exact_row(*args))
+    monkeypatch.setattr(topk, "_one_sided_search", lambda *args: searches.append(len(args[1])) or one_sided(*args))
+    result = knn(gallery[:150], gallery, k=3, exclude_self=exclude_self, query_block_size=64)
+    ids, scores = exact_order(gallery[:150], gallery, 3, "cosine", exclude_self=exclude_self)
+    np.testing.assert_array_equal(result.ids, ids)
+    np.testing.assert_array_equal(result.scores, scores)
+    assert searches[0] == 150 and 0 < sum(searches[1:]) < 150  # some rows overflowed and were searched again
+    assert not calls  # the second pass sufficed

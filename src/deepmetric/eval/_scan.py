@@ -220,9 +220,9 @@ def _append(row, key, item, cands, count, hist, base, above, kth_coarse, kth_key
 
 
 @njit(parallel=True, cache=True)
-def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
+def scan_rows(block, first_row, first_item, skip_self, own, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
     """Row r of ``block`` scores state row ``first_row + r`` against items ``first_item + c``; with
-    ``skip_self`` the item ``row + self_offset`` (the query itself) is left out.
+    ``skip_self`` the item ``own[row]`` (the query itself) is left out.
 
     A row's columns form GROUPS strided groups (group p: columns p, p + width, ...); their maxima are taken
     with vector operations and only groups whose maximum reaches the threshold are read item by item. A row
@@ -260,7 +260,7 @@ def scan_rows(block, first_row, first_item, skip_self, self_offset, mask, cands,
             for i in range(found):
                 c = hits[i]
                 key = _key(data[c], mask)
-                if key >= threshold[row] and not (skip_self and first_item + c == row + self_offset):
+                if key >= threshold[row] and not (skip_self and first_item + c == own[row]):
                     _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
 
 

@@ -158,22 +158,42 @@ def knn(
         fast = _FastPass.build(gallery_t, metric, _fast_dtype(metric, device, num_queries * num_gallery))
         cap = k + max(k, _MIN_EXTRA_CANDIDATES)
         tile = min(gallery_block_size, _TILE_COLUMNS)
+        euclidean = metric == "euclidean"
 
-        def report(state: _State, first: int, last: int, query_offset: int) -> None:
-            """Write the results of state rows first:last (queries ``row + query_offset``)."""
-            state.finish(first, last)
-            _scan.finalize(queries_np, gallery_np, first, last, query_offset, state.candidates, state.count,
-                           state.overflow, metric == "euclidean", item_ids, query_ids, out_scores, out_ids)
-            for row in np.flatnonzero(state.overflow[first:last]) + first:
-                query = row + query_offset
-                _scan.exact_row(queries_np[query], gallery_np, query if exclude_self else -1, metric == "euclidean",
-                                item_ids, out_scores[query_ids[query]], out_ids[query_ids[query]])
+        def reporter(sub_queries_t: torch.Tensor, sub_queries_np: np.ndarray, sub_query_ids: np.ndarray,
+                     sub_own: np.ndarray, cap: int):
+            """Writes the results of state rows first:last, queries ``row + query_offset`` of the sub-arrays;
+            rows whose candidates overflowed are searched again with 16x longer lists, or exactly once that
+            would not pay off against reading the whole gallery per query."""
 
+            def report(state: _State, first: int, last: int, query_offset: int) -> None:
+                state.finish(first, last)
+                _scan.finalize(sub_queries_np, gallery_np, first, last, query_offset, state.candidates, state.count,
+                               state.overflow, euclidean, item_ids, sub_query_ids, out_scores, out_ids)
+                redo = np.flatnonzero(state.overflow[first:last]) + first + query_offset
+                if len(redo) == 0:
+                    return
+                wider = k + max(k, 16 * (cap - k))
+                if wider <= num_gallery // 4:
+                    again = torch.from_numpy(redo).to(sub_queries_t.device)
+                    _one_sided_search(fast, sub_queries_t[again], k, wider, sub_own[redo], query_block_size, tile,
+                                      reporter(sub_queries_t[again], sub_queries_np[redo], sub_query_ids[redo],
+                                               sub_own[redo], wider))
+                    return
+                for i in redo:
+                    _scan.exact_row(sub_queries_np[i], gallery_np, sub_own[i], euclidean, item_ids,
+                                    out_scores[sub_query_ids[i]], out_ids[sub_query_ids[i]])
+
+            return report
+
+        # the gallery item each query leaves out of its results (-1: none)
+        own = np.arange(num_queries, dtype=np.int64) if exclude_self else np.full(num_queries, -1, np.int64)
+        report = reporter(queries_t, queries_np, query_ids, own, cap)
         if same_set:
             # square blocks with as many scores as a (query_block_size, tile) block
             _symmetric_search(fast, queries_t, k, cap, exclude_self, math.isqrt(query_block_size * tile), report)
         else:
-            _one_sided_search(fast, queries_t, k, cap, exclude_self, query_block_size, tile, report)
+            _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report)
     return SearchResult(out_scores, out_ids)
 
 
@@ -192,18 +212,20 @@ def _locality_order(x: torch.Tensor, iterations: int = 1) -> torch.Tensor:
     return torch.argsort((fast @ centres.to(torch.bfloat16).T).argmax(1), stable=True)
 
 
-def _one_sided_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int, exclude_self: bool,
+def _one_sided_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int, own: np.ndarray,
                       query_block_size: int, tile: int, report) -> None:
-    """Each query block against every gallery tile; its results are reported once the last tile passed."""
+    """Each query block against every gallery tile; its results are reported once the last tile passed.
+    Query i leaves gallery item ``own[i]`` out (-1: none)."""
     query_fast = fast.cast(queries_t)
     scratch = query_fast.new_empty(min(query_block_size, len(queries_t)) * tile)
+    skip_self = bool((own >= 0).any())
     for start in range(0, len(queries_t), query_block_size):
         stop = min(start + query_block_size, len(queries_t))
-        state = _State(fast, queries_t[start:stop], k, cap)
+        state = _State(fast, queries_t[start:stop], k, cap, own[start:stop])
         for g_start in range(0, fast.gallery.shape[0], tile):
             g_stop = min(g_start + tile, fast.gallery.shape[0])
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            state.rows(block, 0, g_start, self_offset=start if exclude_self else None)
+            state.rows(block, 0, g_start, skip_self=skip_self)
         report(state, 0, stop - start, start)
 
 
@@ -214,17 +236,18 @@ def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int
     bound on its k-th best before the columns of other blocks reach it. Block i is reported after its last
     product: every block before it has already passed its columns."""
     query_fast = fast.cast(queries_t)
-    state = _State(fast, queries_t, k, cap)
+    own = np.arange(len(queries_t), dtype=np.int64) if exclude_self else np.full(len(queries_t), -1, np.int64)
+    state = _State(fast, queries_t, k, cap, own)
     bounds = [(start, min(start + block_size, len(queries_t))) for start in range(0, len(queries_t), block_size)]
     # a reused buffer: fresh multi-megabyte tensors per block would cost a page fault per 4 KB
     scratch = query_fast.new_empty(min(block_size, len(queries_t)) ** 2)
     for start, stop in bounds:
         block = fast.scores(query_fast[start:stop], start, stop, scratch)
-        state.rows(block, start, start, self_offset=0 if exclude_self else None)
+        state.rows(block, start, start, skip_self=exclude_self)
     for j, (g_start, g_stop) in enumerate(bounds):
         for start, stop in bounds[:j]:
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            state.rows(block, start, g_start, self_offset=None)
+            state.rows(block, start, g_start, skip_self=False)
             state.columns(block, g_start, start)
     report(state, 0, len(queries_t), 0)
 
@@ -232,7 +255,7 @@ def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int
 class _State:
     """Candidate lists of a range of query rows, kept by the compiled selection in ``_scan``."""
 
-    def __init__(self, fast: _FastPass, query_t: torch.Tensor, k: int, cap: int):
+    def __init__(self, fast: _FastPass, query_t: torch.Tensor, k: int, cap: int, own: np.ndarray):
         rows, bfloat16 = query_t.shape[0], fast.gallery.dtype == torch.bfloat16
         self.k, self.bfloat16 = k, bfloat16
         if fast.gallery.shape[0] >= 2 ** 32:
@@ -249,6 +272,7 @@ class _State:
         self.threshold = np.full(rows, _scan.ACCEPT_ALL, np.int32)
         self.margin = (2 * fast.error(query_t)).cpu().numpy().astype(np.float64)
         self.overflow = np.zeros(rows, dtype=np.bool_)
+        self.own = own  # the gallery item each row leaves out (-1: none)
         self.unit = float(fast.output_unit)
         self.shift, self.bucket_shift, self.mask = (16, 0, np.int16(0x7FFF)) if bfloat16 else (0, 16, np.int32(0x7FFFFFFF))
 
@@ -259,11 +283,10 @@ class _State:
         return (self.candidates, self.count, self.histogram, self.base, self.above, self.kth_bucket, self.kth,
                 self.threshold, self.margin, self.unit, self.shift, self.bucket_shift, self.overflow, self.k)
 
-    def rows(self, block: torch.Tensor, first_row: int, first_item: int, *, self_offset: int | None) -> None:
-        """Rows of ``block`` are state rows first_row..., columns items first_item...; with ``self_offset``
-        the item ``row + self_offset`` is left out of each row."""
-        _scan.scan_rows(self._bits(block), first_row, first_item, self_offset is not None,
-                        -1 if self_offset is None else self_offset, self.mask, *self._lists())
+    def rows(self, block: torch.Tensor, first_row: int, first_item: int, *, skip_self: bool) -> None:
+        """Rows of ``block`` are state rows first_row..., columns items first_item...; with ``skip_self``
+        each row leaves out its own item."""
+        _scan.scan_rows(self._bits(block), first_row, first_item, skip_self, self.own, self.mask, *self._lists())
 
     def columns(self, block: torch.Tensor, first_row: int, first_item: int) -> None:
         """Columns of ``block`` are state rows first_row..., its rows items first_item...."""
