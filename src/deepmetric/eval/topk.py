@@ -162,28 +162,37 @@ def knn(
 
         def reporter(sub_queries_t: torch.Tensor, sub_queries_np: np.ndarray, sub_query_ids: np.ndarray,
                      sub_own: np.ndarray, cap: int):
-            """Writes the results of state rows first:last, queries ``row + query_offset`` of the sub-arrays;
-            rows whose candidates overflowed are searched again with 16x longer lists, or exactly once that
-            would not pay off against reading the whole gallery per query."""
+            """Writes the results of state rows first:last, queries ``row + query_offset`` of the sub-arrays.
+            Rows whose candidates overflowed are collected; ``report.redo_overflowed()`` searches them again
+            with 16x longer lists, or exactly once that would not pay off against reading the whole gallery
+            per query."""
 
             def report(state: _State, first: int, last: int, query_offset: int) -> None:
                 state.finish(first, last)
                 _scan.finalize(sub_queries_np, gallery_np, first, last, query_offset, state.candidates, state.count,
                                state.overflow, euclidean, item_ids, sub_query_ids, out_scores, out_ids)
-                redo = np.flatnonzero(state.overflow[first:last]) + first + query_offset
+                overflowed.append(np.flatnonzero(state.overflow[first:last]) + first + query_offset)
+
+            def redo_overflowed() -> None:
+                """All overflowed rows at once (one product per gallery tile, not one per query block)."""
+                redo = np.concatenate(overflowed) if overflowed else np.empty(0, np.int64)
                 if len(redo) == 0:
                     return
                 wider = k + max(k, 16 * (cap - k))
                 if wider <= num_gallery // 4:
                     again = torch.from_numpy(redo).to(sub_queries_t.device)
+                    report_again = reporter(sub_queries_t[again], sub_queries_np[redo], sub_query_ids[redo],
+                                            sub_own[redo], wider)
                     _one_sided_search(fast, sub_queries_t[again], k, wider, sub_own[redo], query_block_size, tile,
-                                      reporter(sub_queries_t[again], sub_queries_np[redo], sub_query_ids[redo],
-                                               sub_own[redo], wider))
+                                      report_again)
+                    report_again.redo_overflowed()
                     return
                 for i in redo:
                     _scan.exact_row(sub_queries_np[i], gallery_np, sub_own[i], euclidean, item_ids,
                                     out_scores[sub_query_ids[i]], out_ids[sub_query_ids[i]])
 
+            overflowed: list[np.ndarray] = []
+            report.redo_overflowed = redo_overflowed
             return report
 
         # the gallery item each query leaves out of its results (-1: none)
@@ -194,6 +203,7 @@ def knn(
             _symmetric_search(fast, queries_t, k, cap, exclude_self, math.isqrt(query_block_size * tile), report)
         else:
             _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report)
+        report.redo_overflowed()
     return SearchResult(out_scores, out_ids)
 
 
@@ -379,12 +389,17 @@ class _FastPass:
         if metric == "euclidean" and dtype != torch.float32:
             raise ValueError(f"euclidean candidates need float32, got {dtype}")
         fast = gallery_t.to(dtype)
-        norms = torch.zeros(3, dtype=torch.float64, device=gallery_t.device)
-        for start in range(0, len(gallery_t), 1 << 16):  # in float64, a slice at a time to keep memory flat
-            exact, rounded = gallery_t[start:start + (1 << 16)].double(), fast[start:start + (1 << 16)].double()
+        norms = torch.zeros(3, dtype=torch.float32, device=gallery_t.device)
+        for start in range(0, len(gallery_t), 1 << 16):  # a slice at a time to keep memory flat
+            exact, rounded = gallery_t[start:start + (1 << 16)], fast[start:start + (1 << 16)].float()
+            # exact - rounded is exact in float32 (the bits that rounding to bfloat16 dropped)
             chunk = [exact.norm(dim=1).max(), rounded.norm(dim=1).max(), (exact - rounded).norm(dim=1).max()]
             norms = torch.maximum(norms, torch.stack(chunk))
-        norm, rounded_norm, residual_norm = norms.tolist()
+        # float32 norms, made upper bounds: a sum of D non-negative float32 terms is within D u of the exact
+        # sum in any order (Higham), the square root adds u; 4 D u and an absolute 2^-60 (squares that
+        # underflowed) cover both with room
+        norm, rounded_norm, residual_norm = (value * (1 + 4 * gallery_t.shape[1] * _FLOAT32_UNIT) + 2.0 ** -60
+                                             for value in norms.double().tolist())
         return cls(fast, metric, norm, rounded_norm, residual_norm,
                    (gallery_t * gallery_t).sum(1) if metric == "euclidean" else None)
 
