@@ -4,16 +4,18 @@ Fast scores arrive as raw bits, int16 for bfloat16 and int32 for float32, and ar
 a non-negative bit pattern is its own key, a negative one has its magnitude bits flipped, so keys order
 like the values (-0.0 just below +0.0). Every query row owns
 
-- a min-heap of the k best keys it has been offered (distinct items, so the heap's minimum is a lower
-  bound on the row's k-th best fast score, ``kth``),
+- a bounded list of candidates, (key, gallery id) packed in one int64: every item offered whose key
+  reached the row's threshold;
+- a histogram of the candidates' keys by bucket (bfloat16: the key itself; float32: its top 16 bits), from
+  the row's k-th-best bucket up: the highest bucket with at least k candidates at or above it is a lower
+  bound on the row's k-th best fast score (the candidates are distinct items), ``kth``, and moves up in
+  O(1) per candidate;
 - a threshold key, the smallest key of value >= ``kth - margin - 3 unit (|kth| + margin)`` (``margin`` is
   twice the row's proven error bound, ``unit`` the relative rounding of the fast scores' output; see
-  ``topk._FastPass``), raised whenever the heap's minimum rises,
-- a bounded list of candidates, (key, gallery id) packed in one int64: every item offered whose key
-  reached the threshold (items whose key is above the k-th best bound also go through the heap).
+  ``topk._FastPass``), raised whenever ``kth`` rises.
 
 A full list is compacted to the candidates still at or above the threshold; a row whose list stays 3/4
-full (thousands of tied scores) is flagged to be re-done exactly.
+full (thousands of tied scores) is flagged, to be searched again with a longer list.
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ def _append(row, key, item, cands, count, hist, base, above, kth_coarse, kth_key
 
 
 @njit(parallel=True, cache=True)
-def scan_rows(block, first_row, first_item, skip_self, own, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
+def scan_rows(block, first_row, first_item, skip_self, own, mask, cands, count, hist, base, above, kth_coarse,
+              kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
     """Row r of ``block`` scores state row ``first_row + r`` against items ``first_item + c``; with
     ``skip_self`` the item ``own[row]`` (the query itself) is left out.
 
@@ -261,11 +264,13 @@ def scan_rows(block, first_row, first_item, skip_self, own, mask, cands, count, 
                 c = hits[i]
                 key = _key(data[c], mask)
                 if key >= threshold[row] and not (skip_self and first_item + c == own[row]):
-                    _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
+                    _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
+                            margin, unit, shift, coarse_shift, overflow, k)
 
 
 @njit(parallel=True, cache=True)
-def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
+def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
+                 margin, unit, shift, coarse_shift, overflow, k):
     """The transposed use of a block: column c scores state row ``first_row + c`` against items
     ``first_item + r`` (row r). Threads own disjoint column ranges; per group of ROW_GROUP rows the column
     maxima are taken with vector operations and only columns whose maximum reaches their threshold are read."""
@@ -295,12 +300,14 @@ def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, a
                 for r in range(g, min(g + ROW_GROUP, rows)):
                     key = _key(block[r, start + c], mask)
                     if key >= threshold[row]:
-                        _append(row, key, first_item + r, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
+                        _append(row, key, first_item + r, cands, count, hist, base, above, kth_coarse, kth_key,
+                                threshold, margin, unit, shift, coarse_shift, overflow, k)
                 limit[c] = min(max(threshold[row], low), high)
 
 
 @njit(parallel=True, cache=True)
-def finish(first_row, last_row, cands, count, hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
+def finish(first_row, last_row, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
+           margin, unit, shift, coarse_shift, overflow, k):
     """Final compaction of rows first_row:last_row, so that each keeps only what can reach its top k."""
     for row in prange(first_row, last_row):
         if not overflow[row]:
@@ -317,8 +324,10 @@ def pair_score(query, item, euclidean):
     full = dim - dim % 8
     for d in range(0, full, 8):
         if euclidean:
-            t0, t1, t2, t3 = query[d] - item[d], query[d + 1] - item[d + 1], query[d + 2] - item[d + 2], query[d + 3] - item[d + 3]
-            t4, t5, t6, t7 = query[d + 4] - item[d + 4], query[d + 5] - item[d + 5], query[d + 6] - item[d + 6], query[d + 7] - item[d + 7]
+            t0, t1, t2, t3 = query[d] - item[d], query[d + 1] - item[d + 1], query[d + 2] - item[d + 2], \
+                query[d + 3] - item[d + 3]
+            t4, t5, t6, t7 = query[d + 4] - item[d + 4], query[d + 5] - item[d + 5], query[d + 6] - item[d + 6], \
+                query[d + 7] - item[d + 7]
             s0 += t0 * t0; s1 += t1 * t1; s2 += t2 * t2; s3 += t3 * t3  # noqa: E702
             s4 += t4 * t4; s5 += t5 * t5; s6 += t6 * t6; s7 += t7 * t7  # noqa: E702
         else:

@@ -284,7 +284,10 @@ class _State:
         self.overflow = np.zeros(rows, dtype=np.bool_)
         self.own = own  # the gallery item each row leaves out (-1: none)
         self.unit = float(fast.output_unit)
-        self.shift, self.bucket_shift, self.mask = (16, 0, np.int16(0x7FFF)) if bfloat16 else (0, 16, np.int32(0x7FFFFFFF))
+        # bfloat16: keys shifted 16 bits up give float32 bits, each key is its own bucket; float32: buckets are
+        # the top 16 bits of the key
+        self.shift, self.bucket_shift, self.mask = ((16, 0, np.int16(0x7FFF)) if bfloat16
+                                                    else (0, 16, np.int32(0x7FFFFFFF)))
 
     def _bits(self, block: torch.Tensor) -> np.ndarray:
         return block.view(torch.int16 if self.bfloat16 else torch.int32).cpu().numpy()
