@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is a Python int >= 1 (bools refused), else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as a Python int if it is an integer >= 1 (Python or numpy; bools refused), else raise
+    ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)

@@ -19,6 +19,7 @@ import torch
 
 from deepmetric.eval import _scan
 from deepmetric.types import SearchResult
+from deepmetric.validation import check_positive_int
 
 METRICS = ("cosine", "dot", "euclidean")
 _TILE_COLUMNS = 4096  # gallery items per matrix product: a (1024, 4096) score tile stays in cache for the selection
@@ -56,12 +57,6 @@ def as_labels(name: str, value, length: int) -> np.ndarray:
     if array.ndim != 1 or array.shape[0] != length:
         raise ValueError(f"{name} must be a 1-D array of {length} labels, got shape {array.shape}")
     return array
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _prepare(x: np.ndarray, metric: str, device: torch.device) -> torch.Tensor:
@@ -124,9 +119,9 @@ def knn(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    k = _positive_int("k", k)
-    query_block_size = _positive_int("query_block_size", query_block_size)
-    gallery_block_size = _positive_int("gallery_block_size", gallery_block_size)
+    k = check_positive_int("k", k)
+    query_block_size = check_positive_int("query_block_size", query_block_size)
+    gallery_block_size = check_positive_int("gallery_block_size", gallery_block_size)
     queries = as_embeddings("query_embeddings", query_embeddings)
     same_set = gallery_embeddings is None
     gallery = queries if same_set else as_embeddings("gallery_embeddings", gallery_embeddings,
@@ -316,8 +311,13 @@ def _view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _bfloat16_pays_off() -> bool:
-    """Whether this CPU's bfloat16 matrix product is at least 1.5x faster than float32 and stays within
-    the error bound the candidate pass assumes (float32 accumulation, round-to-nearest output)."""
+    """Whether this CPU multiplies bfloat16 natively (``deepmetric.index.exact.bf16_is_fast``), its bfloat16
+    matrix product is at least 1.5x faster than float32 here, and it stays within the error bound the
+    candidate pass assumes (float32 accumulation, round-to-nearest output)."""
+    from deepmetric.index.exact import bf16_is_fast
+
+    if not bf16_is_fast():
+        return False
     generator = torch.Generator().manual_seed(0)
     queries = torch.nn.functional.normalize(torch.randn(512, 128, generator=generator), dim=1)
     gallery = torch.nn.functional.normalize(torch.randn(_TILE_COLUMNS, 128, generator=generator), dim=1)
