@@ -24,7 +24,7 @@ from deepmetric.validation import check_positive_int
 METRICS = ("cosine", "dot", "euclidean")
 _TILE_COLUMNS = 4096  # gallery items per matrix product: a (1024, 4096) score tile stays in cache for the selection
 _MIN_EXTRA_CANDIDATES = 128  # a query holds up to k + max(k, this) candidates; one that cannot drop to 3/4 of that
-# after a compaction (thousands of tied scores) is re-done exactly
+# after a compaction (thousands of tied scores) is searched again with 16x that, or exactly
 _LOCALITY_MIN_ITEMS = 16384  # queries = gallery from this size on: items reordered by nearest centre first
 _LOCALITY_MAX_CLUSTERS = 1024
 _BFLOAT16_MIN_WORK = 1 << 26  # queries x gallery below which the bfloat16 probe is not worth its few milliseconds
