@@ -124,8 +124,6 @@ def _raise_threshold(row, best, kth_key, threshold, margin, unit, shift):
     if best > kth_key[row]:
         kth_key[row] = best
         kth = _key_value(best, shift)
-        if math.isinf(kth):
-            return
         widened = kth - margin[row] - 3.0 * unit * (abs(kth) + margin[row])
         if math.isfinite(widened):
             threshold[row] = max(threshold[row], _ceil_key(widened, shift))
@@ -222,10 +220,10 @@ def _append(row, key, item, cands, count, hist, base, above, kth_coarse, kth_key
 
 
 @njit(parallel=True, cache=True)
-def scan_rows(block, first_row, first_item, skip_self, own, mask, cands, count, hist, base, above, kth_coarse,
+def scan_rows(block, first_row, first_item, own, mask, cands, count, hist, base, above, kth_coarse,
               kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
-    """Row r of ``block`` scores state row ``first_row + r`` against items ``first_item + c``; with
-    ``skip_self`` the item ``own[row]`` (the query itself) is left out.
+    """Row r of ``block`` scores state row ``first_row + r`` against items ``first_item + c``, leaving out
+    item ``own[row]`` (the query itself; -1, no item, when it has none).
 
     A row's columns form GROUPS strided groups (group p: columns p, p + width, ...); their maxima are taken
     with vector operations and only groups whose maximum reaches the threshold are read item by item. A row
@@ -263,7 +261,7 @@ def scan_rows(block, first_row, first_item, skip_self, own, mask, cands, count, 
             for i in range(found):
                 c = hits[i]
                 key = _key(data[c], mask)
-                if key >= threshold[row] and not (skip_self and first_item + c == own[row]):
+                if key >= threshold[row] and first_item + c != own[row]:
                     _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
                             margin, unit, shift, coarse_shift, overflow, k)
 
@@ -348,6 +346,26 @@ def pair_score(query, item, euclidean):
     return total + np.float32(0.0)
 
 
+@njit(inline="always")
+def _rank_code(score_bits, reported_id):
+    """One int64 whose ascending order is score descending, then id ascending: (~order key of the float32
+    score) << 32 | id."""
+    return (np.int64(~_key(score_bits, np.int32(0x7FFFFFFF))) << 32) | reported_id
+
+
+@njit(inline="always")
+def _write_ranked(codes, values, out_scores, out_ids):
+    """Sort the rank codes and write the first ``len(out_scores)`` scores and ids (``values`` is scratch of
+    at least that length)."""
+    codes.sort()
+    bits = values.view(np.int32)
+    for j in range(min(len(out_scores), len(codes))):
+        key = ~np.int32(codes[j] >> 32)
+        bits[j] = key ^ np.int32(0x7FFFFFFF) if key < 0 else key  # the order key's own inverse
+        out_scores[j] = values[j]
+        out_ids[j] = codes[j] & 0xFFFFFFFF
+
+
 @njit(parallel=True, cache=True)
 def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, overflow, euclidean, item_ids,
              query_ids, out_scores, out_ids):
@@ -355,7 +373,6 @@ def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, 
     score descending then reported id ascending (one sort of int64 (~order key of the score) << 32 | id), the
     best ``out_scores.shape[1]`` written to output row ``query_ids[query]``; gallery item i is reported as
     ``item_ids[i]``. Overflowed rows are left alone."""
-    k = out_scores.shape[1]
     per_task = 64
     for task in prange((last_row - first_row + per_task - 1) // per_task):
         values = np.empty(cands.shape[1], np.float32)
@@ -373,15 +390,8 @@ def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, 
                     _prefetch_row(gallery, cands[row, i + _AHEAD] & 0xFFFFFFFF)
                 values[i] = pair_score(queries[query], gallery[cands[row, i] & 0xFFFFFFFF], euclidean)
             for i in range(n):
-                key = _key(bits[i], np.int32(0x7FFFFFFF))
-                order[i] = (np.int64(~key) << 32) | item_ids[cands[row, i] & 0xFFFFFFFF]
-            order[:n].sort()
-            out = query_ids[query]
-            for j in range(min(k, n)):
-                key = ~np.int32(order[j] >> 32)
-                bits[j] = key ^ np.int32(0x7FFFFFFF) if key < 0 else key  # the order key's own inverse
-                out_scores[out, j] = values[j]
-                out_ids[out, j] = order[j] & 0xFFFFFFFF
+                order[i] = _rank_code(bits[i], item_ids[cands[row, i] & 0xFFFFFFFF])
+            _write_ranked(order[:n], values, out_scores[query_ids[query]], out_ids[query_ids[query]])
 
 
 @njit(parallel=True, cache=True)
@@ -396,12 +406,6 @@ def exact_row(query, gallery, skip, euclidean, item_ids, out_scores, out_ids):
     n = 0
     for i in range(gallery.shape[0]):
         if i != skip:
-            key = _key(bits[i], np.int32(0x7FFFFFFF))
-            order[n] = (np.int64(~key) << 32) | item_ids[i]
+            order[n] = _rank_code(bits[i], item_ids[i])
             n += 1
-    order[:n].sort()
-    for j in range(min(len(out_scores), n)):
-        key = ~np.int32(order[j] >> 32)
-        bits[j] = key ^ np.int32(0x7FFFFFFF) if key < 0 else key
-        out_scores[j] = values[j]
-        out_ids[j] = order[j] & 0xFFFFFFFF
+    _write_ranked(order[:n], values, out_scores, out_ids)

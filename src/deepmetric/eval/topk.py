@@ -195,7 +195,7 @@ def knn(
         report = reporter(queries_t, queries_np, query_ids, own, cap)
         if same_set:
             # square blocks with as many scores as a (query_block_size, tile) block
-            _symmetric_search(fast, queries_t, k, cap, exclude_self, math.isqrt(query_block_size * tile), report)
+            _symmetric_search(fast, queries_t, k, cap, own, math.isqrt(query_block_size * tile), report)
         else:
             _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report)
         report.redo_overflowed()
@@ -223,36 +223,35 @@ def _one_sided_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int
     Query i leaves gallery item ``own[i]`` out (-1: none)."""
     query_fast = fast.cast(queries_t)
     scratch = query_fast.new_empty(min(query_block_size, len(queries_t)) * tile)
-    skip_self = bool((own >= 0).any())
     for start in range(0, len(queries_t), query_block_size):
         stop = min(start + query_block_size, len(queries_t))
         state = _State(fast, queries_t[start:stop], k, cap, own[start:stop])
         for g_start in range(0, fast.gallery.shape[0], tile):
             g_stop = min(g_start + tile, fast.gallery.shape[0])
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            state.rows(block, 0, g_start, skip_self=skip_self)
+            state.rows(block, 0, g_start)
         report(state, 0, stop - start, start)
 
 
-def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int, exclude_self: bool,
+def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int, own: np.ndarray,
                       block_size: int, report) -> None:
     """Queries = gallery: the product of blocks i < j serves the rows of i and, read by columns, the rows
     of j, so each pair of items is multiplied once. The diagonal blocks go first, so that every row has a
-    bound on its k-th best before the columns of other blocks reach it. Block i is reported after its last
-    product: every block before it has already passed its columns."""
+    bound on its k-th best before the columns of other blocks reach it; then block j meets every block
+    before it (its rows, early in their lives, take the most candidates while their state is warm). All rows
+    are reported at the end. Row i leaves gallery item ``own[i]`` out (-1: none)."""
     query_fast = fast.cast(queries_t)
-    own = np.arange(len(queries_t), dtype=np.int64) if exclude_self else np.full(len(queries_t), -1, np.int64)
     state = _State(fast, queries_t, k, cap, own)
     bounds = [(start, min(start + block_size, len(queries_t))) for start in range(0, len(queries_t), block_size)]
     # a reused buffer: fresh multi-megabyte tensors per block would cost a page fault per 4 KB
     scratch = query_fast.new_empty(min(block_size, len(queries_t)) ** 2)
     for start, stop in bounds:
         block = fast.scores(query_fast[start:stop], start, stop, scratch)
-        state.rows(block, start, start, skip_self=exclude_self)
+        state.rows(block, start, start)
     for j, (g_start, g_stop) in enumerate(bounds):
         for start, stop in bounds[:j]:
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            state.rows(block, start, g_start, skip_self=False)
+            state.rows(block, start, g_start)
             state.columns(block, g_start, start)
     report(state, 0, len(queries_t), 0)
 
@@ -291,10 +290,10 @@ class _State:
         return (self.candidates, self.count, self.histogram, self.base, self.above, self.kth_bucket, self.kth,
                 self.threshold, self.margin, self.unit, self.shift, self.bucket_shift, self.overflow, self.k)
 
-    def rows(self, block: torch.Tensor, first_row: int, first_item: int, *, skip_self: bool) -> None:
-        """Rows of ``block`` are state rows first_row..., columns items first_item...; with ``skip_self``
-        each row leaves out its own item."""
-        _scan.scan_rows(self._bits(block), first_row, first_item, skip_self, self.own, self.mask, *self._lists())
+    def rows(self, block: torch.Tensor, first_row: int, first_item: int) -> None:
+        """Rows of ``block`` are state rows first_row..., columns items first_item...; each row leaves out
+        its own item, if it has one there."""
+        _scan.scan_rows(self._bits(block), first_row, first_item, self.own, self.mask, *self._lists())
 
     def columns(self, block: torch.Tensor, first_row: int, first_item: int) -> None:
         """Columns of ``block`` are state rows first_row..., its rows items first_item...."""
