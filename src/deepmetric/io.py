@@ -1,17 +1,23 @@
 """Atomic file writes, safetensors weights and JSON sidecars.
 
-Every write goes to a temporary file in the same folder, is fsynced, then renamed over the target, so a
-kill at any moment leaves either the old file or the new one, never half of one.
+Every write goes to a temporary file (or folder) in the same folder, is fsynced, then renamed over the
+target, so a kill at any moment leaves either the old version or the new one, never half of one. Folder
+writes never replace a folder deepmetric did not write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,28 +107,199 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise ValueError(f"{path} is not a valid safetensors file: {error}") from error
 
 
+#: Written by :func:`atomic_directory` into every folder it publishes: which kind of folder deepmetric wrote
+#: there. A folder without it is the user's, and is never replaced.
+FOLDER_MARKER = ".deepmetric-folder.json"
+
+
+class FolderInUseError(ValueError):
+    """The target of a folder write holds something deepmetric did not write there (or another kind)."""
+
+
+def _folder_kind(path: Path) -> str | None:
+    try:
+        return json.loads((path / FOLDER_MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_replaceable(target: Path, kind: str, legacy: Callable[[Path], bool] | None) -> None:
+    if not (target.exists() or target.is_symlink()):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise FolderInUseError(f"{target} exists and is not a folder; refusing to replace it "
+                               f"(choose a new path for the {kind})")
+    if not any(target.iterdir()):
+        return
+    found = _folder_kind(target)
+    if found == kind or (found is None and legacy is not None and legacy(target)):
+        return
+    what = f"a deepmetric {found} folder" if found else "a folder deepmetric did not write"
+    raise FolderInUseError(f"{target} is {what}, not empty; refusing to replace it with a {kind} "
+                           f"(choose a new or empty folder)")
+
+
+def _exchange(source: Path, target: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    libc = _libc()
+    if libc is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = libc.renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_exchange)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False  # the file system or kernel cannot exchange: fall back to two renames
+    raise OSError(error, os.strerror(error), str(target))
+
+
+@functools.cache
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        libc.renameat2.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed)."""
+def _parent_lock(parent: Path) -> Iterator[None]:
+    """Serialise writers and recovery of the folders in ``parent`` across processes (``flock`` on it)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _old_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def _new_prefix(target: Path) -> str:
+    return f".{target.name}.new-"
+
+
+def _recover(target: Path) -> None:
+    """Finish what a killed replacement left (caller holds the parent lock): restore the old version when
+    the target is missing, then drop leftovers (the old copy, unfinished new folders)."""
+    old = _old_path(target)
+    if old.is_dir() and not (target.exists() or target.is_symlink()):
+        os.replace(old, target)
+        _fsync_dir(target.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    prefix = _new_prefix(target)
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
+        if leftover.name.endswith(".tmp") and leftover.is_dir() and not _locked_by_writer(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _lock_new_folder(folder: Path) -> int | None:
+    """Create ``folder``'s marker file and hold an exclusive ``flock`` on it until the fd is closed: the
+    sign that a live writer owns ``folder`` (the lock dies with the process)."""
+    fd = os.open(folder / FOLDER_MARKER, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return fd
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _locked_by_writer(folder: Path) -> bool:
+    """Whether a live writer still holds ``folder``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    try:
+        fd = os.open(folder / FOLDER_MARKER, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def recover_directory(path: str | os.PathLike) -> Path:
+    """Repair ``path`` after a writer was killed mid-replacement: the last complete version is put back in
+    place and leftovers are removed. Readers call this before opening a folder; it is cheap when there is
+    nothing to do, and does nothing in a folder the process may not write."""
+    target = Path(path)
+    parent = target.parent
+    old = _old_path(target)
+    if not parent.is_dir() or not (old.exists() or any(parent.glob(f"{glob.escape(_new_prefix(target))}*"))):
+        return target
+    with contextlib.suppress(PermissionError), _parent_lock(parent):
+        _recover(target)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, kind: str,
+                     legacy: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` atomically.
+
+    ``kind`` names what is written ("model", "checkpoint", ...) and is recorded in the folder's
+    :data:`FOLDER_MARKER`. An existing ``path`` is replaced only when it is empty or deepmetric wrote it as
+    the same kind (``legacy(path)`` recognises folders written before the marker existed); anything else,
+    a user's folder or a file, raises :class:`FolderInUseError` before any work is done.
+
+    The old version stays until the new one is in place: on Linux the two are swapped in one
+    ``renameat2(RENAME_EXCHANGE)``; elsewhere the old one is renamed aside first, and a kill between the
+    two renames is repaired by :func:`recover_directory` (the old version comes back). Writers of folders
+    in one parent take turns (``flock`` on the parent): do not nest two writers in the same parent.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _parent_lock(target.parent):
+        _recover(target)
+        _check_replaceable(target, kind, legacy)
+        tmp = Path(tempfile.mkdtemp(prefix=_new_prefix(target), suffix=".tmp", dir=target.parent))
+        tmp_lock = _lock_new_folder(tmp)
     try:
         yield tmp
+        (tmp / FOLDER_MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
         for child in tmp.rglob("*"):
             if child.is_file():
                 with open(child, "rb+") as handle:
                     os.fsync(handle.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
+            elif child.is_dir():
+                _fsync_dir(child)
+        _fsync_dir(tmp)
+        with _parent_lock(target.parent):
+            _check_replaceable(target, kind, legacy)  # it may have changed while we were writing
+            if not target.exists():
+                os.replace(tmp, target)
+            elif _exchange(tmp, target):
+                _fsync_dir(target.parent)
+                shutil.rmtree(tmp)  # now the old version
+            else:
+                old = _old_path(target)
+                os.replace(target, old)
+                _fsync_dir(target.parent)
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
                 shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
+            _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if tmp_lock is not None:
+            os.close(tmp_lock)

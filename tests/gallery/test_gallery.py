@@ -238,3 +238,26 @@ def test_large_galleries_switch_to_the_approximate_index(tmp_path):
     assert all(gallery.identify(p, k=1).identity_id != f"id{i}" for i, p in enumerate(probes[:10]))
     assert gallery.index.info()["rebuilds"] == 1  # removals were applied in place
     gallery.close()
+
+
+def test_export_never_destroys_the_gallery_or_a_users_folder(gallery, tmp_path):
+    from deepmetric.io import FolderInUseError
+
+    _enroll_random(gallery, 3)
+    before = sorted(p.name for p in gallery.folder.iterdir())
+    for target, message in [(gallery.folder, "is the gallery"), (gallery.folder / "sub", "is inside the gallery"),
+                            (tmp_path, "holds the gallery")]:
+        with pytest.raises(ValueError, match=message):
+            gallery.export(target)
+    assert sorted(p.name for p in gallery.folder.iterdir()) == before and len(gallery) == 3
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(FolderInUseError, match="did not write"):
+        gallery.export(home)
+    assert [p.name for p in home.iterdir()] == ["thesis.tex"]
+    gallery.export(tmp_path / "export")
+    gallery.export(tmp_path / "export")  # its own earlier export is replaced
+    other = Gallery.create(tmp_path / "other", embedding_dim=gallery.embedding_dim, model_stamp="test-model")
+    assert other.import_from(tmp_path / "export") == 3
+    other.close()

@@ -50,3 +50,23 @@ def test_gallery_commands_with_photos(tmp_path):
     assert code == 0 and summary == {"reembedded": 2, "dropped": 0, "identities": 1}
     code, message = run("gallery", "identify", gallery, photos["astronaut.png"], "--model", str(tmp_path))
     assert code != 0 and "model folder" in str(message)
+
+
+def test_export_refuses_the_gallery_and_a_non_empty_folder(tmp_path):
+    from deepmetric.gallery import Gallery
+
+    gallery = str(tmp_path / "g")
+    created = Gallery.create(gallery, embedding_dim=4, model_stamp="test-model")
+    created.enroll("a", embeddings=np.eye(4, dtype=np.float32)[:1])
+    created.close()
+    code, message = run("gallery", "export", gallery, gallery)
+    assert code == 2 and "error: cannot export" in message and "is the gallery" in message
+    code, listed = run("gallery", "list", gallery)
+    assert code == 0 and [entry["identity_id"] for entry in listed["identities"]] == ["a"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    code, message = run("gallery", "export", gallery, str(folder))
+    assert code == 2 and "refusing to replace" in message and (folder / "keep.txt").read_text() == "mine"
+    code, exported = run("gallery", "export", gallery, str(tmp_path / "out"))
+    assert code == 0 and exported["exported"] == 1

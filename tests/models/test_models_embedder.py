@@ -31,7 +31,8 @@ def images():
 
 def test_save_load_round_trip_gives_identical_embeddings(model, images, tmp_path):
     model.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [".deepmetric-folder.json", "config.json",
+                                                                  "model.safetensors"]
     loaded = Embedder.load(tmp_path / "m", device="cpu")
     assert not loaded.training and loaded.embedding_dim == 8
     assert loaded.config == model.config

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepmetric.config import load_config
-from deepmetric.io import load_weights
+from deepmetric.io import FOLDER_MARKER, load_weights
 from deepmetric.train.checkpoint import load_checkpoint_state
 from deepmetric.train.pipelines import build_experiment, train
 from deepmetric.train.trainer import SeededBatches, SeededDataset, Trainer, TrainingOutOfMemory
@@ -75,7 +75,7 @@ def test_checkpoint_holds_no_pickles_and_resume_refuses_to_mix_runs(tmp_path, di
     config = load_config(digits_config(steps=2))
     train(config)
     last = tmp_path / "run" / "checkpoints" / "last"
-    names = sorted(str(p.relative_to(last)) for p in last.rglob("*") if p.is_file())
+    names = sorted(str(p.relative_to(last)) for p in last.rglob("*") if p.is_file() and p.name != FOLDER_MARKER)
     assert names == ["experiment.yaml", "model/config.json", "model/model.safetensors",
                      "training_state.json", "training_state.safetensors"]
     meta = json.loads((last / "training_state.json").read_text())

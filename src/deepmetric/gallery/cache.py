@@ -111,7 +111,8 @@ class IdentityIndex:
         with self._lock:
             if self.cache_dir is None or self._index is None:
                 return
-            with atomic_directory(self.cache_dir) as tmp:
+            with atomic_directory(self.cache_dir, kind="index-cache",
+                                  legacy=lambda folder: (folder / "cache.json").is_file()) as tmp:
                 self._index.save(tmp / "index")
                 with open(tmp / "members.npy", "wb") as handle:
                     np.save(handle, np.fromiter(self._members, dtype=np.int64, count=len(self._members)))
@@ -123,10 +124,11 @@ class IdentityIndex:
     def _load(self) -> str | None:
         """Load the persisted index; returns None on success or the reason it cannot be used."""
         from deepmetric.index import load_index
-        from deepmetric.io import read_json
+        from deepmetric.io import read_json, recover_directory
 
         if self.cache_dir is None:
             return "no cache folder"
+        recover_directory(self.cache_dir)
         index_path, members_file, sidecar = (self.cache_dir / "index", self.cache_dir / "members.npy",
                                              self.cache_dir / "cache.json")
         if not (sidecar.is_file() and index_path.exists() and members_file.is_file()):

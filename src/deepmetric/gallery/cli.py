@@ -216,6 +216,8 @@ def export(gallery: Path = GALLERY_ARG, folder: Path = typer.Argument(..., help=
     opened = open_gallery(gallery, need_model=False)
     try:
         _print({"exported": len(opened), "folder": str(opened.export(folder, with_images=with_images))})
+    except (ValueError, OSError) as error:  # FolderInUseError is a ValueError
+        _fail(error)
     finally:
         opened.close()
 

@@ -26,6 +26,16 @@ EXPORT_FORMAT = "deepmetric-gallery"
 EXPORT_VERSION = 1
 
 
+def _is_export(folder: Path) -> bool:
+    """An export written before folders were marked: its ``identities.json`` names the export format."""
+    from deepmetric.io import read_json
+
+    try:
+        return read_json(folder / "identities.json").get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class GalleryModelMismatch(GalleryError):
     """The gallery was embedded by another model than the one it is opened with."""
 
@@ -346,12 +356,20 @@ class Gallery:
 
     # -- export / import / re-embed ----------------------------------------------------------------------
     def export(self, folder: str | Path, *, with_images: bool = False) -> Path:
-        """Write ``identities.json`` + ``vectors.npy`` (+ ``images/`` when asked) to ``folder`` atomically."""
+        """Write ``identities.json`` + ``vectors.npy`` (+ ``images/`` when asked) to ``folder`` atomically.
+
+        ``folder`` must be new, empty, or an earlier export: never the gallery, a folder inside it or one
+        holding it, and never a folder of other files (:class:`~deepmetric.io.FolderInUseError`)."""
         from deepmetric.io import atomic_directory, write_json
 
+        target, home = Path(folder).resolve(), self.folder.resolve()
+        if target == home or home in target.parents or target in home.parents:
+            where = "is" if target == home else "is inside" if home in target.parents else "holds"
+            raise ValueError(f"cannot export to {folder}: it {where} the gallery {self.folder}; "
+                             "choose a folder outside it")
         identities: dict[str, dict[str, Any]] = {}
         vectors = []
-        with atomic_directory(folder) as tmp:
+        with atomic_directory(folder, kind="gallery-export", legacy=_is_export) as tmp:
             for record in self.store.list():
                 identities[record.identity_id] = {"identity_id": record.identity_id, "name": record.name,
                                                   "metadata": record.metadata, "templates": []}
@@ -373,9 +391,9 @@ class Gallery:
 
     def import_from(self, folder: str | Path) -> int:
         """Add every identity of an export (same model only) in one transaction; returns how many."""
-        from deepmetric.io import read_json
+        from deepmetric.io import read_json, recover_directory
 
-        folder = Path(folder)
+        folder = recover_directory(folder)
         info = read_json(folder / "identities.json")
         if info.get("format") != EXPORT_FORMAT or info.get("version") != EXPORT_VERSION:
             raise GalleryError(f"{str(folder)!r} is not a deepmetric gallery export (format/version)")

@@ -364,9 +364,9 @@ class VectorIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to the folder ``path`` atomically: ``index.json`` (format, version, spec,
         metric, knobs, SHA-256 and size of every file) + raw arrays + the library's own file."""
-        from deepmetric.io import atomic_directory
+        from deepmetric.io import FOLDER_MARKER, atomic_directory
 
-        with atomic_directory(path) as folder:
+        with atomic_directory(path, kind="index", legacy=lambda folder: (folder / MANIFEST).is_file()) as folder:
             files = {"external_ids.bin": self._external, "alive.bin": self._alive.astype(np.uint8)}
             for name, array in files.items():
                 np.ascontiguousarray(array).tofile(folder / name)
@@ -376,7 +376,7 @@ class VectorIndex:
                 "spec": self.spec, "dim": self.dim, "metric": self.metric, "knobs": self.knobs,
                 "num_items": int(self._external.shape[0]), "backend_state": extra,
                 "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                          for p in sorted(folder.iterdir()) if p.is_file()},
+                          for p in sorted(folder.iterdir()) if p.is_file() and p.name != FOLDER_MARKER},
             }
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepmetric.index.base import VectorIndex, read_manifest, restore_ids
+from deepmetric.io import recover_directory
 
 BACKENDS = ("exact", "faiss", "hnswlib", "annoy")
 # Below this many vectors exact search answers in milliseconds and is never wrong.
@@ -108,7 +109,7 @@ def build_index(spec: str, dim: int, metric: str = "cosine", backend: str | None
 def load_index(path: str | os.PathLike, *, mmap: bool = False, verify: bool = True) -> VectorIndex:
     """Open an index written by ``VectorIndex.save``. ``mmap=True`` maps flat and IVF data from disk
     (faiss ``IO_FLAG_MMAP``; annoy always maps) instead of reading it; ``verify`` checks every SHA-256."""
-    folder = Path(path)
+    folder = recover_directory(path)
     manifest: dict[str, Any] = read_manifest(folder, verify=verify)
     index = _make(manifest["spec"], int(manifest["dim"]), manifest["metric"], manifest["backend"])
     index.knobs = dict(manifest.get("knobs") or {})

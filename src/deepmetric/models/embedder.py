@@ -20,11 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepmetric import registry
-from deepmetric.io import atomic_directory, load_weights, read_json, save_weights, write_json
+from deepmetric.io import (FOLDER_MARKER, atomic_directory, load_weights, read_json, recover_directory, save_weights,
+                          write_json)
 from deepmetric.models.neck import EmbeddingNeck, validate_neck
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+
+
+def is_model_folder(path: Path) -> bool:
+    """A model folder (``config.json`` + ``model.safetensors``), e.g. one written before folders were marked."""
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 FORMAT_VERSION = 1
 ARCHITECTURE_KEYS = ("backbone", "pooling", "embedding_dim", "neck", "preprocessing")
 MODEL_CONFIG_KEYS = ARCHITECTURE_KEYS + ("calibration", "metadata", "format_version")
@@ -251,10 +257,10 @@ class Embedder(nn.Module):
         the folder (metrics, plots) are kept."""
         model_dir = Path(model_dir)
         state = {name: tensor for name, tensor in self.state_dict().items()}
-        with atomic_directory(model_dir) as tmp:
+        with atomic_directory(model_dir, kind="model", legacy=is_model_folder) as tmp:
             if model_dir.is_dir():
                 for child in model_dir.iterdir():
-                    if child.name in (CONFIG_FILE, WEIGHTS_FILE):
+                    if child.name in (CONFIG_FILE, WEIGHTS_FILE, FOLDER_MARKER):
                         continue
                     if child.is_dir():
                         shutil.copytree(child, tmp / child.name, copy_function=_link_or_copy)
@@ -268,7 +274,7 @@ class Embedder(nn.Module):
     def load(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> "Embedder":
         """Rebuild the model from ``config.json`` and its weights; returned in eval mode on ``device``
         (default: CUDA when available)."""
-        model_dir = Path(model_dir)
+        model_dir = recover_directory(model_dir)
         config = read_model_config(model_dir)
         model = build_embedder(config)
         state = load_weights(model_dir / WEIGHTS_FILE)

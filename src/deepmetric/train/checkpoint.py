@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmetric.io import atomic_directory, load_weights, read_json, save_weights, write_json
+from deepmetric.io import atomic_directory, load_weights, read_json, recover_directory, save_weights, write_json
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -104,7 +104,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: Any, state: Mapping[str, 
 
     path = Path(path)
     meta, tensors = flatten_state(dict(state))
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, kind="checkpoint", legacy=lambda folder: (folder / STATE_JSON).is_file()) as tmp:
         model.save(tmp / MODEL_DIR)
         save_weights(tmp / STATE_TENSORS, tensors)
         write_json(tmp / STATE_JSON, {"format_version": FORMAT_VERSION, "state": meta})
@@ -114,7 +114,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: Any, state: Mapping[str, 
 
 def load_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
     """The training state saved by ``save_checkpoint`` (the model is loaded separately from ``path/model``)."""
-    path = Path(path)
+    path = recover_directory(path)
     if not (path / STATE_JSON).is_file():
         raise FileNotFoundError(f"{path} is not a training checkpoint: {STATE_JSON} is missing")
     document = read_json(path / STATE_JSON)

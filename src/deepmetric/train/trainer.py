@@ -664,13 +664,14 @@ class Trainer:
         import shutil
 
         from deepmetric.io import atomic_directory, write_json
+        from deepmetric.models.embedder import is_model_folder
 
         model_dir = self.output_dir / "model"
         if self.context.is_main:
             if self._last_saved_step != self.progress.step:
                 self.save_checkpoint("last")
             source = self.checkpoint_dir / ("best" if self.progress.best_step is not None else "last") / MODEL_DIR
-            with atomic_directory(model_dir) as tmp:
+            with atomic_directory(model_dir, kind="model", legacy=is_model_folder) as tmp:
                 shutil.copytree(source, tmp, dirs_exist_ok=True)
             write_json(self.output_dir / "metrics.json", {
                 "step": self.progress.step, "interrupted": interrupted, "last": self.last_metrics,
