@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
-IDENTITY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+IDENTITY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}")  # the whole id must match (fullmatch)
 MAX_NAME_LENGTH = 256
 MAX_METADATA_BYTES = 16_384
 
@@ -107,7 +108,7 @@ class IdentityRecord:
 
 
 def check_identity_id(identity_id: Any) -> str:
-    if not isinstance(identity_id, str) or not IDENTITY_ID_PATTERN.match(identity_id):
+    if not isinstance(identity_id, str) or not IDENTITY_ID_PATTERN.fullmatch(identity_id):
         raise GalleryError(f"identity_id must be 1-128 characters of letters, digits and _.@+- starting with a "
                            f"letter or digit, got {identity_id!r}")
     return identity_id
@@ -203,6 +204,8 @@ class GalleryStore:
             if not isinstance(model_stamp, str) or not model_stamp:
                 raise GalleryError(f"model_stamp must be a non-empty string, got {model_stamp!r}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Biometric data: only the owner may read it. SQLite gives the -wal and -shm files the same mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self._initialise(embedding_dim, model_stamp, model_config or {}, store_images)
         elif not self.path.is_file():
             raise GalleryError(f"no gallery at {str(self.path)!r}; create one with `deepmetric gallery create`")
@@ -226,6 +229,8 @@ class GalleryStore:
             # FULL: the WAL is fsynced at every commit, so a commit that returned survives power loss too.
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows are overwritten with zeros, so a removed face template leaves no bytes behind.
+            connection.execute("PRAGMA secure_delete = ON")
             self._local.connection = connection
             with self._connections_lock:
                 self._connections.append(connection)
@@ -510,6 +515,14 @@ class GalleryStore:
             num = self._num(connection, identity_id)
             touched.append(num)
             connection.execute("DELETE FROM identities WHERE num = ?", (num,))
+        self._scrub_wal()
+
+    def _scrub_wal(self) -> None:
+        """Copy the WAL into the database and truncate it, so that the pages that held deleted vectors (and the
+        frames that first wrote them) are gone from the WAL file too; secure_delete zeroed them in the database.
+        Readers in the middle of a transaction can keep frames alive: then the next removal finishes the job."""
+        with contextlib.suppress(sqlite3.Error):
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def remove_template(self, template_id: int) -> str:
         """Delete one template; returns its identity id. The last template of an identity cannot be removed
@@ -528,6 +541,7 @@ class GalleryStore:
             touched.append(num)
             connection.execute("DELETE FROM templates WHERE template_id = ?", (int(template_id),))
             self._refresh_centroid(connection, num, time.time())
+        self._scrub_wal()
         return identity_id
 
     def replace_vectors(self, vectors: dict[int, np.ndarray], *, model_stamp: str, embedding_dim: int,
@@ -563,6 +577,7 @@ class GalleryStore:
                 raise
         self.model_stamp = model_stamp
         self.model_config = model_config
+        self._scrub_wal()
 
     @property
     def reset_generation(self) -> int:
