@@ -75,6 +75,28 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 
+def load_array(path: str | os.PathLike, *, what: str = "array", mmap: bool = False) -> Any:
+    """Read a NumPy ``.npy`` file without ever unpickling it; a missing file, a file of another format or
+    one holding Python objects is an error that says which."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such {what} file: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if head != b"\x93NUMPY":
+        hint = " (an .npz archive: pass the .npy inside it)" if head[:2] == b"PK" else ""
+        raise ValueError(f"{path} is not a NumPy .npy file{hint}; expected the {what} saved with numpy.save")
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise ValueError(f"{path} holds Python objects, not numbers; deepmetric never unpickles files "
+                             f"(save a numeric array for the {what})") from error
+        raise ValueError(f"{path} is a corrupt .npy file: {error}") from error
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
@@ -267,12 +289,15 @@ def atomic_directory(path: str | os.PathLike, *, kind: str,
     in one parent take turns (``flock`` on the parent): do not nest two writers in the same parent.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _parent_lock(target.parent):
-        _recover(target)
-        _check_replaceable(target, kind, legacy)
-        tmp = Path(tempfile.mkdtemp(prefix=_new_prefix(target), suffix=".tmp", dir=target.parent))
-        tmp_lock = _lock_new_folder(tmp)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _parent_lock(target.parent):
+            _recover(target)
+            _check_replaceable(target, kind, legacy)
+            tmp = Path(tempfile.mkdtemp(prefix=_new_prefix(target), suffix=".tmp", dir=target.parent))
+            tmp_lock = _lock_new_folder(tmp)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write the {kind} folder {target}: {error.strerror}") from error
     try:
         yield tmp
         (tmp / FOLDER_MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")

@@ -70,3 +70,23 @@ def test_export_refuses_the_gallery_and_a_non_empty_folder(tmp_path):
     assert code == 2 and "refusing to replace" in message and (folder / "keep.txt").read_text() == "mine"
     code, exported = run("gallery", "export", gallery, str(tmp_path / "out"))
     assert code == 0 and exported["exported"] == 1
+
+
+def test_bad_arguments_and_paths_give_one_line_errors(tmp_path):
+    from deepmetric.gallery import Gallery
+
+    gallery = str(tmp_path / "g")
+    Gallery.create(gallery, embedding_dim=4, model_stamp="test-model").close()
+    (tmp_path / "text.npy").write_text("not an array")
+    cases = [
+        (("gallery", "enroll", gallery, "b", "--embeddings", str(tmp_path / "nope.npy")), "no such embeddings file"),
+        (("gallery", "enroll", gallery, "b", "--embeddings", str(tmp_path / "text.npy")), "not a NumPy .npy file"),
+        (("gallery", "export", gallery, "/proc/x"), "cannot write the gallery-export folder /proc/x"),
+        (("gallery", "list", gallery, "--limit", "-1"), "--limit"),
+        (("gallery", "list", str(tmp_path / "none")), "no gallery at"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception,
+                                                                                          SystemExit)

@@ -98,14 +98,14 @@ def enroll(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(..., h
            embeddings: Optional[Path] = typer.Option(None, help=".npy (N, D) embeddings instead of photos"),
            model: Optional[str] = MODEL_OPTION, faces: bool = FACES_OPTION) -> None:
     """Enrol a new identity from photos (or embeddings); prints it once the write is durable."""
-    import numpy as np
+    from deepmetric.io import load_array
 
     opened = open_gallery(gallery, model=model, faces=faces, need_model=embeddings is None)
     try:
-        vectors = np.load(embeddings, allow_pickle=False) if embeddings is not None else None
+        vectors = load_array(embeddings, what="embeddings") if embeddings is not None else None
         record = opened.enroll(identity_id, images=[str(p) for p in images] if images else None,
                                embeddings=vectors, name=name)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         _fail(error)
     finally:
         opened.close()
@@ -145,8 +145,9 @@ def rename(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(...),
 
 
 @gallery_app.command("list")
-def list_identities(gallery: Path = GALLERY_ARG, limit: int = typer.Option(100, help="at most this many"),
-                    offset: int = typer.Option(0), prefix: Optional[str] = typer.Option(None),
+def list_identities(gallery: Path = GALLERY_ARG,
+                    limit: int = typer.Option(100, min=0, max=1_000_000, help="at most this many"),
+                    offset: int = typer.Option(0, min=0, max=2**62), prefix: Optional[str] = typer.Option(None),
                     check: bool = typer.Option(False, help="also run the consistency checks")) -> None:
     """List identities (id, name, template count)."""
     opened = open_gallery(gallery, need_model=False)
