@@ -281,8 +281,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Read a YAML file (or take a mapping), apply ``--set`` overrides and return the resolved config.
 
+    ``source`` is usually a path such as ``"configs/arcface_fashion_mnist.yaml"``; a mapping works the same way.
+
     Example:
-        >>> config = load_config("configs/arcface_fashion_mnist.yaml", ["loss.args.margin=0.3"])  # doctest: +SKIP
+        >>> config = load_config({"data": {"train": {"name": "digits", "args": {"split": "train"}}},
+        ...                       "model": {"backbone": {"name": "small_cnn"}},
+        ...                       "loss": {"name": "arcface", "args": {"margin": 0.5}}}, ["loss.args.margin=0.3"])
+        >>> config["loss"], config["train"]["steps"]
+        ({'name': 'arcface', 'args': {'margin': 0.3}}, 1000)
     """
     raw = dict(source) if isinstance(source, Mapping) else _read_yaml(Path(source))
     return resolve_config(apply_overrides(raw, overrides))

@@ -226,8 +226,8 @@ def map_at_r(query_embeddings, query_labels, gallery_embeddings=None, gallery_la
     Example:
         >>> import numpy as np
         >>> x = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1]], dtype=np.float32)
-        >>> round(map_at_r(x, [0, 0, 1, 1]), 4)  # the lone-neighbour class-1 queries score 0
-        0.5
+        >>> round(map_at_r(x, [0, 0, 1, 1]), 4)  # query 2's nearest neighbour is from class 0: it scores 0
+        0.75
     """
     nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                            k=_max_r(query_labels, gallery_embeddings, gallery_labels), metric=metric, index=index)

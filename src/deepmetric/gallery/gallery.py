@@ -130,7 +130,8 @@ class Gallery:
 
     Example:
         >>> gallery = Gallery.create("people", embedding_dim=3, model_stamp="demo")
-        >>> gallery.enroll("alice", embeddings=[[1.0, 0.0, 0.0]])
+        >>> gallery.enroll("alice", embeddings=[[1.0, 0.0, 0.0]]).num_templates
+        1
         >>> gallery.identify([0.9, 0.1, 0.0], k=1, threshold=0.5).identity_id
         'alice'
     """

@@ -188,9 +188,20 @@ def train(config: Mapping[str, Any], *, resume: bool = False, overwrite: bool = 
     metrics.json, tensorboard/}``. Runs under ``torchrun`` too: each process trains on its share of the
     classes and rank 0 writes.
 
+    Usually ``train(load_config("configs/arcface_fashion_mnist.yaml"))``; two steps on scikit-learn's digits:
+
     Example:
         >>> from deepmetric.config import load_config
-        >>> result = train(load_config("configs/arcface_fashion_mnist.yaml"))  # doctest: +SKIP
+        >>> config = load_config(
+        ...     {"data": {"train": {"name": "digits", "args": {"split": "train"}}},
+        ...      "model": {"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 16},
+        ...      "loss": {"name": "triplet"}, "miner": {"name": "semi_hard"},
+        ...      "sampler": {"name": "pk", "args": {"classes_per_batch": 4, "samples_per_class": 4}},
+        ...      "output_dir": "run"},
+        ...     ["train.steps=2", "train.progress=false", "train.tensorboard=false"])
+        >>> result = train(config)
+        >>> result.steps, (result.model_dir / "model.safetensors").is_file()
+        (2, True)
     """
     from deepmetric.config import save_config
 
