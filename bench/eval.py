@@ -90,7 +90,7 @@ def worker(kind: str, n: int, queries: int) -> dict:
         seconds = time.perf_counter() - start
     else:
         raise ValueError(kind)
-    from deepmetric.eval import topk
+    from deepmetric.index import topk
 
     return {"seconds": seconds, "values": {k: float(v) for k, v in values.items()},
             "peak_mb": peak_mb(), "data_mb": base, "load": os.getloadavg()[0],

@@ -52,4 +52,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 # Compile the exact search's numba kernels once (cached on disk beside the module); later runs load them.
-HF_HUB_OFFLINE=1 .venv/bin/python -c "from deepmetric.eval.topk import warm_up; warm_up()"
+HF_HUB_OFFLINE=1 .venv/bin/python -c "from deepmetric.index.topk import warm_up; warm_up()"

@@ -10,7 +10,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "knn": "topk",
     "recall_at_k": "retrieval", "precision_at_k": "retrieval", "r_precision": "retrieval",
     "map_at_r": "retrieval", "mean_average_precision": "retrieval", "global_average_precision": "retrieval",
     "revisited_oxford_paris": "retrieval", "search_neighbours": "retrieval",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepmetric.eval.topk import as_embeddings, as_labels
+from deepmetric.index.topk import as_embeddings, as_labels
 
 
 def kmeans_assignments(embeddings, num_clusters: int, *, seed: int = 0, normalize: bool = True) -> np.ndarray:

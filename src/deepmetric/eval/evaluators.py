@@ -13,7 +13,7 @@ import numpy as np
 
 from deepmetric.eval import retrieval as R
 from deepmetric.eval import verification as V
-from deepmetric.eval.topk import as_embeddings, as_labels
+from deepmetric.index.topk import as_embeddings, as_labels
 
 
 class Evaluator:

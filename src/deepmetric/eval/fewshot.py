@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from deepmetric.eval.topk import as_embeddings, as_labels
+from deepmetric.index.topk import as_embeddings, as_labels
 from deepmetric.validation import check_positive_int
 
 

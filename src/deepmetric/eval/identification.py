@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric.eval.topk import as_embeddings, as_labels, knn
+from deepmetric.index.topk import as_embeddings, as_labels, knn
 from deepmetric.eval.verification import threshold_at_far
 
 DISTRACTOR_COUNTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepmetric.eval.topk import as_embeddings, as_labels, knn
+from deepmetric.index.topk import as_embeddings, as_labels, knn
 from deepmetric.types import SearchResult
 
 

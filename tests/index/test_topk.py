@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.eval import knn, topk
+from deepmetric.index import topk
+from deepmetric.index.topk import knn
 
 
 def brute_force(queries, gallery, k, exclude_self):

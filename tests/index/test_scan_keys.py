@@ -1,4 +1,4 @@
-"""The small compiled helpers of the top-k candidate selection (``deepmetric.eval._scan``), checked against
+"""The small compiled helpers of the top-k candidate selection (``deepmetric.index._scan``), checked against
 independent numpy / torch references: order keys of raw float bits, the value of a key, the threshold key of
 a float64 bound, and the fixed float32 re-scoring arithmetic. bfloat16 is checked exhaustively (all 65536
 bit patterns), float32 on a large random sample plus edge cases."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.eval._scan import _ceil_key, _key, _key_value, pair_score
+from deepmetric.index._scan import _ceil_key, _key, _key_value, pair_score
 
 MASK16, MASK32 = np.int16(0x7FFF), np.int32(0x7FFFFFFF)
 SHIFT = {"bfloat16": 16, "float32": 0}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepmetric.eval import _scan
+from deepmetric.index import _scan
 from deepmetric.types import SearchResult
 from deepmetric.validation import check_positive_int
 
@@ -90,7 +90,7 @@ def knn(
     fast score (at least k of the items offered so far score s_k or more) and E a proven bound on
     |fast - exact| for that query (input rounding, Higham's accumulation bound, both doubled). Everything
     dropped therefore scores strictly below the k-th exact score. The selection runs in compiled code
-    (``deepmetric.eval._scan``, numba) in one pass over each block while it is in cache. The candidates are
+    (``deepmetric.index._scan``, numba) in one pass over each block while it is in cache. The candidates are
     re-scored by one fixed float32 arithmetic (``_scan.pair_score``) and sorted, so the result is the same
     whichever pass and block sizes were used. When the queries are the gallery, each product of two blocks
     serves the rows of both (half the multiplications), and large sets are first reordered so that near
