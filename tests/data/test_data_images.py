@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepmetric.faces.images import ImageError, load_image
-
+from deepmetric.data.images import ImageError, ImageNotFoundError, ImageTooLargeError, is_image_source, load_image
 from deepmetric.faces.samples import astronaut, encode, rotated_with_exif
 
 
@@ -45,7 +44,7 @@ def test_not_an_image_truncated_and_empty():
     with pytest.raises(ImageError, match="not an image"):
         load_image(b"%PDF-1.4 definitely not pixels")
     jpeg = encode(astronaut(), "JPEG")
-    with pytest.raises(ImageError, match="truncated|corrupt"):
+    with pytest.raises(ImageError, match=r"truncated|corrupt"):
         load_image(jpeg[: len(jpeg) // 2])
     with pytest.raises(ImageError, match="empty"):
         load_image(b"")
@@ -67,3 +66,57 @@ def test_decompression_bomb_refused_before_decoding():
     with pytest.raises(ImageError, match="too large"):
         load_image(encode(astronaut()), max_pixels=512 * 511)
     assert load_image(encode(astronaut()), max_pixels=512 * 512).shape == (512, 512, 3)
+
+
+def test_every_source_kind_is_turned_upright(tmp_path):
+    jpeg = rotated_with_exif(astronaut())
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(jpeg)
+    expected = load_image(jpeg)
+    stream = io.BytesIO(jpeg)
+    opened = Image.open(path)
+    for source in (path, str(path), bytearray(jpeg), memoryview(jpeg), stream, opened):
+        assert is_image_source(source)
+        assert np.array_equal(load_image(source), expected), type(source).__name__
+    assert not stream.closed  # the caller's stream and PIL image are left as they were
+    assert opened.getexif().get(0x0112) == 6
+    assert not is_image_source(expected) and not is_image_source(3)
+
+
+def test_one_bit_and_float_arrays():
+    bits = Image.new("1", (6, 4))
+    bits.putpixel((2, 1), 1)
+    out = load_image(bits)
+    assert out.shape == (4, 6, 3) and out[1, 2].tolist() == [255, 255, 255] and int(out.sum()) == 3 * 255
+    with pytest.raises(ImageError, match=r"\[0, 1\].*uint8"):
+        load_image(np.full((4, 4, 3), 200.0))
+    with pytest.raises(ImageError, match="dtype"):
+        load_image(np.zeros((4, 4), np.int64))
+
+
+def test_errors_name_the_file(tmp_path):
+    missing = tmp_path / "gone.png"
+    with pytest.raises(FileNotFoundError, match=r"gone\.png") as caught:
+        load_image(missing)
+    assert isinstance(caught.value, ImageNotFoundError) and isinstance(caught.value, ValueError)
+    broken = tmp_path / "broken.jpg"
+    jpeg = encode(astronaut(), "JPEG")
+    broken.write_bytes(jpeg[: len(jpeg) // 3])
+    with pytest.raises(ImageError, match=r"broken\.jpg.*(corrupt|truncated)"):
+        load_image(broken)
+    text = tmp_path / "notes.png"
+    text.write_text("not pixels")
+    with pytest.raises(ImageError, match=r"^not an image: .*notes\.png"):
+        load_image(text)
+
+
+def test_pixel_limit_is_an_argument_not_process_state():
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLargeError, match="max_pixels=100"):
+        load_image(encode(np.zeros((20, 20), np.uint8)), max_pixels=100)
+    with pytest.raises(ImageTooLargeError):
+        load_image(np.zeros((20, 20), np.uint8), max_pixels=399)
+    assert before == Image.MAX_IMAGE_PIXELS
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises((TypeError, ValueError), match="max_pixels"):
+            load_image(np.zeros((2, 2), np.uint8), max_pixels=bad)

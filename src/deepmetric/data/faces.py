@@ -5,7 +5,6 @@ RecordIO training sets (read without MXNet).
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import struct
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from deepmetric.data.base import TransformedDataset, as_image_size
-from deepmetric.data.images import load_image, pil_to_array
+from deepmetric.data.images import ImageError, load_image
 from deepmetric.data.transforms import build_transforms
 from deepmetric.registry import register
 
@@ -35,14 +34,10 @@ def _face_preprocessing(image_size: int | Sequence[int], channels: int) -> dict[
 
 
 def _decode(data: bytes, source: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return pil_to_array(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot decode the image in {source}: {error}") from error
+        return load_image(data)
+    except ImageError as error:  # the decoder only knows the bytes; say which record they came from
+        raise type(error)(f"{source}: {error}") from error
 
 
 class _PathLoader:

@@ -1,5 +1,6 @@
-"""Face pipeline: decode images safely, detect faces and 5 landmarks (dlib), align them to the ArcFace
-template, and embed them (dlib's pretrained descriptor or a deepmetric model). dlib loads on first use."""
+"""Face pipeline: detect faces and 5 landmarks (dlib) in images decoded by ``deepmetric.data.images``, align
+them to the ArcFace template, and embed them (dlib's pretrained descriptor or a deepmetric model). dlib loads
+on first use."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ImageError": "images", "ImageTooLargeError": "images", "load_image": "images", "DEFAULT_MAX_PIXELS": "images",
     "ARCFACE_TEMPLATE_112": "alignment", "face_template": "alignment", "estimate_similarity": "alignment",
     "warp_affine": "alignment", "align_face": "alignment",
     "Face": "detection", "FaceDetector": "detection", "NoFaceError": "detection", "model_file": "detection",

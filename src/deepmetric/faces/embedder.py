@@ -20,7 +20,7 @@ import numpy as np
 from deepmetric.faces.alignment import align_face
 from deepmetric.faces.detection import (DESCRIPTOR_FILE, SHAPE_PREDICTOR_FILE, Face, FaceDetector, NoFaceError,
                                         import_dlib, model_file)
-from deepmetric.faces.images import DEFAULT_MAX_PIXELS, load_image
+from deepmetric.data.images import DEFAULT_MAX_PIXELS, is_image_source, load_image
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class FaceEmbedder:
         Raises:
             NoFaceError: naming the first input without a detectable face.
         """
-        if isinstance(inputs, (str, bytes)) or (isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3)) \
+        if is_image_source(inputs) or (isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3)) \
                 or not isinstance(inputs, Iterable):
             inputs = [inputs]
         rows = []

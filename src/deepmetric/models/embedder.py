@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepmetric import registry
+from deepmetric.data.images import is_image_source, load_image
 from deepmetric.io import (FOLDER_MARKER, atomic_directory, load_weights, read_json, recover_directory, save_weights,
                           write_json)
 from deepmetric.models.neck import EmbeddingNeck, validate_neck
@@ -185,7 +186,7 @@ class Embedder(nn.Module):
             return
         if isinstance(inputs, Dataset):
             items: Sequence[Any] = _DatasetInputs(inputs)
-        elif isinstance(inputs, (str, os.PathLike)) or _is_pil(inputs):
+        elif is_image_source(inputs):
             items = [inputs]
         elif isinstance(inputs, Sequence):
             items = inputs
@@ -196,23 +197,17 @@ class Embedder(nn.Module):
             yield torch.stack([self._prepare_one(item) for item in items[start:start + batch_size]])
 
     def _prepare_one(self, item: Any) -> torch.Tensor:
-        from deepmetric.data.images import load_image, pil_to_array
-
         if isinstance(item, torch.Tensor) or (isinstance(item, np.ndarray) and item.dtype != np.uint8):
             return self._check_model_input(torch.as_tensor(np.asarray(item) if isinstance(item, np.ndarray)
                                                            else item))[0]
         if self.input_kind == "vector":
             raise TypeError(f"this model embeds vectors; got {type(item).__name__}")
-        if isinstance(item, (str, os.PathLike)):
-            image = load_image(item)
-        elif _is_pil(item):
-            image = pil_to_array(item)
-        elif isinstance(item, np.ndarray):
-            image = item
-        else:
-            raise TypeError(f"cannot embed an item of type {type(item).__name__}; expected a path, a PIL image, "
-                            f"a uint8 array or a preprocessed tensor")
-        return self._transform()(image)
+        if not (isinstance(item, np.ndarray) or is_image_source(item)):
+            raise TypeError(f"cannot embed an item of type {type(item).__name__}; expected a path, bytes, a "
+                            f"binary stream, a PIL image, a uint8 array or a preprocessed tensor")
+        # Every image goes through the one decoder, so EXIF orientation, alpha and 16-bit are handled the
+        # same whichever way it arrives.
+        return self._transform()(load_image(item))
 
     @torch.inference_mode()
     def encode(self, inputs: Any, *, batch_size: int = 256, device: str | torch.device | None = None,
@@ -221,8 +216,10 @@ class Embedder(nn.Module):
         model's accelerator, else CUDA when available, else CPU).
 
         ``inputs`` may be preprocessed float tensors/arrays (N, C, H, W) (or (N, F) for vector models), a
-        uint8 image batch (N, H, W[, C]), a torch Dataset of ``(image, label)`` items, a PIL image, an image
-        path, or a list of PIL images / paths / uint8 images (the stored preprocessing is applied).
+        uint8 image batch (N, H, W[, C]), a torch Dataset of ``(image, label)`` items, one image (a path,
+        encoded bytes, a binary stream or a PIL image), or a list of such images and uint8 arrays. Images
+        are decoded by ``deepmetric.data.images.load_image`` (EXIF orientation applied), then the stored
+        preprocessing is applied.
 
         Returns:
             float32 array (N, embedding_dim) of unit-length rows.
@@ -306,10 +303,6 @@ class _DatasetInputs(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         item = self.dataset[index]
         return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _is_pil(value: Any) -> bool:
-    return type(value).__module__.startswith("PIL.")
 
 
 def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
