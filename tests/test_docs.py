@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import pkgutil
 import re
+import runpy
 import sys
 from pathlib import Path
 
@@ -32,11 +33,10 @@ MARKDOWN_FILES = sorted([REPO / "README.md", REPO / "ARCHITECTURE.md", *(REPO / 
 
 def _walk_modules() -> list[tuple[str, Path]]:
     """(name, source file) of every module of deepmetric; packages are imported to find their children."""
-    found = [("deepmetric", Path(deepmetric.__file__))]
     # A package that fails to import hides its children but is still listed, so its own import test reports why.
-    for info in pkgutil.walk_packages(deepmetric.__path__, "deepmetric.", onerror=lambda name: None):
-        found.append((info.name, Path(info.module_finder.find_spec(info.name).origin)))
-    return found
+    walk = pkgutil.walk_packages(deepmetric.__path__, "deepmetric.", onerror=lambda name: None)
+    return [("deepmetric", Path(deepmetric.__file__)),
+            *((info.name, Path(info.module_finder.find_spec(info.name).origin)) for info in walk)]
 
 
 MODULES = _walk_modules()
@@ -117,7 +117,7 @@ def _python_blocks(path: Path) -> list[tuple[int, str]]:
     """(first line number, code) of each ```python block in a Markdown file."""
     text = path.read_text(encoding="utf-8")
     return [(text.count("\n", 0, match.start(1)) + 1, match.group(1))
-            for match in re.finditer(r"^```python[ \t]*\n(.*?)^```", text, re.M | re.S)]
+            for match in re.finditer(r"^```python[ \t]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
 
 
 MARKDOWN_BLOCKS = [(path, line, code) for path in MARKDOWN_FILES if path.is_file()
@@ -137,5 +137,7 @@ def test_markdown_python_blocks(path, line, code, tmp_path, monkeypatch):
         if not fashion_mnist_available():
             pytest.skip("the block uses Fashion-MNIST: sudo apt-get install dataset-fashion-mnist")
     monkeypatch.chdir(tmp_path)
+    script = tmp_path / f"{path.stem}_line_{line}.py"
     # Padding keeps the traceback's line numbers equal to the Markdown file's.
-    exec(compile("\n" * (line - 1) + code, str(path), "exec"), {"__name__": "__markdown__"})
+    script.write_text("\n" * (line - 1) + code, encoding="utf-8")
+    runpy.run_path(str(script), run_name="__markdown__")
