@@ -5,26 +5,28 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
 
-def serve(gallery: Path = typer.Option(Path("gallery"), help="gallery folder; created empty when missing"),
-          model: Optional[str] = typer.Option(None, help="'dlib-face' or a model folder; default: the gallery's own "
-                                                         "(dlib-face for a new gallery)"),
-          faces: bool = typer.Option(False, "--faces", help="a model folder trained on aligned faces"),
-          detector: str = typer.Option("hog", help="face detector: hog (fast) or mmod (CNN)"),
-          host: str = typer.Option("127.0.0.1", help="interface to bind; 0.0.0.0 exposes it to the network"),
-          port: int = typer.Option(8000),
-          api_key: Optional[str] = typer.Option(None, envvar="DEEPMETRIC_API_KEY",
+def serve(
+    gallery: Annotated[Path, typer.Option(help="gallery folder; created empty when missing")] = Path("gallery"),
+    model: Annotated[str | None, typer.Option(help="'dlib-face' or a model folder; default: the gallery's own "
+                                                   "(dlib-face for a new gallery)")] = None,
+    faces: Annotated[bool, typer.Option("--faces", help="a model folder trained on aligned faces")] = False,
+    detector: Annotated[str, typer.Option(help="face detector: hog (fast) or mmod (CNN)")] = "hog",
+    host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="DEEPMETRIC_API_KEY",
                                                 help="key for writes (X-API-Key header); generated and printed "
-                                                     "when not given"),
-          protect_reads: bool = typer.Option(False, help="require the API key for reads too"),
-          threshold: Optional[float] = typer.Option(None, help="override the model's calibrated threshold"),
-          max_upload_mb: float = typer.Option(10.0, help="largest request body"),
-          max_megapixels: float = typer.Option(40.0, help="largest image (checked before decoding)"),
-          log_level: str = typer.Option("info")) -> None:
+                                                     "when not given")] = None,
+    protect_reads: Annotated[bool, typer.Option(help="require the API key for reads too")] = False,
+    threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body")] = 10.0,
+    max_megapixels: Annotated[float, typer.Option(help="largest image (checked before decoding)")] = 40.0,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
     """Serve the recognition API (OpenAPI docs at /docs) and the web page at /."""
     import uvicorn
 

@@ -36,10 +36,9 @@ def serve_in_subprocess(gallery: str | Path, *, api_key: str, log_path: str | Pa
         try:
             deadline = time.monotonic() + startup_timeout
             while True:
-                with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(f"{url}/api/health", timeout=5) as response:
-                        if response.status == 200:
-                            break
+                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/api/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the service did not start:\n{Path(log_path).read_text()}")
                 time.sleep(0.3)
