@@ -14,25 +14,21 @@ from typing import Any
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
 _EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {}
 
-# Modules whose import registers components. A module that does not exist yet is skipped.
-_COMPONENT_MODULES = (
-    "deepmetric.distances", "deepmetric.reducers", "deepmetric.losses", "deepmetric.miners",
-    "deepmetric.samplers", "deepmetric.models", "deepmetric.data", "deepmetric.train",
-)
-_loaded = False
+# The module whose import registers each kind of component. A lookup imports only the module of its kind, so
+# building a loss never pulls in the evaluators (and the compiled exact search behind them).
+KIND_MODULES: dict[str, str] = {
+    "distance": "deepmetric.distances", "loss": "deepmetric.losses", "miner": "deepmetric.miners",
+    "sampler": "deepmetric.samplers", "backbone": "deepmetric.models", "pooling": "deepmetric.models",
+    "dataset": "deepmetric.data", "optimizer": "deepmetric.train", "scheduler": "deepmetric.train",
+    "evaluator": "deepmetric.eval.evaluators",
+}
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for module in _COMPONENT_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
-    _loaded = True
+def _load(kind: str | None = None) -> None:
+    """Import the module registering ``kind`` (every module when None or not a known kind); Python caches
+    imports, so a repeated lookup costs a dictionary access."""
+    for module in {KIND_MODULES[kind]} if kind in KIND_MODULES else sorted(set(KIND_MODULES.values())):
+        importlib.import_module(module)
 
 
 def register(kind: str, name: str, *, example: Mapping[str, Any] | None = None) -> Callable:
@@ -55,13 +51,13 @@ def register(kind: str, name: str, *, example: Mapping[str, Any] | None = None) 
 
 
 def kinds() -> list[str]:
-    _load_all()
+    _load()
     return sorted(_REGISTRY)
 
 
 def names(kind: str | None = None) -> list[str]:
     """Registered names of ``kind`` (all kinds when None)."""
-    _load_all()
+    _load(kind)
     if kind is None:
         return sorted({n for entries in _REGISTRY.values() for n in entries})
     return sorted(_REGISTRY.get(kind, {}))
@@ -69,7 +65,7 @@ def names(kind: str | None = None) -> list[str]:
 
 def example(kind: str, name: str) -> dict[str, Any]:
     """The example ``args`` registered with a component."""
-    _load_all()
+    _load(kind)
     get(name, kind)
     return dict(_EXAMPLES[(kind, name)])
 
@@ -81,12 +77,13 @@ def _hint(word: str, choices: list[str]) -> str:
 
 def get(name: str, kind: str | None = None) -> Callable[..., Any]:
     """The class registered as ``name`` (of ``kind`` when given)."""
-    _load_all()
+    _load(kind)
     if not isinstance(name, str):
         raise TypeError(f"component name must be a string, got {type(name).__name__}: {name!r}")
     if kind is not None:
         if kind not in _REGISTRY:
-            raise ValueError(f"unknown component kind {kind!r}; known kinds: {sorted(_REGISTRY)}.{_hint(kind, list(_REGISTRY))}")
+            raise ValueError(f"unknown component kind {kind!r}; known kinds: {sorted(_REGISTRY)}."
+                             f"{_hint(kind, list(_REGISTRY))}")
         entries = _REGISTRY[kind]
         if name not in entries:
             raise ValueError(f"unknown {kind} {name!r}; known: {sorted(entries)}.{_hint(name, list(entries))}")
@@ -118,11 +115,13 @@ def build(node: Mapping[str, Any] | None, kind: str | None = None, **extra: Any)
     if node is None:
         return None
     if not isinstance(node, Mapping):
-        raise TypeError(f"a component node must be a mapping with 'name' and 'args', got {type(node).__name__}: {node!r}")
+        raise TypeError(f"a component node must be a mapping with 'name' and 'args', got "
+                        f"{type(node).__name__}: {node!r}")
     unknown = set(node) - {"name", "args"}
     if unknown:
         key = sorted(unknown)[0]
-        raise ValueError(f"unknown key {key!r} in component node {dict(node)!r}; only 'name' and 'args' are allowed.{_hint(key, ['name', 'args'])}")
+        raise ValueError(f"unknown key {key!r} in component node {dict(node)!r}; only 'name' and 'args' are "
+                         f"allowed.{_hint(key, ['name', 'args'])}")
     if "name" not in node:
         raise ValueError(f"component node {dict(node)!r} has no 'name'")
     cls = get(node["name"], kind)

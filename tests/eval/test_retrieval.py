@@ -2,11 +2,21 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from deepmetric.eval import (global_average_precision, map_at_r, mean_average_precision, precision_at_k,
-                             r_precision, recall_at_k)
-from deepmetric.eval.retrieval import (gap_from_predictions, map_at_k_from_neighbours, revisited_ap,
-                                       revisited_oxford_paris, search_neighbours)
-from deepmetric.types import SearchResult
+from deepmetric.eval import (
+    global_average_precision,
+    map_at_r,
+    mean_average_precision,
+    precision_at_k,
+    r_precision,
+    recall_at_k,
+)
+from deepmetric.eval.retrieval import (
+    gap_from_predictions,
+    map_at_k_from_neighbours,
+    revisited_ap,
+    revisited_oxford_paris,
+    search_neighbours,
+)
 
 
 def ranked_lists(x, labels, gallery=None, gallery_labels=None):
@@ -118,20 +128,11 @@ def test_empty_results_and_no_relevant():
     assert recall_at_k(x, [0, 0, 1], k=5) == 1.0  # k larger than the gallery
 
 
-def test_ann_index_plug_in_drops_self():
-    class ExactIndex:
-        def __init__(self, x):
-            self.x = x / np.linalg.norm(x, axis=1, keepdims=True)
-
-        def search(self, q, k):
-            s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ self.x.T
-            ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            return SearchResult(np.take_along_axis(s, ids, 1).astype(np.float32), ids.astype(np.int64))
-
+def test_ann_index_plug_in_drops_self(loop_index):
     x = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
     labels = np.arange(40) % 4
     exact = search_neighbours(x, labels, k=5)
-    approx = search_neighbours(x, labels, k=5, index=ExactIndex(x))
+    approx = search_neighbours(x, labels, k=5, index=loop_index(x))
     np.testing.assert_array_equal(exact.ids, approx.ids)
 
 

@@ -1,5 +1,7 @@
 """Evaluators: ``evaluator(embeddings, labels) -> dict[str, float]`` with keys like "retrieval/map@r" and a
 ``primary_metric``; the curves behind the numbers stay in ``evaluator.details`` for plots and reports.
+Each one is registered as an ``evaluator`` component, built by name: ``registry.build({"name": "retrieval",
+"args": {"ks": [1, 5]}}, "evaluator")``.
 
 Unavailable rates (e.g. TAR at a FAR with fewer than 1/FAR impostor pairs) are reported as NaN with a
 companion key ".../available" = 0.0, never silently omitted.
@@ -14,6 +16,7 @@ import numpy as np
 from deepmetric.eval import retrieval as R
 from deepmetric.eval import verification as V
 from deepmetric.index.topk import as_embeddings, as_labels
+from deepmetric.registry import register
 
 
 class Evaluator:
@@ -42,9 +45,30 @@ def _check_ks(name: str, values) -> tuple[int, ...]:
     return values
 
 
+def query_gallery_rows(is_query, is_gallery, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, gallery rows) of a data set from its ``is_query`` / ``is_gallery`` flags (N,) bool; a flag
+    that is None marks every row."""
+    rows = []
+    for name, flags in (("is_query", is_query), ("is_gallery", is_gallery)):
+        flags = np.ones(num_rows, bool) if flags is None else np.asarray(flags)
+        if flags.shape != (num_rows,) or flags.dtype != bool:
+            raise ValueError(f"{name} must be a bool array of shape ({num_rows},), one flag per row, got "
+                             f"{flags.dtype} array of shape {flags.shape}")
+        rows.append(np.flatnonzero(flags))
+    if not len(rows[0]) or not len(rows[1]):
+        raise ValueError(f"retrieval needs at least one query and one gallery row, got {len(rows[0])} rows with "
+                         f"is_query and {len(rows[1])} with is_gallery")
+    return rows[0], rows[1]
+
+
+@register("evaluator", "retrieval", example={"ks": [1, 5], "map_at_k": 10})
 class RetrievalEvaluator(Evaluator):
     """Recall@K, Precision@K, R-Precision, MAP@R, mAP@K and mP@10 from one exact blocked search (k = max of
     the cut-offs and the largest class), leave-one-out when no gallery is given.
+
+    Called as ``evaluator(embeddings, labels, is_query=..., is_gallery=...)`` (the columns of a data-set
+    table), the queries are the rows with ``is_query`` and the gallery the rows with ``is_gallery``; a row
+    that is both never matches itself and does not count among its own relevant items.
 
     Args:
         ks: cut-offs for Recall@K and Precision@K.
@@ -69,22 +93,40 @@ class RetrievalEvaluator(Evaluator):
         self.full_map, self.metric, self.index = full_map, metric, index
         self.query_block_size, self.gallery_block_size = query_block_size, gallery_block_size
 
-    def evaluate(self, embeddings, labels, *, gallery_embeddings=None, gallery_labels=None) -> dict[str, float]:
-        max_r = R._max_r(labels, gallery_embeddings, gallery_labels)
-        k = max(max(self.ks), 10, self.map_at_k or 1, max_r)
-        gallery_size = len(embeddings) - 1 if gallery_embeddings is None else len(gallery_embeddings)
+    def evaluate(self, embeddings, labels, *, gallery_embeddings=None, gallery_labels=None, is_query=None,
+                 is_gallery=None) -> dict[str, float]:
+        """``index``, when set, holds the gallery: every row, the ``is_gallery`` rows, or ``gallery_embeddings``."""
+        queries, query_labels, own = embeddings, labels, None
+        rows = {"query_rows": None, "gallery_rows": None}
+        if is_query is not None or is_gallery is not None:
+            if gallery_embeddings is not None or gallery_labels is not None:
+                raise ValueError("pass is_query/is_gallery (flags of one set of rows) or gallery_embeddings and "
+                                 "gallery_labels (a separate gallery), not both")
+            query_rows, gallery_rows = query_gallery_rows(is_query, is_gallery, len(embeddings))
+            rows = {"query_rows": query_rows, "gallery_rows": gallery_rows}
+            if len(query_rows) < len(embeddings) or len(gallery_rows) < len(embeddings):
+                position = np.full(len(embeddings), -1, np.int64)
+                position[gallery_rows] = np.arange(len(gallery_rows))
+                queries, query_labels, own = embeddings[query_rows], labels[query_rows], position[query_rows]
+                gallery_embeddings, gallery_labels = embeddings[gallery_rows], labels[gallery_rows]
+        same_set = gallery_embeddings is None
+        counts = R.relevant_counts(query_labels, labels if same_set else gallery_labels, same_set=same_set,
+                                   own_ids=own)
+        k = max(*self.ks, 10, self.map_at_k or 1, int(counts.max(initial=0)), 1)
+        gallery_size = len(embeddings) - 1 if same_set else len(gallery_embeddings)
         k = max(1, min(k, gallery_size)) if gallery_size > 0 else k
-        exact = R.search_neighbours(embeddings, labels, gallery_embeddings, gallery_labels, k=k, metric=self.metric,
+        search = dict(k=k, metric=self.metric, own_ids=own)
+        exact = R.search_neighbours(queries, query_labels, gallery_embeddings, gallery_labels, **search,
                                     query_block_size=self.query_block_size,
                                     gallery_block_size=self.gallery_block_size)
-        self.details = {"neighbours": exact}
+        self.details = {"neighbours": exact, **rows}
         out = self._metrics(exact, k)
         if self.full_map:
-            out["map"] = R.mean_average_precision(embeddings, labels, gallery_embeddings, gallery_labels,
-                                                  metric=self.metric)
+            out["map"] = R.mean_average_precision(queries, query_labels, gallery_embeddings, gallery_labels,
+                                                  metric=self.metric, own_ids=own)
         if self.index is not None:
-            approx = R.search_neighbours(embeddings, labels, gallery_embeddings, gallery_labels, k=k,
-                                         metric=self.metric, index=self.index)
+            approx = R.search_neighbours(queries, query_labels, gallery_embeddings, gallery_labels, **search,
+                                         index=self.index)
             self.details["neighbours"] = approx
             exact_out = out
             out = self._metrics(approx, k)
@@ -171,6 +213,7 @@ def _genuine_pairs(labels: np.ndarray, cap: int, rng) -> tuple[np.ndarray, np.nd
     return np.minimum(first, second)[:cap], np.maximum(first, second)[:cap]
 
 
+@register("evaluator", "verification", example={"num_bootstrap": 10})
 class VerificationEvaluator(Evaluator):
     """1:1 verification on pairs: AUC (with bootstrap CI), EER, TAR at each FAR (with bootstrap CI), the
     10-fold accuracy of the LFW protocol, and the best threshold.
@@ -238,6 +281,7 @@ class VerificationEvaluator(Evaluator):
         return out
 
 
+@register("evaluator", "identification", example={"unknown_fraction": 0.25})
 class IdentificationEvaluator(Evaluator):
     """1:N identification from one labelled set: identities are shuffled (seeded); ``unknown_fraction`` of
     them are not enrolled (their images become non-mated probes); each other identity enrols its first
@@ -314,6 +358,7 @@ class IdentificationEvaluator(Evaluator):
         return out
 
 
+@register("evaluator", "fewshot", example={"ways": 3, "queries_per_class": 5, "episodes": 20})
 class FewShotEvaluator(Evaluator):
     """N-way K-shot prototype accuracy with its 95% interval (see ``fewshot.fewshot_accuracy``)."""
 
@@ -337,6 +382,7 @@ class FewShotEvaluator(Evaluator):
                 f"{prefix}/episodes": result["episodes"]}
 
 
+@register("evaluator", "clustering", example={})
 class ClusteringEvaluator(Evaluator):
     """NMI and AMI of k-means clusters (k = number of classes unless given) against the labels."""
 
@@ -355,16 +401,3 @@ class ClusteringEvaluator(Evaluator):
         self.details = {"clusters": assignments}
         return {"nmi": nmi(embeddings, labels, cluster_assignments=assignments),
                 "ami": ami(embeddings, labels, cluster_assignments=assignments)}
-
-
-EVALUATORS = {"retrieval": RetrievalEvaluator, "verification": VerificationEvaluator,
-              "identification": IdentificationEvaluator, "fewshot": FewShotEvaluator,
-              "clustering": ClusteringEvaluator}
-
-
-def build_evaluator(protocol: str, **options) -> Evaluator:
-    """The evaluator of ``protocol`` ("retrieval", "verification", "identification", "fewshot",
-    "clustering") built with ``options``."""
-    if protocol not in EVALUATORS:
-        raise ValueError(f"protocol must be one of {sorted(EVALUATORS)}, got {protocol!r}")
-    return EVALUATORS[protocol](**options)

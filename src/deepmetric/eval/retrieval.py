@@ -2,8 +2,9 @@ r"""Retrieval metrics from exact (or ANN) neighbour lists: Recall@K, Precision@K
 mAP@K, the revisited Oxford/Paris protocol and Global Average Precision.
 
 Conventions shared by every function here: when ``gallery_embeddings`` is None the query set is the
-gallery and each query is removed from its own results; the relevant items of a query are the gallery
-items with its label, ``R`` is their number; queries with ``R = 0`` have no defined value and are left
+gallery and each query is removed from its own results (with a separate gallery, ``own_ids`` names the
+gallery item that is the query itself, for rows that are both); the relevant items of a query are the
+other gallery items with its label, ``R`` is their number; queries with ``R = 0`` have no defined value and are left
 out of the averages (as in pytorch-metric-learning); ties in score are ranked by gallery index.
 """
 
@@ -33,14 +34,40 @@ class Neighbours:
         return self.num_relevant > 0
 
 
-def relevant_counts(query_labels: np.ndarray, gallery_labels: np.ndarray, *, same_set: bool) -> np.ndarray:
-    """R per query: gallery items sharing its label (itself not counted when the query set is the gallery)."""
+def relevant_counts(query_labels: np.ndarray, gallery_labels: np.ndarray, *, same_set: bool,
+                    own_ids: np.ndarray | None = None) -> np.ndarray:
+    """R per query: gallery items sharing its label, the query itself not counted (when the query set is the
+    gallery, or where ``own_ids`` >= 0)."""
     values, counts = np.unique(gallery_labels, return_counts=True)
     pos = np.searchsorted(values, query_labels)
     pos = np.clip(pos, 0, max(len(values) - 1, 0))
     found = (values[pos] == query_labels) if len(values) else np.zeros(len(query_labels), bool)
     r = np.where(found, counts[pos] if len(values) else 0, 0).astype(np.int64)
-    return r - 1 if same_set else r
+    if same_set:
+        return r - 1
+    return r if own_ids is None else r - (own_ids >= 0)
+
+
+def check_own_ids(own_ids, num_queries: int, num_gallery: int) -> np.ndarray:
+    """``own_ids`` as an int64 array (Q,) of gallery positions or -1, or a ValueError naming what is wrong."""
+    own = np.asarray(own_ids)
+    if own.shape != (num_queries,) or not np.issubdtype(own.dtype, np.integer):
+        raise ValueError(f"own_ids must be an integer array of shape ({num_queries},), one gallery position (or "
+                         f"-1) per query, got {own.dtype} array of shape {own.shape}")
+    if own.size and (own.min() < -1 or own.max() >= num_gallery):
+        raise ValueError(f"own_ids must be -1 or a gallery position in [0, {num_gallery}), got values in "
+                         f"[{own.min()}, {own.max()}]")
+    return own.astype(np.int64, copy=False)
+
+
+def drop_own(result: SearchResult, own_ids: np.ndarray) -> SearchResult:
+    """``result`` with each query's own item (``own_ids[i]``, -1: none) taken out of its list: the later results
+    move up one place and the freed last place holds id -1 and score -inf."""
+    is_own = (result.ids == own_ids[:, None]) & (own_ids[:, None] >= 0)
+    order = np.argsort(is_own, axis=1, kind="stable")
+    ids = np.where(is_own, -1, result.ids)
+    scores = np.where(is_own, -np.inf, result.scores).astype(np.float32, copy=False)
+    return SearchResult(np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1))
 
 
 def search_neighbours(
@@ -52,14 +79,17 @@ def search_neighbours(
     k: int,
     metric: str = "cosine",
     index=None,
+    own_ids=None,
     query_block_size: int = 1024,
     gallery_block_size: int = 65536,
 ) -> Neighbours:
     """Top-``k`` neighbours with their label matches, exactly (blocked matmul) or through ``index``.
 
     ``index`` is any object with ``search(queries, k) -> SearchResult`` holding the gallery under ids
-    0..N-1 (e.g. a ``deepmetric.index`` VectorIndex); when the queries are the gallery, ``k + 1``
-    results are asked for and each query's own id is dropped.
+    0..N-1 (e.g. a ``deepmetric.index`` VectorIndex). ``own_ids`` (Q,), with a separate gallery: the
+    gallery position of each query's own item (-1: none), for data sets whose rows may be both query and
+    gallery; a query never matches its own item, and it is not counted in its R. When the queries are the
+    gallery, or some have an own item, ``k + 1`` results are asked for and each query's own id is dropped.
     """
     queries = as_embeddings("query_embeddings", query_embeddings)
     query_labels = as_labels("query_labels", query_labels, len(queries))
@@ -73,29 +103,33 @@ def search_neighbours(
             raise ValueError("gallery_embeddings given without gallery_labels; pass both or neither")
         gallery = as_embeddings("gallery_embeddings", gallery_embeddings, dim=queries.shape[1])
         gallery_labels = as_labels("gallery_labels", gallery_labels, len(gallery))
-    if index is None:
-        result = knn(queries, None if same_set else gallery, k=k, metric=metric,
-                     query_block_size=query_block_size, gallery_block_size=gallery_block_size)
+    if own_ids is not None:
+        if same_set:
+            raise ValueError("own_ids needs gallery_embeddings: without a gallery every query is its own item")
+        own_ids = check_own_ids(own_ids, len(queries), len(gallery))
+    own = np.arange(len(queries)) if same_set else own_ids
+    # One more result when a query may find itself, which is then dropped.
+    wanted = k + 1 if own is not None and (own >= 0).any() else k
+    if index is not None:
+        result = index.search(queries, wanted)
+        if not isinstance(result, SearchResult):
+            raise TypeError(f"index.search must return a SearchResult, got {type(result).__name__}")
+        result = SearchResult(np.asarray(result.scores, np.float32), np.asarray(result.ids, np.int64))
+    elif same_set:  # the symmetric search leaves each query out of its own list itself
+        own, result = None, knn(queries, None, k=k, metric=metric, query_block_size=query_block_size,
+                                gallery_block_size=gallery_block_size)
     else:
-        result = _index_search(index, queries, k, same_set)
+        result = knn(queries, gallery, k=wanted, metric=metric, exclude_self=False,
+                     query_block_size=query_block_size, gallery_block_size=gallery_block_size)
+    if own is not None:
+        result = drop_own(result, own)
+    result = SearchResult(result.scores[:, :k], result.ids[:, :k])
     ids = result.ids
     found = ids >= 0
     retrieved = np.where(found, gallery_labels[np.where(found, ids, 0)] if len(gallery_labels) else 0, 0)
     matches = found & (retrieved == query_labels[:, None])
-    return Neighbours(ids, result.scores, matches, relevant_counts(query_labels, gallery_labels, same_set=same_set))
-
-
-def _index_search(index, queries: np.ndarray, k: int, same_set: bool) -> SearchResult:
-    result = index.search(queries, k + 1 if same_set else k)
-    if not isinstance(result, SearchResult):
-        raise TypeError(f"index.search must return a SearchResult, got {type(result).__name__}")
-    ids, scores = np.asarray(result.ids, np.int64), np.asarray(result.scores, np.float32)
-    if not same_set:
-        return SearchResult(scores[:, :k], ids[:, :k])
-    own = ids == np.arange(len(ids))[:, None]
-    # keep the first k results that are not the query itself
-    keep_order = np.argsort(own, axis=1, kind="stable")[:, :k]
-    return SearchResult(np.take_along_axis(scores, keep_order, 1), np.take_along_axis(ids, keep_order, 1))
+    return Neighbours(ids, result.scores, matches,
+                      relevant_counts(query_labels, gallery_labels, same_set=same_set, own_ids=own_ids))
 
 
 def _mean(values: np.ndarray, valid: np.ndarray) -> float:
@@ -235,7 +269,8 @@ def map_at_r(query_embeddings, query_labels, gallery_embeddings=None, gallery_la
 
 
 def mean_average_precision(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=None, *,
-                           k: int | None = None, metric: str = "cosine", query_block_size: int = 256) -> float:
+                           k: int | None = None, metric: str = "cosine", own_ids=None,
+                           query_block_size: int = 256) -> float:
     r"""Mean average precision (mAP), or mAP@K when ``k`` is given.
 
     .. math:: \mathrm{AP}_q = \frac{1}{R_q}\sum_{i=1}^{N} P_q(i)\,\mathrm{rel}_q(i), \qquad
@@ -244,41 +279,42 @@ def mean_average_precision(query_embeddings, query_labels, gallery_embeddings=No
     Full AP divides by R (all relevant items, wherever they rank) -- dividing by the number of relevant
     items *retrieved* is a known error that inflates scores. AP@K divides by min(R, K) as in the Google
     Landmarks retrieval challenge (Weyand et al. 2020). Full AP ranks the whole gallery, one block of
-    ``query_block_size`` queries at a time (memory ``query_block_size x N``).
+    ``query_block_size`` queries at a time (memory ``query_block_size x N``). ``own_ids`` as in
+    ``search_neighbours``.
     """
     queries = as_embeddings("query_embeddings", query_embeddings)
     query_labels = as_labels("query_labels", query_labels, len(queries))
     if k is not None:
-        nb = search_neighbours(queries, query_labels, gallery_embeddings, gallery_labels, k=k, metric=metric)
+        nb = search_neighbours(queries, query_labels, gallery_embeddings, gallery_labels, k=k, metric=metric,
+                               own_ids=own_ids)
         return map_at_k_from_neighbours(nb, k)
     same_set = gallery_embeddings is None
-    gallery = queries if same_set else as_embeddings("gallery_embeddings", gallery_embeddings, dim=queries.shape[1])
-    labels_g = query_labels if same_set else as_labels("gallery_labels", gallery_labels, len(gallery))
-    full_k = max(len(gallery) - (1 if same_set else 0), 1)
+    if same_set:
+        if own_ids is not None:
+            raise ValueError("own_ids needs gallery_embeddings: without a gallery every query is its own item")
+        gallery, labels_g, own = queries, query_labels, np.arange(len(queries))
+    else:
+        gallery = as_embeddings("gallery_embeddings", gallery_embeddings, dim=queries.shape[1])
+        labels_g = as_labels("gallery_labels", gallery_labels, len(gallery))
+        own = None if own_ids is None else check_own_ids(own_ids, len(queries), len(gallery))
     total, count = 0.0, 0
     for start in range(0, len(queries), query_block_size):
         stop = min(start + query_block_size, len(queries))
-        result = knn(queries[start:stop], gallery, k=full_k, metric=metric, exclude_self=same_set,
-                     query_block_size=query_block_size) if not same_set else None
-        if same_set:
-            result = _same_set_block(queries, start, stop, full_k, metric)
+        # the whole gallery ranked; a query's own item, if any, leaves its list
+        result = knn(queries[start:stop], gallery, k=max(len(gallery), 1), metric=metric, exclude_self=False,
+                     query_block_size=query_block_size)
+        block_own = None if own is None else own[start:stop]
+        if block_own is not None:
+            result = drop_own(result, block_own)
         found = result.ids >= 0
         matches = found & (labels_g[np.where(found, result.ids, 0)] == query_labels[start:stop, None])
         nb = Neighbours(result.ids, result.scores, matches,
-                        relevant_counts(query_labels[start:stop], labels_g, same_set=same_set))
+                        relevant_counts(query_labels[start:stop], labels_g, same_set=False, own_ids=block_own))
         valid = nb.valid
         if valid.any():
             total += map_at_k_from_neighbours(nb, None) * valid.sum()
             count += int(valid.sum())
     return total / count if count else float("nan")
-
-
-def _same_set_block(queries: np.ndarray, start: int, stop: int, k: int, metric: str) -> SearchResult:
-    # Rank queries[start:stop] against every query, excluding each one's own position.
-    result = knn(queries[start:stop], queries, k=k + 1, metric=metric, exclude_self=False)
-    own = result.ids == np.arange(start, stop)[:, None]
-    order = np.argsort(own, axis=1, kind="stable")[:, :k]
-    return SearchResult(np.take_along_axis(result.scores, order, 1), np.take_along_axis(result.ids, order, 1))
 
 
 def global_average_precision(query_embeddings, query_labels, gallery_embeddings, gallery_labels, *,
