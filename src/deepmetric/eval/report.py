@@ -47,8 +47,14 @@ def write_report(out_dir, *, protocol: str, metrics: dict, evaluator, embeddings
         recalls = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("retrieval/recall@")}
         figures.append(("Recall@K", plots.plot_recall_at_k(recalls, report_dir / "recall_at_k.png")))
         if paths is not None:
+            grid_paths, grid_labels, ids = paths, labels, details["neighbours"].ids
+            if details.get("query_rows") is not None:  # is_query/is_gallery rows: list queries then gallery
+                query_rows, gallery_rows = details["query_rows"], details["gallery_rows"]
+                grid_paths = [paths[i] for i in query_rows] + [paths[i] for i in gallery_rows]
+                grid_labels = np.concatenate([np.asarray(labels)[query_rows], np.asarray(labels)[gallery_rows]])
+                ids = np.where(ids >= 0, ids + len(query_rows), -1)
             figures.append(("Retrieval examples", plots.plot_retrieval_grid(
-                paths, labels, details["neighbours"].ids, report_dir / "retrieval_grid.png")))
+                grid_paths, grid_labels, ids, report_dir / "retrieval_grid.png")))
     if embedding_map and len(embeddings) >= 5:
         figures.append(("Embedding map (t-SNE)", plots.plot_embedding_map(embeddings, labels,
                                                                           report_dir / "embedding_map.png")))
