@@ -3,50 +3,27 @@ serve). Each sub-command's ``--help`` explains its options."""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from deepmetric.data import cli as data_cli
+from deepmetric.eval import cli as eval_cli
+from deepmetric.gallery import cli as gallery_cli
+from deepmetric.index import cli as index_cli
+from deepmetric.service import cli as service_cli
+from deepmetric.train import cli as train_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 
-# Each module exposes ``register(app)`` adding its commands (or a sub-app). Missing modules are skipped so
-# the CLI works while parts of the package are absent.
+
 @app.callback()
 def _root() -> None:
     """deepmetric: train, evaluate, search and serve deep metric learning models."""
 
 
-_COMMAND_MODULES = (
-    "deepmetric.train.cli",
-    "deepmetric.data.cli",
-    "deepmetric.eval.cli",
-    "deepmetric.index.cli",
-    "deepmetric.gallery.cli",
-    "deepmetric.service.cli",
-)
-
-
-def _mount() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name and name.startswith(error.name):
-                continue
-            raise
-        module.register(app)
-
-
-_mount()
-
-if not any(getattr(c, "name", None) == "quickstart" for c in app.registered_commands):
-
-    @app.command()
-    def quickstart() -> None:
-        """Run the main job on a built-in data set and print a report."""
-        from deepmetric.demo import run_demo
-
-        run_demo()
+# Each module adds its commands (or a sub-app) with ``register(app)``; they import only typer at the top, so
+# ``deepmetric --help`` stays fast and each command loads what it needs when it runs.
+for _module in (train_cli, data_cli, eval_cli, index_cli, gallery_cli, service_cli):
+    _module.register(app)
 
 
 def main() -> None:

@@ -52,7 +52,6 @@ class _Passthrough:
 
 _INT = (int,)
 _NUM = (int, float)
-_REQUIRED = object()
 
 SCHEMA: dict[str, Any] = {
     "name": _Value("experiment", (str,)),
@@ -102,8 +101,6 @@ SCHEMA: dict[str, Any] = {
         "k": _Value([1, 5], (list,)),
     },
 }
-
-DEFAULTS: dict[str, Any]
 
 
 def _defaults(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Small typed results passed between components: mined pairs and triplets, search and retrieval results.
+"""Small typed results passed between components: mined pairs and triplets, and search results.
 
 Index tensors always point into ``embeddings`` (anchors) and into ``ref_embeddings`` (the others), which
 is ``embeddings`` itself when no separate reference set is given.
@@ -51,12 +51,12 @@ class Pairs:
     def __len__(self) -> int:
         return self.num_positive + self.num_negative
 
-    def to(self, device: torch.device | str) -> "Pairs":
+    def to(self, device: torch.device | str) -> Pairs:
         return Pairs(*(t.to(device) for t in (self.anchor_positive, self.positive,
                                               self.anchor_negative, self.negative)))
 
     @staticmethod
-    def empty(device: torch.device | str | None = None) -> "Pairs":
+    def empty(device: torch.device | str | None = None) -> Pairs:
         e = torch.empty(0, dtype=torch.long, device=device)
         return Pairs(e, e, e, e)
 
@@ -80,11 +80,11 @@ class Triplets:
     def __len__(self) -> int:
         return int(self.anchor.numel())
 
-    def to(self, device: torch.device | str) -> "Triplets":
+    def to(self, device: torch.device | str) -> Triplets:
         return Triplets(self.anchor.to(device), self.positive.to(device), self.negative.to(device))
 
     @staticmethod
-    def empty(device: torch.device | str | None = None) -> "Triplets":
+    def empty(device: torch.device | str | None = None) -> Triplets:
         e = torch.empty(0, dtype=torch.long, device=device)
         return Triplets(e, e, e)
 
@@ -102,15 +102,3 @@ class SearchResult:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
-
-
-@dataclass(frozen=True)
-class RetrievalResult:
-    """Ranked gallery items per query: ``ids`` (Q, k) gallery positions (-1 = none), ``scores`` (Q, k)
-    similarities, and the labels of the queries and of the retrieved items. Post-processors map one
-    RetrievalResult to a new one."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-    query_labels: np.ndarray
-    retrieved_labels: np.ndarray
