@@ -57,6 +57,14 @@ def _optional_distributions() -> dict[str, str]:
     return out
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _missing_extra(error: ModuleNotFoundError) -> str | None:
     """Why ``error`` is an acceptable skip (an optional extra is not installed), or None when it is a real failure."""
     top = (error.name or "").partition(".")[0]
@@ -67,11 +75,9 @@ def _missing_extra(error: ModuleNotFoundError) -> str | None:
         # faiss-cpu provides faiss, dlib-bin dlib, python-multipart multipart: the import name is the
         # distribution name or one of its underscore-separated ends.
         if top.lower() in (normalized, normalized.split("_")[0], normalized.split("_")[-1]):
-            try:
-                importlib.metadata.distribution(distribution)
-            except importlib.metadata.PackageNotFoundError:
-                return f"needs the optional '{extra}' extra ({distribution} is not installed)"
-            return None  # installed but broken: that is a failure, not a skip
+            if _installed(distribution):
+                return None  # installed but broken: that is a failure, not a skip
+            return f"needs the optional '{extra}' extra ({distribution} is not installed)"
     return None
 
 
@@ -90,6 +96,16 @@ def test_the_walk_finds_the_package():
     # A broken walk (wrong path, swallowed errors) would make every other test here vacuous.
     assert {"deepmetric.registry", "deepmetric.losses", "deepmetric.index"} <= names
     assert len(MODULES_WITH_EXAMPLES) >= 10
+
+
+@pytest.mark.parametrize(("missing", "distribution"), [("faiss", "faiss-cpu"), ("dlib", "dlib-bin"),
+                                                       ("multipart", "python-multipart"), ("timm", "timm")])
+def test_only_a_missing_optional_extra_is_a_skip(missing, distribution):
+    reason = _missing_extra(ModuleNotFoundError(f"No module named {missing!r}", name=missing))
+    # An installed extra that fails to import is a broken install: a failure, not a skip.
+    assert (reason is None) == _installed(distribution)
+    for name in ("deepmetric.demo", "numpy_typo", ""):
+        assert _missing_extra(ModuleNotFoundError(name=name)) is None
 
 
 @pytest.mark.parametrize("name", [name for name, _ in MODULES])
