@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from deepmetric.faces.images import DEFAULT_MAX_PIXELS
+from deepmetric.data.images import DEFAULT_MAX_PIXELS
 from deepmetric.gallery.gallery import Gallery
 from deepmetric.service.errors import install_error_handlers
 from deepmetric.service.metrics import ServiceMetrics

@@ -11,8 +11,8 @@ import numpy as np
 from fastapi import Depends, Request, UploadFile
 from fastapi.exceptions import HTTPException
 
+from deepmetric.data.images import load_image
 from deepmetric.faces.detection import NoFaceError
-from deepmetric.faces.images import load_image
 from deepmetric.gallery.gallery import Gallery, encode_image
 from deepmetric.service.settings import API_KEY_HEADER, ServiceSettings
 

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from deepmetric.faces.images import ImageError, ImageTooLargeError
+from deepmetric.data.images import ImageError, ImageTooLargeError
 from deepmetric.gallery.gallery import GalleryModelMismatch
 from deepmetric.gallery.store import DuplicateIdentityError, UnknownIdentityError
 

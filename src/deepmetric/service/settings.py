@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepmetric.faces.images import DEFAULT_MAX_PIXELS
+from deepmetric.data.images import DEFAULT_MAX_PIXELS
 from deepmetric.validation import check_positive_int
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
