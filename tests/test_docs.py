@@ -119,6 +119,9 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     tests = [test for test in doctest.DocTestFinder().find(module) if test.examples]
     assert tests, (f"{name} contains '>>>' but no docstring example was found; examples outside a docstring of "
                    f"this module's own objects never run")
+    skipped = [f"{test.name} (line {test.lineno + example.lineno + 1})" for test in tests for example in test.examples
+               if example.options.get(doctest.SKIP)]
+    assert not skipped, f"every docstring example must run; '+SKIP' is used in {skipped}"
     monkeypatch.chdir(tmp_path)  # examples that write files (a model folder, a gallery) write here
     report: list[str] = []
     runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
