@@ -50,8 +50,10 @@ def test_metrics_parse_and_count_requests_latency_gallery_and_index(vector_galle
             assert client.get("/api/identities/nobody").status_code == 404
         assert client.post("/api/identify/embedding", json={"embedding": [1.0, 0, 0, 0], "threshold": 0.5}).is_success
         response = client.get("/api/metrics")
+        default_path = client.get("/metrics")  # where Prometheus scrapes unless told otherwise
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     samples = _samples(response.text)
+    assert default_path.status_code == 200 and _samples(default_path.text).keys() >= samples.keys()
 
     def requests(method: str, route: str, status: str) -> float:
         labels = frozenset({"method": method, "route": route, "status": status}.items())

@@ -1,5 +1,5 @@
-"""Service information: liveness and what is loaded (``/api/health``), Prometheus metrics (``/api/metrics``).
-Both stay open when reads are protected, so probes and scrapers need no key."""
+"""Service information: liveness and what is loaded (``/api/health``), Prometheus metrics (``/metrics``, also
+at ``/api/metrics``). Both stay open when reads are protected, so probes and scrapers need no key."""
 
 from __future__ import annotations
 
@@ -32,8 +32,13 @@ def health(gallery: GalleryDep, settings: SettingsDep) -> dict[str, Any]:
             "protect_reads": settings.protect_reads, "index": gallery.index.info()}
 
 
-@router.get("/api/metrics", response_class=Response,
-            responses={200: {"content": {METRICS_MEDIA_TYPE: {}}, "description": "Prometheus text format"}})
+_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {METRICS_MEDIA_TYPE: {}}, "description": "Prometheus text format"}}
+
+
+# /metrics is where Prometheus scrapes by default; /api/metrics keeps the API's own prefix.
+@router.get("/metrics", response_class=Response, responses=_METRICS_RESPONSES)
+@router.get("/api/metrics", response_class=Response, responses=_METRICS_RESPONSES)
 def metrics(request: Request) -> Response:
     """Prometheus text format: requests and latency per route, gallery size, index rebuilds."""
     return Response(request.app.state.metrics.render(), media_type=METRICS_MEDIA_TYPE)
