@@ -21,6 +21,7 @@ KIND_MODULES: dict[str, str] = {
     "sampler": "deepmetric.samplers", "backbone": "deepmetric.models", "pooling": "deepmetric.models",
     "dataset": "deepmetric.data", "optimizer": "deepmetric.train", "scheduler": "deepmetric.train",
     "evaluator": "deepmetric.eval.evaluators",
+    "face_model": "deepmetric.faces.embedder", "face_pipeline": "deepmetric.faces.embedder",
 }
 
 

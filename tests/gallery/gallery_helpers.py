@@ -23,8 +23,12 @@ class PixelProjectionModel(torch.nn.Module):
                        "calibration": {"metric": "cosine", "threshold": 0.8}}
 
     def encode(self, inputs, **_: object) -> np.ndarray:
-        rows = [np.asarray(image.convert("L").resize((8, 8)), dtype=np.float32).reshape(-1) / 255.0 - 0.5
-                for image in inputs]
+        from PIL import Image
+
+        from deepmetric.data.images import load_image
+
+        rows = [np.asarray(Image.fromarray(load_image(image)).convert("L").resize((8, 8)), dtype=np.float32)
+                .reshape(-1) / 255.0 - 0.5 for image in inputs]
         with torch.no_grad():
             out = torch.nn.functional.normalize(self.projection(torch.from_numpy(np.stack(rows))), dim=1)
         return out.numpy()

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deepmetric.gallery import Gallery, GalleryModelMismatch, load_model, model_fingerprint
+from deepmetric.gallery import Gallery, GalleryModelMismatch
 from deepmetric.models import build_embedder, update_model_config
+from deepmetric.models.protocol import load_model, model_fingerprint
 
 from gallery_helpers import png_bytes
 

@@ -2,8 +2,8 @@
 
 ``DlibFaceEmbedder`` is dlib's pretrained 128-d ResNet face descriptor (ready on day one);
 ``AlignedFaceEmbedder`` plugs a deepmetric ``Embedder`` trained on aligned crops into the same pipeline.
-Both offer the ``Embedder`` surface the gallery and the service use: ``encode``, ``embedding_dim``,
-``config`` and a ``fingerprint`` identifying the embedding space.
+Both are ``deepmetric.models.protocol.FaceModel`` s (``encode``, ``embed``, ``embedding_dim``, ``config``,
+``fingerprint``), registered by name ("dlib-face" face model, "aligned" pipeline) for ``load_model``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from deepmetric.faces.alignment import align_face
-from deepmetric.faces.detection import (DESCRIPTOR_FILE, SHAPE_PREDICTOR_FILE, Face, FaceDetector, NoFaceError,
-                                        import_dlib, model_file)
 from deepmetric.data.images import DEFAULT_MAX_PIXELS, is_image_source, load_image
+from deepmetric.faces.alignment import align_face
+from deepmetric.faces.detection import (
+    DESCRIPTOR_FILE,
+    SHAPE_PREDICTOR_FILE,
+    Face,
+    FaceDetector,
+    NoFaceError,
+    import_dlib,
+    model_file,
+)
+from deepmetric.models.protocol import FACE_MODEL_KIND, FACE_PIPELINE_KIND, EmbeddingModel, model_fingerprint
+from deepmetric.registry import register
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class FaceEmbedder:
         return np.stack(rows).astype(np.float32)
 
 
+@register(FACE_MODEL_KIND, "dlib-face")
 class DlibFaceEmbedder(FaceEmbedder):
     """dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1``, 128-d; King 2017,
     99.38 % on LFW), on dlib's own 150 x 150 face chips aligned from the 5 landmarks.
@@ -181,23 +191,25 @@ class DlibFaceEmbedder(FaceEmbedder):
         return _normalise(np.array([np.array(d) for d in descriptors]))
 
 
+@register(FACE_PIPELINE_KIND, "aligned")
 class AlignedFaceEmbedder(FaceEmbedder):
     """A deepmetric ``Embedder`` trained on aligned face crops, behind the face pipeline: faces are aligned
     by a similarity transform of the eye centres onto the ArcFace template at the model's input size
     (``config["preprocessing"]["image_size"]``), then encoded by the model.
 
     Args:
-        embedder: the trained model (``deepmetric.models.Embedder`` or anything with ``encode``,
-            ``embedding_dim`` and ``config``).
-        detector: face detector; dlib HOG when None.
+        embedder: the trained model (a ``deepmetric.models.protocol.EmbeddingModel`` such as ``Embedder``).
+        detector: face detector, or the name of one (``"hog"``, ``"mmod"``); dlib HOG when None.
     """
 
-    def __init__(self, embedder: Any, *, detector: FaceDetector | None = None,
+    def __init__(self, embedder: EmbeddingModel, *, detector: FaceDetector | str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        for attribute in ("encode", "embedding_dim", "config"):
-            if not hasattr(embedder, attribute):
-                raise TypeError(f"embedder must have {attribute!r} (an Embedder), got {type(embedder).__name__}")
-        super().__init__(detector=detector or FaceDetector(), max_pixels=max_pixels)
+        if not isinstance(embedder, EmbeddingModel):
+            raise TypeError(f"embedder must be an EmbeddingModel (encode, embedding_dim, config) such as an "
+                            f"Embedder, got {type(embedder).__name__}")
+        if detector is None or isinstance(detector, str):
+            detector = FaceDetector() if detector is None else FaceDetector(detector=detector)
+        super().__init__(detector=detector, max_pixels=max_pixels)
         self.embedder = embedder
         self.embedding_dim = int(embedder.embedding_dim)
         size = (embedder.config.get("preprocessing") or {}).get("image_size") or [112, 112]
@@ -210,8 +222,7 @@ class AlignedFaceEmbedder(FaceEmbedder):
                               "image_size": list(self.crop_size)}}
 
     def fingerprint(self) -> str:
-        from deepmetric.gallery.model import model_fingerprint
-
+        """The wrapped model's fingerprint: detection and alignment settings do not change its space."""
         return model_fingerprint(self.embedder)
 
     def embed_faces(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:

@@ -11,7 +11,7 @@ _EXPORTS = {
     "GalleryStore": "store", "GalleryError": "store", "UnknownIdentityError": "store",
     "DuplicateIdentityError": "store", "IdentityRecord": "store", "TemplateInput": "store",
     "IdentityIndex": "cache",
-    "load_model": "model", "model_fingerprint": "model", "threshold_from_config": "model",
+    "threshold_from_config": "model",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -28,7 +28,7 @@ def _fail(error: Exception) -> None:
 def load_gallery_model(spec: Optional[str], *, faces: bool, detector: str, stored: dict[str, Any]) -> Any:
     """The model named on the command line, else the one the gallery was created with (recorded in its
     config under ``loaded_from``)."""
-    from deepmetric.gallery.model import load_model
+    from deepmetric.models.protocol import load_model
 
     if spec is None:
         origin = stored.get("loaded_from") or {}
@@ -69,7 +69,7 @@ def _origin(model: str, faces: bool, detector: str) -> dict[str, Any]:
 def create_gallery(folder: Path, *, model: str, faces: bool, detector: str, threshold: Optional[float] = None,
                    store_images: bool = True) -> Any:
     from deepmetric.gallery import Gallery
-    from deepmetric.gallery.model import load_model
+    from deepmetric.models.protocol import load_model
 
     loaded = load_model(model, faces=faces, detector=detector)
     gallery = Gallery.create(folder, model=loaded, store_images=store_images, threshold=threshold,
@@ -196,7 +196,7 @@ def reembed(gallery: Path = GALLERY_ARG, model: str = typer.Option(..., "--model
             faces: bool = FACES_OPTION, detector: str = typer.Option("hog"),
             drop_without_images: bool = typer.Option(False, help="delete templates that have no stored photo")) -> None:
     """Re-embed every stored photo with a new model and restamp the gallery (one transaction)."""
-    from deepmetric.gallery.model import load_model
+    from deepmetric.models.protocol import load_model
 
     opened = open_gallery(gallery, need_model=False)
     try:

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.data.images import load_image
 from deepmetric.gallery.cache import IdentityIndex
-from deepmetric.gallery.model import describe, model_fingerprint, threshold_from_config
+from deepmetric.gallery.model import describe, threshold_from_config
 from deepmetric.gallery.store import (DuplicateIdentityError, GalleryError, GalleryStore, IdentityRecord,
                                       TemplateInput, UnknownIdentityError, check_identity_id, unit_vectors)
+from deepmetric.models.protocol import EmbeddingModel, model_fingerprint
 
 DATABASE_FILE = "gallery.sqlite3"
 INDEX_FOLDER = "index"
@@ -97,8 +99,6 @@ def _image_bytes(source: Any) -> tuple[bytes | None, str | None]:
     from PIL import Image
 
     if isinstance(source, np.ndarray):
-        from deepmetric.faces.images import load_image
-
         source = Image.fromarray(load_image(source))
     if isinstance(source, Image.Image):
         buffer = io.BytesIO()
@@ -107,18 +107,16 @@ def _image_bytes(source: Any) -> tuple[bytes | None, str | None]:
     return None, None
 
 
-def encode_image(model: Any, image: Any, embedding_dim: int) -> np.ndarray:
-    """One unit embedding (D,) of an image with ``model``: face pipelines decode and detect themselves,
-    whole-image models get the decoded upright RGB image."""
-    if hasattr(model, "detector"):
-        embeddings = model.encode([image])
-    else:
-        from PIL import Image
+def encode_image(model: EmbeddingModel, image: Any, embedding_dim: int) -> np.ndarray:
+    """One unit embedding (D,) of an image (path, bytes, stream, PIL image or array) with ``model``, which
+    decodes it with ``deepmetric.data.images.load_image`` (face models with their own pixel limit)."""
+    return unit_vectors(np.asarray(model.encode([image]))[0], embedding_dim, name="model output")[0]
 
-        from deepmetric.faces.images import load_image
 
-        embeddings = model.encode([Image.fromarray(load_image(image))])
-    return unit_vectors(np.asarray(embeddings)[0], embedding_dim, name="model output")[0]
+def _check_model(model: Any) -> None:
+    if model is not None and not isinstance(model, EmbeddingModel):
+        raise TypeError(f"model must be an EmbeddingModel (embedding_dim, config, encode) such as an Embedder or "
+                        f"a face model, or None for embeddings only; got {type(model).__name__}")
 
 
 class Gallery:
@@ -153,6 +151,7 @@ class Gallery:
         ``embedding_dim`` + ``model_stamp`` for embeddings made elsewhere). ``model_config`` entries are
         stored with (and over) the model's own config."""
         folder = Path(folder)
+        _check_model(model)
         if model is not None:
             embedding_dim = int(model.embedding_dim)
             model_stamp = model_fingerprint(model)
@@ -169,6 +168,7 @@ class Gallery:
         """Open an existing gallery. With ``model``, refuses (``GalleryModelMismatch``) if the gallery was
         embedded by a different model."""
         folder = Path(folder)
+        _check_model(model)
         store = GalleryStore(folder / DATABASE_FILE)
         if model is not None:
             stamp = model_fingerprint(model)
@@ -431,6 +431,9 @@ class Gallery:
         the gallery, in one transaction. Templates without an image are refused unless
         ``drop_without_images`` (they, and identities left empty, are then deleted). ``model_config``
         entries are stored with the new model's config."""
+        if model is None:
+            raise TypeError("reembed needs a model (an EmbeddingModel) to embed the stored images, got None")
+        _check_model(model)
         previous_model, self.model = self.model, model
         new_dim = int(model.embedding_dim)
         vectors: dict[int, np.ndarray] = {}
