@@ -2,9 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~10 s (starts a server and a browser)")
-
 
 @pytest.fixture(scope="session")
 def face_model():
