@@ -15,6 +15,31 @@ from deepmetric.registry import register
 
 _EPS = 1e-12
 
+# The search metrics every retrieval backend (exact, faiss, hnswlib, annoy) and the evaluation accept; scores
+# are similarities (higher = closer): cosine, dot product, and minus the Euclidean distance.
+SEARCH_METRICS = ("cosine", "dot", "euclidean")
+# faiss / hnswlib spellings, accepted so that their users' names keep working
+METRIC_ALIASES = {"ip": "dot", "l2": "euclidean"}
+
+
+def canonical_metric(metric: object, name: str = "metric") -> str:
+    """The search metric ``metric`` names: one of ``SEARCH_METRICS``, with ``"ip"`` read as ``"dot"`` and
+    ``"l2"`` as ``"euclidean"`` (case and surrounding spaces ignored).
+
+    Example:
+        >>> canonical_metric("L2"), canonical_metric("ip"), canonical_metric("cosine")
+        ('euclidean', 'dot', 'cosine')
+    """
+    if not isinstance(metric, str):
+        raise TypeError(f"{name} must be a string, one of {SEARCH_METRICS} (or an alias in "
+                        f"{sorted(METRIC_ALIASES)}), got {type(metric).__name__} {metric!r}")
+    key = metric.strip().lower()
+    key = METRIC_ALIASES.get(key, key)
+    if key not in SEARCH_METRICS:
+        raise ValueError(f"{name} must be one of {SEARCH_METRICS} (or an alias in {sorted(METRIC_ALIASES)}), "
+                         f"got {metric!r}")
+    return key
+
 
 class Distance(nn.Module):
     """Base class. Subclasses implement ``matrix`` ((N, D), (M, D)) -> (N, M) and ``paired``

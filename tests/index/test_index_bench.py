@@ -20,7 +20,11 @@ def test_benchmark_writes_table_plot_and_json(tmp_path):
     results = run_benchmark(n=1500, dim=16, num_queries=100, methods=["IVF", "HNSW hnswlib"],
                             report=str(report), plot=str(plot), log=lambda line: None)
     text = report.read_text()
-    assert "| Flat, exact (ours, torch) |" in text and "HNSW16 (hnswlib)" in text and "## Targets" in text
+    assert "| Flat, exact (ours) |" in text and "HNSW16 (hnswlib)" in text and "## Targets" in text
+    # our exact search and faiss's flat index, side by side, with the ratio and the agreement of their ids
+    flat = results["flat_vs_faiss"]
+    assert flat["faiss_index"] == "IndexFlatIP" and flat["float32"]["ratio"] > 0
+    assert flat["float32"]["same_ids"] >= 0.99 and "faiss / ours" in text
     assert plot.stat().st_size > 10_000
     saved = json.loads(report.with_suffix(".json").read_text())
     assert saved["n"] == 1500 and len(saved["methods"]) == 2

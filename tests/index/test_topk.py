@@ -4,6 +4,7 @@ import torch
 
 from deepmetric.index import topk
 from deepmetric.index.topk import knn
+from index_reference import lane_scores
 
 
 def brute_force(queries, gallery, k, exclude_self):
@@ -73,25 +74,27 @@ def test_bad_input_names_argument():
         knn(np.array([[np.nan, 1.0]]), k=1)
     with pytest.raises(ValueError, match="metric"):
         knn(np.eye(3), k=1, metric="cos")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        knn(np.eye(3), k=1, precision="half")
+    with pytest.raises(TypeError, match="precision must be a string"):
+        knn(np.eye(3), k=1, precision=16)
 
 
-def lane_scores(q, g, metric):
-    """Every (query, item) score by the documented re-scoring arithmetic, written independently in numpy:
-    eight float32 running sums over dimensions d = l (mod 8), a tail, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7))."""
-    euclidean = metric == "euclidean"
-    dim = q.shape[1]
-    full = dim - dim % 8
-    lanes = np.zeros((len(q), len(g), 8), np.float32)
-    for d in range(0, full, 8):
-        a, b = q[:, None, d:d + 8], g[None, :, d:d + 8]
-        lanes += (a - b) * (a - b) if euclidean else a * b
-    tail = np.zeros((len(q), len(g)), np.float32)
-    for d in range(full, dim):
-        a, b = q[:, None, d], g[None, :, d]
-        tail += (a - b) * (a - b) if euclidean else a * b
-    s = lanes.transpose(2, 0, 1)
-    total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + tail
-    return (-np.sqrt(total) if euclidean else total) + np.float32(0.0)
+def test_metric_aliases_give_the_same_search():
+    x = near_ties(seed=6, n=200)
+    for alias, name in (("ip", "dot"), ("l2", "euclidean"), ("Cosine", "cosine")):
+        a, b = knn(x, k=7, metric=alias), knn(x, k=7, metric=name)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_bfloat16_request_falls_back_where_unsound(monkeypatch):
+    # a CPU without native (or sound) bfloat16 products runs the float32 pass, with the same results
+    monkeypatch.setattr(topk, "_bfloat16_is_sound", lambda: False)
+    assert topk.candidate_dtype("cosine", 10_000, 10_000, "bfloat16") == "float32"
+    x = near_ties(seed=7, n=200)
+    np.testing.assert_array_equal(knn(x, k=5, precision="bfloat16").ids, knn(x, k=5, precision="float32").ids)
+    assert topk.candidate_dtype("euclidean", 10_000, 10_000, "bfloat16") == "float32"
 
 
 def exact_order(queries, gallery, k, metric, exclude_self):
@@ -118,12 +121,11 @@ def near_ties(seed=0, n=600, dim=32):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "dot"])
-@pytest.mark.parametrize("fast_dtype", [torch.bfloat16, torch.float32])
-def test_fast_pass_precision_does_not_change_results(monkeypatch, metric, fast_dtype):
+@pytest.mark.parametrize("precision", ["bfloat16", "float32", "auto"])
+def test_fast_pass_precision_does_not_change_results(metric, precision):
     x = near_ties()
     queries, gallery = x[:150], x[150:]
-    monkeypatch.setattr(topk, "_fast_dtype", lambda *args: fast_dtype)
-    for kwargs in (dict(query_block_size=64, gallery_block_size=96), dict()):
+    for kwargs in (dict(query_block_size=64, gallery_block_size=96, precision=precision), dict()):
         same = knn(x, k=25, metric=metric, **kwargs)
         ids, scores = exact_order(x, x, 25, metric, exclude_self=True)
         np.testing.assert_array_equal(same.ids, ids)

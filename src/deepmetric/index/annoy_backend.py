@@ -44,7 +44,7 @@ class AnnoyIndex(VectorIndex):
         self._clear()
 
     def _annoy_metric(self) -> str:
-        return {"cosine": "angular", "ip": "dot", "l2": "euclidean"}[self.metric]
+        return {"cosine": "angular", "dot": "dot", "euclidean": "euclidean"}[self.metric]
 
     def _clear(self) -> None:
         from annoy import AnnoyIndex as Forest
@@ -107,8 +107,8 @@ class AnnoyIndex(VectorIndex):
     def _to_similarity(self, distances: np.ndarray) -> np.ndarray:
         if self.metric == "cosine":
             return 1.0 - distances ** 2 / 2  # annoy's angular distance is sqrt(2 - 2 cos)
-        if self.metric == "l2":
-            return -distances ** 2
+        if self.metric == "euclidean":
+            return -distances
         return distances
 
     def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

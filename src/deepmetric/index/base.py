@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from deepmetric.distances import canonical_metric
 from deepmetric.types import SearchResult
+from deepmetric.validation import check_positive_int
 
-METRICS = ("cosine", "ip", "l2")
 FORMAT_NAME = "deepmetric-index"
 FORMAT_VERSION = 1
 MANIFEST = "index.json"
@@ -76,6 +77,12 @@ def format_knobs(knobs: dict[str, float]) -> str:
     return ",".join(f"{name}={value}" for name, value in knobs.items())
 
 
+def negative_distance(squared_distances: np.ndarray) -> np.ndarray:
+    """Euclidean scores from the squared distances a library reports: minus the distance (higher = closer),
+    the same convention as the exact engine; tiny negative squares from rounding count as 0."""
+    return -np.sqrt(np.maximum(np.asarray(squared_distances, dtype=np.float32), 0))
+
+
 def as_vectors(x: Any, dim: int, argument: str) -> np.ndarray:
     """Validate a (N, dim) finite float matrix and return it as C-contiguous float32."""
     if hasattr(x, "detach"):
@@ -124,8 +131,9 @@ class IndexFormatError(ValueError):
 
 class VectorIndex:
     """One API over every backend. Scores are similarities, higher = closer, for every metric:
-    ``cosine`` (vectors are L2-normalised on the way in), ``ip`` (inner product) and ``l2`` (the
-    negative squared Euclidean distance). Missing results are id -1 with score -inf.
+    ``cosine`` (vectors are L2-normalised on the way in), ``dot`` (inner product) and ``euclidean`` (minus
+    the Euclidean distance); ``ip`` and ``l2`` are accepted as aliases (``deepmetric.distances.canonical_metric``).
+    Missing results are id -1 with score -inf.
 
     Subclasses implement the underscore methods on internal labels.
     """
@@ -135,13 +143,9 @@ class VectorIndex:
     native_filter: ClassVar[bool] = False  # the library can restrict a search to an allowed mask
 
     def __init__(self, *, spec: str, dim: int, metric: str = "cosine") -> None:
-        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.spec = spec
-        self.dim = int(dim)
-        self.metric = metric
+        self.dim = check_positive_int("dim", dim)
+        self.metric = canonical_metric(metric)
         self.knobs: dict[str, float] = {}
         self._reset_ids()
 
@@ -190,12 +194,12 @@ class VectorIndex:
             x = x / norms
         return x
 
-    def train(self, x: Any) -> "VectorIndex":
+    def train(self, x: Any) -> VectorIndex:
         """Learn the coarse quantiser / codebooks from ``x`` (N, dim); a no-op for backends without training."""
         self._train(self._prepare(x, "x"))
         return self
 
-    def add(self, x: Any, ids: Any = None) -> "VectorIndex":
+    def add(self, x: Any, ids: Any = None) -> VectorIndex:
         """Add vectors ``x`` (N, dim) under int64 ``ids`` (default: the next free integers). Ids must be new."""
         x = self._prepare(x, "x")
         if ids is None:
@@ -253,7 +257,7 @@ class VectorIndex:
         if labels.size:
             self.add(vectors, ids)
 
-    def set_params(self, knobs: str | dict[str, Any]) -> "VectorIndex":
+    def set_params(self, knobs: str | dict[str, Any]) -> VectorIndex:
         """Set query-time knobs, e.g. ``"nprobe=32"``, ``"efSearch=128"``, ``"search_k=5000"``."""
         parsed = parse_knobs(knobs)
         unknown = set(parsed) - set(self.knob_names())
@@ -266,10 +270,10 @@ class VectorIndex:
 
     def search(self, q: Any, k: int, *, subset: Any = None) -> SearchResult:
         """Top-``k`` neighbours of each query ``q`` (Q, dim); with ``subset`` only those ids are eligible."""
-        q = self._prepare(q, "q")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        return self._search_prepared(self._prepare(q, "q"), check_positive_int("k", k), subset)
+
+    def _search_prepared(self, q: np.ndarray, k: int, subset: Any) -> SearchResult:
+        """``search`` on queries ``_prepare`` returned (preparing twice would renormalise cosine queries)."""
         allowed = None
         if subset is not None:
             labels = self._labels_of(np.unique(as_ids(subset, None, "subset")))
@@ -289,7 +293,7 @@ class VectorIndex:
         return self._finish(scores, labels)
 
     def range_search(self, q: Any, threshold: float, *, subset: Any = None) -> RangeSearchResult:
-        """Every item with similarity >= ``threshold`` (for ``l2``: -squared distance >= threshold),
+        """Every item with similarity >= ``threshold`` (for ``euclidean``: -distance >= threshold),
         found by searching with a doubling ``k`` until the k-th score falls below the threshold;
         as exact as the backend's own search."""
         q = self._prepare(q, "q")
@@ -299,7 +303,7 @@ class VectorIndex:
         pending = np.arange(q.shape[0])
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         while pending.size:
-            result = self.search(q[pending], k, subset=subset)
+            result = self._search_prepared(q[pending], k, subset)
             done = (result.scores[:, -1] < threshold) | (result.ids[:, -1] < 0) | (k >= count)
             for row in np.flatnonzero(done):
                 keep = (result.scores[row] >= threshold) & (result.ids[row] >= 0)
@@ -320,23 +324,20 @@ class VectorIndex:
         scores = np.where(missing, -np.inf, scores).astype(np.float32)
         return SearchResult(scores=scores, ids=ids.astype(np.int64))
 
-    def similarity(self, q: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Scores between prepared queries and prepared vectors, in this index's convention."""
-        dots = q @ x.T
-        if self.metric == "l2":
-            return 2 * dots - (q * q).sum(1)[:, None] - (x * x).sum(1)[None, :]
-        return dots
+    @property
+    def engine_metric(self) -> str:
+        """The exact engine's metric for prepared vectors: cosine inputs are normalised already, so "dot"."""
+        return "dot" if self.metric == "cosine" else self.metric
 
     def _brute_force(self, q: np.ndarray, k: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.full((q.shape[0], k), -np.inf, np.float32)
-        found = np.full((q.shape[0], k), -1, np.int64)
-        if labels.size:
-            all_scores = self.similarity(q, self._reconstruct(labels))
-            take = min(k, labels.size)
-            order = np.argsort(-all_scores, axis=1, kind="stable")[:, :take]
-            scores[:, :take] = np.take_along_axis(all_scores, order, axis=1)
-            found[:, :take] = labels[order]
-        return scores, found
+        """Exact top-k among the stored vectors of ``labels``, by the exact engine (ties to the lowest label)."""
+        from deepmetric.index.topk import search_prepared
+
+        labels = np.sort(labels)
+        vectors = np.ascontiguousarray(self._reconstruct(labels), dtype=np.float32).reshape(-1, self.dim)
+        result = search_prepared(q, vectors, k=k, metric=self.engine_metric, exclude_self=False)
+        found = result.ids >= 0
+        return result.scores, np.where(found, labels[np.where(found, result.ids, 0)] if labels.size else -1, -1)
 
     def _overfetch(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Search for more than k and drop disallowed labels, doubling until every query has k allowed

@@ -4,7 +4,6 @@ happen inside the commands."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,11 +24,11 @@ def build_command(
     embeddings: Path = typer.Argument(..., help="(N, D) float .npy of vectors to index"),
     output: Path = typer.Option(..., "-o", "--output", help="folder to write the index to"),
     spec: str = typer.Option("auto", help="faiss factory string, 'HNSW32', 'Annoy50', 'Flat' or 'auto'"),
-    backend: Optional[str] = typer.Option(None, help="exact | faiss | hnswlib | annoy (default: from spec)"),
+    backend: str | None = typer.Option(None, help="exact | faiss | hnswlib | annoy (default: from spec)"),
     metric: str = typer.Option("cosine", help="cosine | ip | l2"),
-    ids: Optional[Path] = typer.Option(None, help="(N,) int64 .npy of ids (default 0..N-1)"),
-    knobs: Optional[str] = typer.Option(None, help="query-time knobs stored with the index, e.g. nprobe=32"),
-    memory_budget_gb: Optional[float] = typer.Option(None, help="memory budget for spec=auto"),
+    ids: Path | None = typer.Option(None, help="(N,) int64 .npy of ids (default 0..N-1)"),
+    knobs: str | None = typer.Option(None, help="query-time knobs stored with the index, e.g. nprobe=32"),
+    memory_budget_gb: float | None = typer.Option(None, help="memory budget for spec=auto"),
 ) -> None:
     """Build an index over EMBEDDINGS and save it to OUTPUT."""
     import time
@@ -57,8 +56,8 @@ def search_command(
     index_path: Path = typer.Argument(..., help="index folder written by 'deepmetric index build'"),
     queries: Path = typer.Argument(..., help="(Q, D) float .npy of queries"),
     k: int = typer.Option(10, "-k", help="neighbours per query"),
-    knobs: Optional[str] = typer.Option(None, help="query-time knobs, e.g. efSearch=128"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help=".npz with ids and scores"),
+    knobs: str | None = typer.Option(None, help="query-time knobs, e.g. efSearch=128"),
+    output: Path | None = typer.Option(None, "-o", "--output", help=".npz with ids and scores"),
     mmap: bool = typer.Option(False, help="memory-map flat / IVF data instead of reading it"),
 ) -> None:
     """Search QUERIES in the index; print the top results or write them to an .npz (ids, scores)."""
@@ -84,7 +83,7 @@ def tune_command(
     index_path: Path = typer.Argument(..., help="index folder"),
     queries: Path = typer.Argument(..., help="(Q, D) .npy sample queries"),
     target_recall: float = typer.Option(0.95, help="1-Recall@k to reach against exact search"),
-    database: Optional[Path] = typer.Option(None, help=".npy of the indexed vectors (needed for exact "
+    database: Path | None = typer.Option(None, help=".npy of the indexed vectors (needed for exact "
                                                       "ground truth with PQ codes)"),
     k: int = typer.Option(1, "-k"),
     save: bool = typer.Option(True, help="store the chosen knobs in the index folder"),
@@ -111,11 +110,11 @@ def bench_command(
     n: int = typer.Option(1_000_000, "--n", help="database vectors"),
     dim: int = typer.Option(128, help="dimension of the synthetic vectors"),
     queries: int = typer.Option(10_000, help="number of queries"),
-    data: Optional[Path] = typer.Option(None, help="use this (N, D) .npy instead of synthetic vectors"),
+    data: Path | None = typer.Option(None, help="use this (N, D) .npy instead of synthetic vectors"),
     metric: str = typer.Option("cosine"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated families, e.g. 'IVF,HNSW hnswlib'"),
-    report: Optional[Path] = typer.Option(None, help="markdown report (e.g. docs/benchmarks/ann.md)"),
-    plot: Optional[Path] = typer.Option(None, help="recall-vs-QPS PNG"),
+    methods: str | None = typer.Option(None, help="comma-separated families, e.g. 'IVF,HNSW hnswlib'"),
+    report: Path | None = typer.Option(None, help="markdown report (e.g. docs/benchmarks/ann.md)"),
+    plot: Path | None = typer.Option(None, help="recall-vs-QPS PNG"),
     seed: int = typer.Option(0),
 ) -> None:
     """Reproduce the seeds' ANN table: exact vs IVF, IVF-PQ, HNSW (faiss, hnswlib) and Annoy."""

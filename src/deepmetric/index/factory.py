@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from deepmetric.index.base import VectorIndex, read_manifest, restore_ids
 from deepmetric.io import recover_directory
+from deepmetric.validation import check_positive_int
 
 BACKENDS = ("exact", "faiss", "hnswlib", "annoy")
 # Below this many vectors exact search answers in milliseconds and is never wrong.
@@ -29,8 +29,7 @@ def hnsw_bytes_per_vector(dim: int, links: int = AUTO_HNSW_LINKS) -> int:
 def choose_spec(num_vectors: int, dim: int, memory_budget: int | None = None) -> tuple[str, str]:
     """Pick ``(spec, backend)``: exact when small, HNSW when its graph fits ``memory_budget`` bytes,
     else IVF-PQ with the largest code that fits (``nlist`` ~ 4 sqrt(N), a power of two)."""
-    if not isinstance(num_vectors, int) or num_vectors <= 0:
-        raise ValueError(f"num_vectors must be a positive integer for spec='auto', got {num_vectors!r}")
+    num_vectors = check_positive_int("num_vectors", num_vectors)
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     if budget <= 0:
         raise ValueError(f"memory_budget must be positive bytes, got {memory_budget!r}")
@@ -50,22 +49,21 @@ def choose_spec(num_vectors: int, dim: int, memory_budget: int | None = None) ->
 
 
 def _backend_for(spec: str) -> str:
+    """Which library a spec names when no backend is given: "Flat" (and "exact") is our exact engine, so exact
+    search needs no optional library; faiss's own flat index stays reachable with ``backend="faiss"``."""
     head = spec.split(",")[0].strip()
     if head.startswith("Annoy"):
         return "annoy"
-    if head == "exact":
+    if head in ("Flat", "exact"):
         return "exact"
     return "faiss"
 
 
 def _make(spec: str, dim: int, metric: str, backend: str) -> VectorIndex:
     if backend == "exact":
-        tokens = [t.strip() for t in spec.split(",")]
-        if tokens[0] not in ("Flat", "exact") or any(t != "bf16" for t in tokens[1:]):
-            raise ValueError(f"exact backend spec must be 'Flat' or 'Flat,bf16', got {spec!r}")
-        from deepmetric.index.exact import ExactIndex
+        from deepmetric.index.exact import ExactIndex, precision_from_spec
 
-        return ExactIndex(dim=dim, metric=metric, precision="bf16" if "bf16" in tokens[1:] else "float32")
+        return ExactIndex(dim=dim, metric=metric, precision=precision_from_spec(spec))
     if backend == "faiss":
         from deepmetric.index.faiss_backend import FaissIndex
 
@@ -82,8 +80,10 @@ def _make(spec: str, dim: int, metric: str, backend: str) -> VectorIndex:
 def build_index(spec: str, dim: int, metric: str = "cosine", backend: str | None = None, *,
                 num_vectors: int | None = None, memory_budget: int | None = None) -> VectorIndex:
     """An empty index. ``spec``: a faiss factory string (``"IVF4096,PQ32"``), ``"HNSW32"`` (faiss, or
-    hnswlib with ``backend="hnswlib"``), ``"Annoy50"``, ``"Flat"`` with ``backend="exact"`` for our own
-    exact search, or ``"auto"`` (needs ``num_vectors``; see ``choose_spec``).
+    hnswlib with ``backend="hnswlib"``), ``"Annoy50"``, ``"Flat"`` for exact search (our engine; ``"Flat,bf16"``
+    / ``"Flat,float32"`` fix its candidate pass; faiss's flat index with ``backend="faiss"``), or ``"auto"``
+    (needs ``num_vectors``; see ``choose_spec``). ``metric``: "cosine", "dot" or "euclidean" ("ip", "l2" are
+    aliases); every backend takes all three.
 
     Example:
         >>> import numpy as np

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deepmetric.index.base import VectorIndex, format_knobs
+from deepmetric.index.base import VectorIndex, format_knobs, negative_distance
 
 _BUILD_OPTIONS = ("efConstruction",)
 
@@ -51,7 +51,7 @@ class FaissIndex(VectorIndex):
         if getattr(self, "index", None) is not None:
             self.index.reset()  # drops the vectors, keeps what training learnt
             return
-        faiss_metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        faiss_metric = faiss.METRIC_L2 if self.metric == "euclidean" else faiss.METRIC_INNER_PRODUCT
         try:
             index = faiss.index_factory(self.dim, self.factory, faiss_metric)
         except RuntimeError as error:
@@ -203,7 +203,7 @@ class FaissIndex(VectorIndex):
             params = self._search_parameters(self.index, selector)
             distances, labels = self.index.search(q, k, params=params)
             del bits
-        scores = -distances if self.metric == "l2" else distances
+        scores = negative_distance(distances) if self.metric == "euclidean" else distances
         return scores, labels
 
     # ---- persistence --------------------------------------------------------------------------------

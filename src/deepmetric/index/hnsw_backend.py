@@ -1,7 +1,8 @@
 """hnswlib behind the VectorIndex contract. Spec ``"HNSW<M>"`` with optional build options
 ``"HNSW32,efConstruction=200,seed=0"``; query knob ``efSearch``.
 
-hnswlib reports ``1 - dot`` for "ip" and squared distances for "l2"; both are turned back into similarities.
+hnswlib reports ``1 - dot`` in its "ip" space (cosine and dot) and squared distances in its "l2" space
+(euclidean); both are turned back into similarities (minus the distance for euclidean).
 Removal is hnswlib's own ``mark_deleted`` (the slot stays allocated until the index is compacted).
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deepmetric.index.base import VectorIndex, parse_knobs
+from deepmetric.index.base import VectorIndex, negative_distance, parse_knobs
 
 _SPEC = re.compile(r"^HNSW(\d+)$")
 
@@ -47,7 +48,7 @@ class HnswlibIndex(VectorIndex):
         self._clear()
 
     def _space(self) -> str:
-        return "l2" if self.metric == "l2" else "ip"  # cosine inputs arrive normalised
+        return "l2" if self.metric == "euclidean" else "ip"  # cosine inputs arrive normalised
 
     def _clear(self) -> None:
         import hnswlib
@@ -99,7 +100,7 @@ class HnswlibIndex(VectorIndex):
         finally:
             self.graph.set_ef(self.ef_search)
         labels = labels.astype(np.int64)
-        scores = -distances if self.metric == "l2" else 1.0 - distances
+        scores = negative_distance(distances) if self.metric == "euclidean" else 1.0 - distances
         if take < k:
             scores = np.pad(scores, ((0, 0), (0, k - take)), constant_values=-np.inf)
             labels = np.pad(labels, ((0, 0), (0, k - take)), constant_values=-1)

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepmetric.distances import canonical_metric
 from deepmetric.index import _scan
 from deepmetric.types import SearchResult
 from deepmetric.validation import check_positive_int
 
-METRICS = ("cosine", "dot", "euclidean")
+# the candidate pass's arithmetic: "auto" picks bfloat16 where it pays off (checked once per process), "float32"
+# never uses it, "bfloat16" uses it wherever the CPU multiplies it natively and soundly (else float32)
+PRECISIONS = ("auto", "float32", "bfloat16")
 _TILE_COLUMNS = 4096  # gallery items per matrix product: a (1024, 4096) score tile stays in cache for the selection
 _MIN_EXTRA_CANDIDATES = 128  # a query holds up to k + max(k, this) candidates; one that cannot drop to 3/4 of that
 # after a compaction (thousands of tied scores) is searched again with 16x that, or exactly
@@ -76,6 +79,7 @@ def knn(
     query_block_size: int = 1024,
     gallery_block_size: int = 65536,
     device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> SearchResult:
     """Exact top-``k`` neighbours of every query, computed block by block.
 
@@ -106,10 +110,13 @@ def knn(
         query_embeddings: (Q, D) array or tensor.
         gallery_embeddings: (N, D); None means the queries are the gallery.
         k: neighbours per query.
-        metric: "cosine", "dot" or "euclidean".
+        metric: "cosine", "dot" or "euclidean" ("ip" and "l2" are aliases).
         exclude_self: drop query i from its own results (default: True exactly when the gallery is None).
         query_block_size, gallery_block_size: block sizes (results do not depend on them).
         device: torch device for the matrix products; default CUDA when available, else CPU.
+        precision: the candidate pass's arithmetic, one of ``PRECISIONS`` (results do not depend on it):
+            "auto" (bfloat16 where this CPU multiplies it natively, soundly and 1.5x faster than float32),
+            "float32", or "bfloat16" (wherever the CPU multiplies it natively and soundly, else float32).
 
     Example:
         >>> import numpy as np
@@ -117,11 +124,11 @@ def knn(
         >>> knn(x, k=1).ids.tolist()
         [[1], [0], [0]]
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    metric = canonical_metric(metric)
     k = check_positive_int("k", k)
     query_block_size = check_positive_int("query_block_size", query_block_size)
     gallery_block_size = check_positive_int("gallery_block_size", gallery_block_size)
+    precision = check_precision(precision)
     queries = as_embeddings("query_embeddings", query_embeddings)
     same_set = gallery_embeddings is None
     gallery = queries if same_set else as_embeddings("gallery_embeddings", gallery_embeddings,
@@ -130,6 +137,28 @@ def knn(
         exclude_self = same_set
     if exclude_self and not same_set and gallery.shape[0] < queries.shape[0]:
         raise ValueError("exclude_self=True needs the first len(query_embeddings) gallery items to be the queries")
+    return search_prepared(queries, None if same_set else gallery, k=k, metric=metric, exclude_self=exclude_self,
+                           query_block_size=query_block_size, gallery_block_size=gallery_block_size,
+                           device=device, precision=precision)
+
+
+def check_precision(precision: object) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else TypeError / ValueError naming it."""
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be a string, one of {PRECISIONS}, got {type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, metric: str, exclude_self: bool,
+                    query_block_size: int = 1024, gallery_block_size: int = 65536,
+                    device: str | torch.device | None = None, precision: str = "auto") -> SearchResult:
+    """``knn`` on arguments it already checked: C-contiguous finite float32 (Q, D) and (N, D) arrays (gallery
+    None: the queries), a canonical metric, positive ints. For callers that validated their vectors once
+    (``deepmetric.index.ExactIndex``) and search them many times."""
+    same_set = gallery is None
+    gallery = queries if same_set else gallery
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -150,7 +179,7 @@ def knn(
     gallery_np = np.ascontiguousarray(gallery_t.cpu().numpy())
     queries_np = gallery_np[:num_queries] if same_set else np.ascontiguousarray(queries_t.cpu().numpy())
     with torch.inference_mode():
-        fast = _FastPass.build(gallery_t, metric, _fast_dtype(metric, device, num_queries * num_gallery))
+        fast = _FastPass.build(gallery_t, metric, _fast_dtype(metric, device, num_queries * num_gallery, precision))
         cap = k + max(k, _MIN_EXTRA_CANDIDATES)
         tile = min(gallery_block_size, _TILE_COLUMNS)
         euclidean = metric == "euclidean"
@@ -308,14 +337,20 @@ def _view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return buffer[:int(np.prod(shape))].view(shape)
 
 
-@functools.lru_cache(maxsize=None)
-def _bfloat16_pays_off() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (``deepmetric.index.exact.bf16_is_fast``), its bfloat16
-    matrix product is at least 1.5x faster than float32 here, and it stays within the error bound the
-    candidate pass assumes (float32 accumulation, round-to-nearest output)."""
-    from deepmetric.index.exact import bf16_is_fast
+def bf16_is_native() -> bool:
+    """Whether this CPU has bfloat16 matrix units that oneDNN uses (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
-    if not bf16_is_fast():
+
+@functools.cache
+def _bfloat16_is_sound() -> bool:
+    """Whether this CPU multiplies bfloat16 natively and its product stays within the error bound the candidate
+    pass assumes (float32 accumulation, round-to-nearest output), on a small product (checked once per
+    process)."""
+    if not bf16_is_native():
         return False
     generator = torch.Generator().manual_seed(0)
     queries = torch.nn.functional.normalize(torch.randn(512, 128, generator=generator), dim=1)
@@ -327,8 +362,16 @@ def _bfloat16_pays_off() -> bool:
         return False
     exact = queries.double() @ gallery.double().T
     allowed = fast.error(queries, rescored=False)[:, None] + _BFLOAT16_UNIT * scores.abs()
-    if bool(((scores - exact).abs() > allowed).any()):
+    return not bool(((scores - exact).abs() > allowed).any())
+
+
+@functools.cache
+def _bfloat16_pays_off() -> bool:
+    """Whether the bfloat16 pass is sound here and its matrix product at least 1.5x faster than float32."""
+    if not _bfloat16_is_sound():
         return False
+    generator = torch.Generator().manual_seed(0)
+    queries, gallery = torch.randn(512, 128, generator=generator), torch.randn(_TILE_COLUMNS, 128, generator=generator)
     seconds = {}
     for dtype in (torch.float32, torch.bfloat16):
         q, g = queries.to(dtype), gallery.to(dtype)
@@ -340,35 +383,36 @@ def _bfloat16_pays_off() -> bool:
     return seconds[torch.bfloat16] * 1.5 < seconds[torch.float32]
 
 
-def _fast_dtype(metric: str, device: torch.device, work: int) -> torch.dtype:
-    """bfloat16 for cosine/dot on CPUs where it pays off (checked once per process), else float32.
-    Small searches skip the check: they would not gain from it."""
-    if metric == "euclidean" or device.type != "cpu":
+def _fast_dtype(metric: str, device: torch.device, work: int, precision: str) -> torch.dtype:
+    """The candidate pass's dtype for ``precision`` (see ``knn``): float32 always for euclidean and on GPUs;
+    "auto" skips the bfloat16 check for small searches (``work`` = queries x gallery), which would not gain."""
+    if precision == "float32" or metric == "euclidean" or device.type != "cpu":
         return torch.float32
-    if _FORCED_BFLOAT16:
-        return torch.bfloat16
+    if precision == "bfloat16":
+        return torch.bfloat16 if _bfloat16_is_sound() else torch.float32
     if work < _BFLOAT16_MIN_WORK:
         return torch.float32
     return torch.bfloat16 if _bfloat16_pays_off() else torch.float32
 
 
-_FORCED_BFLOAT16 = False  # set only by warm_up
+def candidate_dtype(metric: str, num_queries: int, num_gallery: int, precision: str = "auto",
+                    device: str | torch.device = "cpu") -> str:
+    """The dtype name ("float32" or "bfloat16") a search of this shape would use for its candidate pass."""
+    dtype = _fast_dtype(canonical_metric(metric), torch.device(device), num_queries * num_gallery,
+                        check_precision(precision))
+    return str(dtype).replace("torch.", "")
 
 
 def warm_up() -> None:
     """Compile the selection kernels for every score format and schedule, or load them from numba's on-disk
     cache (``__pycache__`` beside the module, else the user's cache directory). The first search after an
-    install otherwise spends ~30-60 s compiling; ``scripts/setup.sh`` calls this once. Not thread-safe."""
-    global _FORCED_BFLOAT16
+    install otherwise spends ~30-60 s compiling; ``scripts/setup.sh`` calls this once. The bfloat16 kernels
+    are compiled only where the CPU would use them."""
     x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
-    try:
-        for forced in (False, True):
-            _FORCED_BFLOAT16 = forced
-            for metric in ("cosine", "euclidean"):
-                knn(x, k=5, metric=metric, query_block_size=64)
-                knn(x[:50], x, k=5, metric=metric, exclude_self=True, query_block_size=64)
-    finally:
-        _FORCED_BFLOAT16 = False
+    for precision in ("float32", "bfloat16"):
+        for metric in ("cosine", "euclidean"):
+            knn(x, k=5, metric=metric, query_block_size=64, precision=precision)
+            knn(x[:50], x, k=5, metric=metric, exclude_self=True, query_block_size=64, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -387,7 +431,7 @@ class _FastPass:
     squared_norms: torch.Tensor | None  # euclidean: |g|^2 per gallery item
 
     @classmethod
-    def build(cls, gallery_t: torch.Tensor, metric: str, dtype: torch.dtype) -> "_FastPass":
+    def build(cls, gallery_t: torch.Tensor, metric: str, dtype: torch.dtype) -> _FastPass:
         if metric == "euclidean" and dtype != torch.float32:
             raise ValueError(f"euclidean candidates need float32, got {dtype}")
         fast = gallery_t.to(dtype)

@@ -64,12 +64,10 @@ def knob_grid(index: VectorIndex, k: int = 1) -> list[str]:
 
 
 def exact_neighbours(database: np.ndarray, queries: np.ndarray, *, metric: str, k: int = 1) -> np.ndarray:
-    """Positions (Q, k) of the true nearest neighbours, by our exact index."""
-    from deepmetric.index.exact import ExactIndex
+    """Positions (Q, k) of the true nearest neighbours, by the exact engine (ties to the lowest position)."""
+    from deepmetric.index.topk import knn
 
-    exact = ExactIndex(dim=database.shape[1], metric=metric)
-    exact.add(database)
-    return exact.search(queries, k).ids
+    return knn(queries, database, k=k, metric=metric, exclude_self=False).ids
 
 
 def sweep(index: VectorIndex, queries: Any, true_ids: np.ndarray, settings: list[str], *, k: int = 1,
