@@ -4,6 +4,7 @@ same embeddings (precision@1, R-precision, MAP@R, NMI), plus a 1,000,000-item ev
 Each measurement runs in its own subprocess so peak memory (max RSS) is its own. Usage:
     .venv/bin/python bench/eval.py                     # 20k and 100k x 128, then 1M; writes docs/benchmarks/eval.md
     .venv/bin/python bench/eval.py --sizes 5000 --million-queries 0   # quick check
+    .venv/bin/python bench/eval.py --precision float32 --sizes 100000 --million-queries 0  # a CPU without bf16
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(kind: str, n: int, queries: int) -> dict:
+def worker(kind: str, n: int, queries: int, precision: str) -> dict:
     import torch
 
     x, labels = make_data(n)
@@ -50,8 +51,9 @@ def worker(kind: str, n: int, queries: int) -> dict:
 
         start = time.perf_counter()
         max_r = R._max_r(labels, None, None)
-        nb = R.search_neighbours(x, labels, k=max_r)
-        values = {"precision_at_1": R.precision_from_neighbours(nb, 1), "r_precision": R.r_precision_from_neighbours(nb),
+        nb = R.search_neighbours(x, labels, k=max_r, precision=precision)
+        values = {"precision_at_1": R.precision_from_neighbours(nb, 1),
+                  "r_precision": R.r_precision_from_neighbours(nb),
                   "mean_average_precision_at_r": R.map_at_r_from_neighbours(nb)}
         seconds = time.perf_counter() - start
         from sklearn.cluster import KMeans
@@ -84,8 +86,9 @@ def worker(kind: str, n: int, queries: int) -> dict:
         start = time.perf_counter()
         gallery, gallery_labels = x[q:], labels[q:]
         max_r = R._max_r(labels[:q], gallery, gallery_labels)
-        nb = R.search_neighbours(x[:q], labels[:q], gallery, gallery_labels, k=max_r)
-        values = {"precision_at_1": R.precision_from_neighbours(nb, 1), "r_precision": R.r_precision_from_neighbours(nb),
+        nb = R.search_neighbours(x[:q], labels[:q], gallery, gallery_labels, k=max_r, precision=precision)
+        values = {"precision_at_1": R.precision_from_neighbours(nb, 1),
+                  "r_precision": R.r_precision_from_neighbours(nb),
                   "mean_average_precision_at_r": R.map_at_r_from_neighbours(nb), "k": max_r}
         seconds = time.perf_counter() - start
     else:
@@ -94,12 +97,14 @@ def worker(kind: str, n: int, queries: int) -> dict:
 
     return {"seconds": seconds, "values": {k: float(v) for k, v in values.items()},
             "peak_mb": peak_mb(), "data_mb": base, "load": os.getloadavg()[0],
-            "candidate_pass": str(topk._fast_dtype("cosine", torch.device("cpu"), n * n)).replace("torch.", "")}
+            "candidate_pass": topk.candidate_dtype("cosine", n, n, precision)}
 
 
-def run(kind: str, n: int, queries: int = 0) -> dict | None:
-    command = [sys.executable, __file__, "--worker", kind, "--n", str(n), "--queries", str(queries)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def run(kind: str, n: int, queries: int = 0, precision: str = "auto") -> dict | None:
+    command = [sys.executable, __file__, "--worker", kind, "--n", str(n), "--queries", str(queries),
+               "--precision", precision]
+    done = subprocess.run(command, check=False, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         print(f"{kind} at {n} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -115,9 +120,11 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--n", type=int)
     parser.add_argument("--queries", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="deepmetric's candidate pass; float32 measures a CPU without bf16 matrix units")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.queries)))
+        print(json.dumps(worker(args.worker, args.n, args.queries, args.precision)))
         return
     import torch
 
@@ -137,7 +144,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     metric_names = ("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI")
     for n in args.sizes:
-        ours = run("ours", n)
+        ours = run("ours", n, precision=args.precision)
         pml = run("pml", n)
         for name, result in (("deepmetric", ours), ("pml 2.9", pml)):
             if result is None:
@@ -148,12 +155,14 @@ def main() -> None:
                 diff = f"{max(abs(ours['values'][m] - pml['values'][m]) for m in metric_names):.1e}"
             speed = f"{pml['seconds'] / ours['seconds']:.1f}x" if (name == "deepmetric" and pml) else ""
             v = result["values"]
+            if name == "deepmetric":
+                name = f"deepmetric ({result['candidate_pass']} pass)"
             lines.append(f"| {n:,} | {name} | {result['seconds']:.1f} | {speed} | {result['peak_mb']:.0f} | "
                          f"{result['data_mb']:.0f} | {v['precision_at_1']:.6f} | {v['r_precision']:.6f} | "
                          f"{v['mean_average_precision_at_r']:.6f} | {v['NMI']:.6f} | {diff} | {result['load']:.1f} |")
             print(lines[-1], flush=True)
     if args.million_queries:
-        result = run("million", args.million, args.million_queries)
+        result = run("million", args.million, args.million_queries, args.precision)
         lines += ["", f"## {args.million:,} items", "",
                   f"{args.million_queries:,} queries against a gallery of {args.million - args.million_queries:,} "
                   "128-d embeddings (exact, blocked; the N x N score matrix would need "

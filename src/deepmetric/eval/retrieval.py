@@ -82,8 +82,10 @@ def search_neighbours(
     own_ids=None,
     query_block_size: int = 1024,
     gallery_block_size: int = 65536,
+    precision: str = "auto",
 ) -> Neighbours:
     """Top-``k`` neighbours with their label matches, exactly (blocked matmul) or through ``index``.
+    ``precision``: the exact search's candidate pass (``deepmetric.index.topk.knn``; results do not depend on it).
 
     ``index`` is any object with ``search(queries, k) -> SearchResult`` holding the gallery under ids
     0..N-1 (e.g. a ``deepmetric.index`` VectorIndex). ``own_ids`` (Q,), with a separate gallery: the
@@ -117,10 +119,10 @@ def search_neighbours(
         result = SearchResult(np.asarray(result.scores, np.float32), np.asarray(result.ids, np.int64))
     elif same_set:  # the symmetric search leaves each query out of its own list itself
         own, result = None, knn(queries, None, k=k, metric=metric, query_block_size=query_block_size,
-                                gallery_block_size=gallery_block_size)
+                                gallery_block_size=gallery_block_size, precision=precision)
     else:
         result = knn(queries, gallery, k=wanted, metric=metric, exclude_self=False,
-                     query_block_size=query_block_size, gallery_block_size=gallery_block_size)
+                     query_block_size=query_block_size, gallery_block_size=gallery_block_size, precision=precision)
     if own is not None:
         result = drop_own(result, own)
     result = SearchResult(result.scores[:, :k], result.ids[:, :k])
