@@ -34,7 +34,9 @@ def create_app(gallery: Gallery, *, api_key: str | None = None, protect_reads: b
             a service bound to loopback; ``deepmetric serve`` always sets one).
         protect_reads: require the key for reads (embed, verify, identify, listing) too.
         max_upload_bytes: larger request bodies are refused with 413 before they are read.
-        max_pixels: larger images are refused from their header, before decoding (decompression bombs).
+        max_pixels: larger images are refused from their header, before decoding (decompression bombs). The
+            model decodes with its own limit too (a face model's ``max_pixels``, otherwise the decoder's default
+            of 40 megapixels), so the lower of the two applies.
         max_files: most images accepted in one enrolment.
     """
     if not isinstance(gallery, Gallery):

@@ -14,6 +14,7 @@ from fastapi.exceptions import HTTPException
 from deepmetric.data.images import load_image
 from deepmetric.faces.detection import NoFaceError
 from deepmetric.gallery.gallery import Gallery, encode_image
+from deepmetric.models.protocol import FaceModel
 from deepmetric.service.settings import API_KEY_HEADER, ServiceSettings
 
 
@@ -105,7 +106,7 @@ def faces_in(gallery: Gallery, settings: ServiceSettings, data: bytes, *, all_fa
     model = require_model(gallery)
     image = load_image(data, max_pixels=settings.max_pixels)
     height, width = image.shape[:2]
-    if hasattr(model, "detector"):
+    if isinstance(model, FaceModel):
         found = model.embed(image, all_faces=all_faces)
         if not found.faces:
             raise NoFaceError("no face found in the image")

@@ -20,7 +20,8 @@ class ServiceSettings:
             disables the check (only for a service bound to loopback; ``deepmetric serve`` always sets one).
         protect_reads: require the key for reads (embed, verify, identify, listing) too.
         max_upload_bytes: larger request bodies are refused with 413 before they are read.
-        max_pixels: larger images are refused from their header, before decoding (decompression bombs).
+        max_pixels: larger images are refused from their header, before decoding (decompression bombs); the
+            model's own limit applies as well.
         max_files: most images accepted in one request.
     """
 

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from deepmetric.gallery.model import describe
 from deepmetric.gallery.store import GalleryError
+from deepmetric.models.protocol import FaceModel
 from deepmetric.service.dependencies import GalleryDep, SettingsDep
 from deepmetric.service.metrics import METRICS_MEDIA_TYPE
 
@@ -28,7 +29,7 @@ def health(gallery: GalleryDep, settings: SettingsDep) -> dict[str, Any]:
             "embedding_dim": gallery.embedding_dim,
             "model": describe(gallery.store.model_config, gallery.embedding_dim),
             "model_stamp": gallery.store.model_stamp[:12], "accepts_images": model is not None,
-            "detects_faces": hasattr(model, "detector"), "threshold": threshold,
+            "detects_faces": isinstance(model, FaceModel), "threshold": threshold,
             "protect_reads": settings.protect_reads, "index": gallery.index.info()}
 
 
