@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmetric.data.images import load_image
+
 
 def _figure(width: float = 5.5, height: float = 4.0):
     import matplotlib
@@ -164,8 +166,6 @@ def plot_embedding_map(embeddings, labels, path, *, max_points: int = 3000, seed
 def plot_retrieval_grid(paths, labels, neighbour_ids, path, *, num_queries: int = 6, top: int = 5,
                         seed: int = 0) -> Path:
     """Query images (left column) and their top-``top`` results; correct results framed green, wrong red."""
-    from PIL import Image
-
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(neighbour_ids), min(num_queries, len(neighbour_ids)), replace=False)
@@ -183,8 +183,7 @@ def plot_retrieval_grid(paths, labels, neighbour_ids, path, *, num_queries: int 
             ax.set_yticks([])
             if item < 0:
                 continue
-            with Image.open(paths[item]) as image:
-                ax.imshow(np.asarray(image.convert("RGB")))
+            ax.imshow(load_image(paths[item]))  # upright, as the model saw it
             if c == 0:
                 ax.set_title("query", fontsize=8)
                 colour = "black"
