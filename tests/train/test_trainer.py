@@ -9,8 +9,10 @@ import torch
 from deepmetric.config import load_config
 from deepmetric.io import FOLDER_MARKER, load_weights
 from deepmetric.train.checkpoint import load_checkpoint_state
-from deepmetric.train.pipelines import build_experiment, train
-from deepmetric.train.trainer import SeededBatches, SeededDataset, Trainer, TrainingOutOfMemory
+from deepmetric.train.data import SeededBatches, SeededDataset
+from deepmetric.train.device import TrainingOutOfMemory
+from deepmetric.train.pipelines import build_experiment, retrieval_metrics, train
+from deepmetric.train.trainer import Trainer
 
 
 def weights(folder):
@@ -143,8 +145,40 @@ def test_seeded_items_do_not_depend_on_workers_or_skipping(num_workers):
 
 def test_empty_training_set_is_named(tmp_path, digits_config):
     config = load_config(digits_config(), ["data.train.args.classes=[]"])
-    with pytest.raises(ValueError, match="classes|empty"):
+    with pytest.raises(ValueError, match=r"classes|empty"):
         train(config)
+
+
+def test_periodic_evaluation_encodes_with_the_model_and_honours_query_and_gallery_flags(tmp_path, digits_config):
+    """The trainer's evaluation is ``Embedder.encode`` + the retrieval evaluator on the table's is_query rows
+    against its is_gallery rows; it differs from every row against every other."""
+    from PIL import Image
+
+    from deepmetric import registry
+
+    rng = np.random.default_rng(1)
+    rows = ["path,label,is_query,is_gallery"]
+    for i in range(36):
+        label = i % 4
+        pixels = np.clip(rng.normal(60 * label, 40, size=(16, 16)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},{int(i % 3 != 0)},{int(i % 3 != 1)}")
+    (tmp_path / "eval.csv").write_text("\n".join(rows) + "\n")
+    config = load_config(digits_config())
+    config["data"]["eval"] = {"name": "csv", "args": {"table": str(tmp_path / "eval.csv"), "image_size": 16,
+                                                      "channels": 1}}
+    experiment = build_experiment(config)
+    trainer = Trainer(config, model=experiment.model, loss=experiment.loss, train_dataset=experiment.train_dataset,
+                      batch_sampler=experiment.batch_sampler, miner=experiment.miner,
+                      eval_dataset=experiment.eval_dataset, evaluate=retrieval_metrics([1, 5]))
+    metrics = trainer.evaluate()
+    dataset = registry.build(config["data"]["eval"], "dataset")
+    embeddings = experiment.model.encode(dataset, batch_size=7)
+    evaluator = retrieval_metrics([1, 5])
+    expected = evaluator(embeddings, dataset.labels, is_query=dataset.is_query, is_gallery=dataset.is_gallery)
+    assert metrics == pytest.approx(expected)
+    assert metrics["retrieval/num_queries"] == 24
+    assert evaluator(embeddings, dataset.labels)["retrieval/num_queries"] == 36
 
 
 def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path, digits_config):
@@ -161,4 +195,5 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path, digits_config):
     best = load_checkpoint_state(tmp_path / "run" / "checkpoints" / "best")
     assert best["step"] == summary["best_step"]
     published = load_weights(tmp_path / "run" / "model" / "model.safetensors")  # output_dir/model is the best
-    assert torch.equal(published["neck.linear.weight"], weights(tmp_path / "run" / "checkpoints" / "best")["neck.linear.weight"])
+    best_weights = weights(tmp_path / "run" / "checkpoints" / "best")
+    assert torch.equal(published["neck.linear.weight"], best_weights["neck.linear.weight"])

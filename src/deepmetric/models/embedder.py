@@ -7,6 +7,7 @@ folder can never make deepmetric run code, and an unknown architecture is refuse
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -211,7 +212,7 @@ class Embedder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, inputs: Any, *, batch_size: int = 256, device: str | torch.device | None = None,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, mixed_precision: bool = False) -> np.ndarray:
         """Embed ``inputs`` in evaluation mode, without gradients, in batches, on ``device`` (default: the
         model's accelerator, else CUDA when available, else CPU).
 
@@ -220,6 +221,9 @@ class Embedder(nn.Module):
         encoded bytes, a binary stream or a PIL image), or a list of such images and uint8 arrays. Images
         are decoded by ``deepmetric.data.images.load_image`` (EXIF orientation applied), then the stored
         preprocessing is applied.
+
+        ``mixed_precision`` runs the network under float16 autocast on CUDA, as the trainer does (ignored on
+        other devices; rows then have unit length to float16 precision).
 
         Returns:
             float32 array (N, embedding_dim) of unit-length rows.
@@ -240,8 +244,12 @@ class Embedder(nn.Module):
                 from tqdm.auto import tqdm
 
                 batches = tqdm(batches, desc="embedding", unit="batch")
+            autocast = (torch.autocast("cuda", dtype=torch.float16) if mixed_precision and target.type == "cuda"
+                        else contextlib.nullcontext())
             for batch in batches:
-                outputs.append(self(batch.to(target, non_blocking=True)).float().cpu().numpy())
+                with autocast:
+                    output = self(batch.to(target, non_blocking=True))
+                outputs.append(output.float().cpu().numpy())
         finally:
             self.train(was_training).to(original)
         if not outputs:

@@ -6,7 +6,7 @@ from deepmetric.train.schedules import AdamWOptimizer, ConstantSchedule, SGDOpti
 __all__ = ["AdamWOptimizer", "ConstantSchedule", "SGDOptimizer", "WarmupCosineSchedule", "train"]
 
 
-def train(config, *, resume=False, overwrite=False, step_callbacks=None):  # noqa: ANN001, ANN201
+def train(config, *, resume=False, overwrite=False, step_callbacks=None):
     """``deepmetric.train.pipelines.train``, imported on first use so that this package stays light."""
     from deepmetric.train.pipelines import train as _train
 

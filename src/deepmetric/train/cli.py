@@ -19,7 +19,7 @@ def user_errors() -> Iterator[None]:
     exit code 2; anything else is a bug and keeps its traceback."""
     from rich.console import Console
 
-    from deepmetric.train.trainer import TrainingOutOfMemory
+    from deepmetric.train.device import TrainingOutOfMemory
 
     try:
         yield
@@ -104,12 +104,11 @@ def register(app: typer.Typer) -> None:
             embedder = Embedder.load(model, device=device)
             embeddings = embedder.encode([str(f) for f in files], batch_size=batch_size, device=device,
                                          progress=len(files) > batch_size)
-            with atomic_path(output) as tmp:
-                with open(tmp, "wb") as handle:
-                    if output.suffix == ".npz":
-                        np.savez(handle, embeddings=embeddings, paths=np.array([str(f) for f in files]))
-                    else:
-                        np.save(handle, embeddings)
+            with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+                if output.suffix == ".npz":
+                    np.savez(handle, embeddings=embeddings, paths=np.array([str(f) for f in files]))
+                else:
+                    np.save(handle, embeddings)
         typer.echo(f"wrote {embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} to {output}")
 
     @app.command("quickstart")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepmetric.train.data import ShuffledBatches
+from deepmetric.train.device import resolve_device
 from deepmetric.train.distributed import DistributedContext, init_distributed
-from deepmetric.train.trainer import Trainer, TrainResult, resolve_device
+from deepmetric.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -111,32 +113,6 @@ def build_experiment(config: Mapping[str, Any], *, context: DistributedContext |
     return Experiment(config, train_dataset, eval_dataset, model, loss, miner, batch_sampler)
 
 
-class ShuffledBatches:
-    """Batches of a fresh permutation each epoch (a pure function of seed and epoch), split across ranks;
-    the batch sampler of the pair and triplet modes, whose items are already pairs or triplets."""
-
-    def __init__(self, num_items: int, *, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
-        if num_items < batch_size * num_replicas:
-            raise ValueError(f"the data set has {num_items} items, fewer than one batch of train.batch_size="
-                             f"{batch_size} x {num_replicas} processes; lower train.batch_size")
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_items // (self.batch_size * self.num_replicas)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
-        step = self.batch_size * self.num_replicas
-        for start in range(0, len(self) * step, step):
-            first = start + self.rank * self.batch_size
-            yield order[first:first + self.batch_size].tolist()
-
-
 def _tuple_dataset(config: Mapping[str, Any], dataset: Any) -> Any:
     """Pairs (``(first, second, same)``) or triplets drawn from a labelled data set, redrawn each epoch;
     a data set whose items already are pairs/triplets (no ``labels`` attribute) is used as it is."""
@@ -149,20 +125,13 @@ def _tuple_dataset(config: Mapping[str, Any], dataset: Any) -> Any:
     return TripletDataset(dataset, seed=config["seed"])
 
 
-def retrieval_metrics(k: list[int] | tuple[int, ...] = (1, 5)) -> Callable[[np.ndarray, np.ndarray], dict[str, float]] | None:
-    """``(embeddings, labels) -> {"retrieval/...": value}`` on held-out classes, every item a query against
-    all others (deepmetric.eval's RetrievalEvaluator)."""
-    try:
-        from deepmetric.eval import RetrievalEvaluator
-    except ImportError:
-        log.warning("deepmetric.eval is not available: training runs without periodic evaluation")
-        return None
-    evaluator = RetrievalEvaluator(ks=tuple(k))
+def retrieval_metrics(k: list[int] | tuple[int, ...] = (1, 5)) -> Callable[..., dict[str, float]]:
+    """The periodic evaluation: ``(embeddings, labels, **flags) -> {"retrieval/...": value}`` on held-out
+    classes, every item a query against all others, or the ``is_query`` rows against the ``is_gallery`` rows
+    when the data set has those flags (the registry's ``retrieval`` evaluator)."""
+    from deepmetric import registry
 
-    def evaluate(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return dict(evaluator(embeddings, labels))
-
-    return evaluate
+    return registry.build({"name": "retrieval", "args": {"ks": list(k)}}, "evaluator")
 
 
 def prepare_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:

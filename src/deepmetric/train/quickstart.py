@@ -135,9 +135,8 @@ def evaluate_unseen(model: torch.nn.Module, dataset: Any, *,
     """Recall@1 and MAP@R (every test item a query against the others) and verification accuracy on the
     unseen classes; returns (metrics, embeddings, labels)."""
     from deepmetric.eval import RetrievalEvaluator, VerificationEvaluator
-    from deepmetric.train.trainer import encode_dataset
 
-    embeddings, labels = encode_dataset(model, dataset, batch_size=512, device=device)
+    embeddings, labels = model.encode(dataset, batch_size=512, device=device), np.asarray(dataset.labels)
     metrics = dict(RetrievalEvaluator(ks=(1, 5))(embeddings, labels))
     # Pair caps and few bootstrap rounds keep this to seconds; the accuracy itself uses every sampled pair.
     verification = VerificationEvaluator(max_genuine_pairs=20_000, max_impostor_pairs=100_000, num_bootstrap=0,
@@ -191,7 +190,8 @@ def _prepare(out_dir: Path) -> None:
     """Start from an empty folder; only a previous quickstart's output is ever deleted."""
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / REPORT_FILE).is_file() and not (out_dir / "checkpoints").is_dir():
-            raise FileExistsError(f"{out_dir} is not empty and holds no earlier quickstart run; pass --out <new folder>")
+            raise FileExistsError(f"{out_dir} is not empty and holds no earlier quickstart run; "
+                                  f"pass --out <new folder>")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -206,8 +206,8 @@ def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 
     from rich.table import Table
 
     from deepmetric.io import write_json
+    from deepmetric.train.device import resolve_device
     from deepmetric.train.pipelines import build_embedder_for, seed_everything
-    from deepmetric.train.trainer import resolve_device
 
     console = Console()
     started = time.perf_counter()
@@ -246,8 +246,8 @@ def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 
         steps = max(min_steps, int(per_model / step_seconds * 0.9))
         budget = max(per_model, 1.2 * min_steps * step_seconds)
         config = dict(config, train=dict(config["train"], max_minutes=budget / 60))
-        console.print(f"training the {'metric-learning model (multi-similarity loss)' if key == 'metric' else 'softmax baseline'}"
-                      f": ~{steps} steps of {step_seconds:.2f} s")
+        what = "metric-learning model (multi-similarity loss)" if key == "metric" else "softmax baseline"
+        console.print(f"training the {what}: ~{steps} steps of {step_seconds:.2f} s")
         # The cosine schedule is sized to the steps that fit in the time budget.
         trainer = _trainer(dict(config, train=dict(config["train"], steps=steps)), data)
         result = trainer.fit()
@@ -255,7 +255,8 @@ def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 
         metrics, embeddings, _ = evaluate_unseen(model, data.test, device=device)
         results[key] = {"model": model, "result": result, "metrics": metrics, "embeddings": embeddings}
 
-    plot_path = plot_embedding_map({"untrained": untrained_embeddings, "softmax baseline": results["softmax"]["embeddings"],
+    plot_path = plot_embedding_map({"untrained": untrained_embeddings,
+                                    "softmax baseline": results["softmax"]["embeddings"],
                                     "metric learning": results["metric"]["embeddings"]}, test_labels,
                                    out_dir / "embedding_map.png", seed=seed)
     rows = [("untrained network", untrained_metrics, 0, 0.0),

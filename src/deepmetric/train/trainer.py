@@ -2,7 +2,9 @@
 periodic evaluation on held-out classes, best/last checkpoints, exact resume, logs and a clean Ctrl-C.
 
 It reads top to bottom: ``fit`` runs ``_train_step`` until the step budget is spent; everything that makes a
-run resumable (sampler position, RNGs, optimizer, scheduler, loss/miner state) lives in ``_state_dict``.
+run resumable (sampler position, RNGs, optimizer, scheduler, loss/miner state) lives in ``_state_dict``. What a
+step computes is ``train.computation``, the resumable batches ``train.data``, the logs ``train.logs`` and the
+device and out-of-memory handling ``train.device``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextlib
 import csv
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -25,265 +26,26 @@ import torch
 from torch import nn
 
 from deepmetric.train.checkpoint import (
-    MODEL_DIR, load_checkpoint_state, load_module_state, rng_state, save_checkpoint, set_rng_state,
+    MODEL_DIR,
+    load_checkpoint_state,
+    load_module_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
-from deepmetric.train.distributed import DistributedContext, gather_with_grad
-from deepmetric.types import Pairs, Triplets
+from deepmetric.train.computation import LossComputation
+from deepmetric.train.data import SeededBatches, SeededDataset
+from deepmetric.train.device import (
+    TrainingOutOfMemory,
+    batch_size_of,
+    is_out_of_memory,
+    out_of_memory_message,
+    resolve_device,
+)
+from deepmetric.train.distributed import DistributedContext
+from deepmetric.train.logs import CsvLog, tensorboard_writer
 
 log = logging.getLogger(__name__)
-
-_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
-
-
-class TrainingOutOfMemory(RuntimeError):
-    """A batch did not fit in memory; the message says which settings make it smaller."""
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _OOM_MARKERS)
-
-
-def out_of_memory_message(batch_size: int | None, device: torch.device) -> str:
-    size = f"a batch of {batch_size} items" if batch_size else "a batch"
-    return (f"out of memory on {device} with {size}. Use a smaller batch: lower sampler.args.classes_per_batch "
-            f"or sampler.args.samples_per_class (e.g. --set sampler.args.classes_per_batch=8), or a smaller "
-            f"data image_size / model; train.accumulation_steps keeps the effective batch for the optimizer.")
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``"auto"``/None: CUDA when present, else CPU; otherwise the named device (an error if absent)."""
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was requested but CUDA is not available; use device: auto or cpu")
-    return device
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-@contextlib.contextmanager
-def _seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed Python, numpy and torch for one batch's augmentations, then put the previous states back, so
-    a batch's augmentations depend only on (run seed, rank, epoch, batch number) and never on which worker
-    process loads it or on what ran before: the key to exact resume mid-epoch."""
-    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
-
-
-class SeededDataset(torch.utils.data.Dataset):
-    """Wraps a data set so that a batch of items ``(index, seed)`` is loaded under its seed. A data set
-    whose augmentations use a private generator can expose ``reseed(seed)`` to take part."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        return self.__getitems__([item])[0]
-
-    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
-        # A DataLoader hands a whole batch to one worker; seeding once per batch (items carry their batch's
-        # seed) keeps the cost of seeding negligible next to loading.
-        seed = items[0][1]
-        with _seeded_rngs(seed):
-            reseed = getattr(self.dataset, "reseed", None)
-            if callable(reseed):
-                reseed(seed)
-            return [self.dataset[index] for index, _ in items]
-
-
-class SeededBatches:
-    """Batch sampler adapter: yields ``[(index, batch seed), ...]`` from an inner batch sampler, skipping the
-    first ``skip`` batches of the epoch (a resumed run continues where the checkpoint left off)."""
-
-    def __init__(self, batch_sampler: Any, *, seed: int, rank: int = 0) -> None:
-        self.batch_sampler = batch_sampler
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.epoch = 0
-        self.skip = 0
-
-    def __len__(self) -> int:
-        return max(0, len(self.batch_sampler) - self.skip)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        skip, self.skip = self.skip, 0
-        for number, batch in enumerate(self.batch_sampler):
-            if number < skip:
-                continue
-            seed = int(np.random.SeedSequence([self.seed, self.rank, self.epoch, number]).generate_state(1)[0])
-            yield [(int(index), seed) for index in batch]
-
-
-def _batch_size(batch: Any) -> int:
-    first = batch[0]
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) else len(first)
-
-
-def encode_dataset(model: nn.Module, dataset: torch.utils.data.Dataset, *, batch_size: int = 256,
-                   device: torch.device | None = None, num_workers: int = 0,
-                   indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N, D) float32 and labels (N,) int64 of a labelled data set, in data-set order."""
-    device = device or next(model.parameters()).device
-    subset = dataset if indices is None else torch.utils.data.Subset(dataset, indices.tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         generator=torch.Generator())
-    was_training = model.training
-    model.eval()
-    embeddings, labels = [], []
-    try:
-        with torch.no_grad():
-            for images, batch_labels in loader:
-                with _autocast(device):
-                    output = model(images.to(device))
-                embeddings.append(output.float().cpu().numpy())
-                labels.append(np.asarray(batch_labels, dtype=np.int64))
-    finally:
-        model.train(was_training)
-    if not embeddings:
-        raise ValueError(f"cannot evaluate on an empty data set ({type(dataset).__name__} has no items)")
-    return np.concatenate(embeddings), np.concatenate(labels)
-
-
-def _autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-# ------------------------------------------------------------------------------------------------ loss
-
-
-class LossComputation(nn.Module):
-    """Model + miner + loss in one module, so that DistributedDataParallel sees (and averages the gradient
-    of) the loss's own parameters too, e.g. class centres.
-
-    ``mode="labels"``: batches of (images, labels); with several processes the embeddings and labels are
-    gathered from every rank, so the miner and the loss see the global batch (many losses, e.g. proxy
-    anchor or multi-similarity, are not means over samples, so local losses would not add up to it). The
-    loss is multiplied by the world size because DDP averages gradients while each rank holds the gradient
-    of its own slice only; the loss's own parameters (class centres) see the whole batch on every rank, so
-    the trainer divides their averaged gradient by the world size again.
-    ``mode="pairs"``: batches of (first, second, same) train from pair labels alone; ``mode="triplets"``:
-    batches of (anchor, positive, negative) images. Both feed one shared network (a Siamese/triplet net).
-    A cross-batch-memory miner (one with ``ref_embeddings``) adds ``memory_weight`` times the loss of the
-    batch against the memory to the in-batch loss.
-    """
-
-    def __init__(self, model: nn.Module, loss: nn.Module, *, miner: nn.Module | None = None, mode: str = "labels",
-                 mixed_precision: bool = True, world_size: int = 1, memory_weight: float = 1.0) -> None:
-        super().__init__()
-        if mode not in ("labels", "pairs", "triplets"):
-            raise ValueError(f"mode must be 'labels', 'pairs' or 'triplets', got {mode!r}")
-        self.model = model
-        self.loss = loss
-        self.miner = miner
-        self.mode = mode
-        self.mixed_precision = mixed_precision
-        self.world_size = world_size
-        self.gather = world_size > 1 and mode == "labels"  # pair/triplet batches: local means average exactly
-        self.uses_memory = miner is not None and hasattr(miner, "ref_embeddings")
-        self.memory_weight = float(memory_weight)
-        self.memory_active = True  # the trainer switches it on at train.memory_start_step
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        with _autocast(images.device, self.mixed_precision):
-            return self.model(images).float()
-
-    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        if self.mode == "labels":
-            images, labels = batch
-            return self._labels_loss(self.embed(images), labels)
-        groups = batch[:2] if self.mode == "pairs" else batch
-        embeddings = self.embed(torch.cat(groups))
-        size = groups[0].shape[0]
-        index = torch.arange(size, device=embeddings.device)
-        # Stand-in labels that encode nothing but the given relations (pair i's members share label i when
-        # they are "same"); only the mined tuples below enter the loss, so no identity is ever used.
-        if self.mode == "pairs":
-            same = batch[2].to(embeddings.device).bool()
-            mined: Pairs | Triplets = Pairs(index[same], index[same] + size, index[~same], index[~same] + size)
-            labels = torch.cat([index, torch.where(same, index, index + size)])
-        else:
-            mined = Triplets(index, index + size, index + 2 * size)
-            labels = torch.cat([index, index, index + size])
-        return self.loss(embeddings, labels, mined=mined)
-
-    def _labels_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        scale = 1.0
-        if self.gather:
-            embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
-            scale = float(self.world_size)
-        if self.miner is None:
-            return self.loss(embeddings, labels) * scale
-        mined = self.miner(embeddings, labels)
-        if not self.uses_memory:
-            return self.loss(embeddings, labels, mined=mined) * scale
-        # Cross-batch memory (Wang et al. 2020): the in-batch loss plus the batch-vs-memory loss, the latter
-        # once the stored features have stopped drifting fast (after ``memory_start_step``).
-        value = self.loss(embeddings, labels)
-        if self.memory_active:
-            value = value + self.memory_weight * self.loss(embeddings, labels, mined=mined,
-                                                           ref_embeddings=self.miner.ref_embeddings,
-                                                           ref_labels=self.miner.ref_labels)
-        return value * scale
-
-
-# ------------------------------------------------------------------------------------------------ logs
-
-
-class CsvLog:
-    """Rows appended to a CSV file; on resume, rows past the checkpoint's step are dropped first so the log
-    reads as one run."""
-
-    def __init__(self, path: Path, fields: list[str]) -> None:
-        self.path = path
-        self.fields = fields
-
-    def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        with open(self.path, newline="") as handle:
-            rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
-        with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        new = not self.path.is_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in self.fields})
-
-
-def _tensorboard_writer(folder: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional (the "log" extra)
-        log.info("tensorboard is not installed; logging to CSV only")
-        return None
-    return SummaryWriter(log_dir=str(folder))
-
-
-# ------------------------------------------------------------------------------------------------ trainer
 
 
 @dataclass
@@ -327,8 +89,10 @@ class Trainer:
         batch_sampler: yields lists of indices (e.g. ``PKSampler``); ``set_epoch`` and ``state_dict`` are
             used when present.
         miner: optional miner called on each batch.
-        eval_dataset: held-out classes for periodic evaluation (optional).
-        evaluate: ``(embeddings, labels) -> dict[str, float]``; must contain ``config["eval"]
+        eval_dataset: held-out classes for periodic evaluation (optional): ``(image, label)`` items, a ``labels``
+            attribute, and optionally ``is_query`` / ``is_gallery`` flags per item.
+        evaluate: ``(embeddings, labels, **flags) -> dict[str, float]``, called with the data set's
+            ``is_query`` / ``is_gallery`` flags when it has them; must contain ``config["eval"]
             ["primary_metric"]`` (higher is better).
         device: where to train; default from ``config["device"]``.
         context: the distributed context (single process by default).
@@ -354,6 +118,9 @@ class Trainer:
         self.loss = loss.to(self.device)
         self.miner = miner.to(self.device) if miner is not None else None
         self.train_dataset = train_dataset
+        if eval_dataset is not None and getattr(eval_dataset, "labels", None) is None:
+            raise ValueError(f"the evaluation data set {type(eval_dataset).__name__} has no 'labels' attribute; "
+                             f"periodic evaluation needs one label per item")
         self.eval_dataset = eval_dataset
         self.evaluate_fn = evaluate
         self.batch_sampler = batch_sampler
@@ -389,7 +156,8 @@ class Trainer:
             generator=torch.Generator())  # a private generator: loaders must not consume the global RNG
         self._stop_requested = False
         self._last_saved_step: int | None = None
-        self.train_log = CsvLog(self.output_dir / "train_log.csv", ["step", "epoch", "loss", "lr", "grad_norm", "seconds"])
+        self.train_log = CsvLog(self.output_dir / "train_log.csv",
+                                ["step", "epoch", "loss", "lr", "grad_norm", "seconds"])
         self.eval_log: CsvLog | None = None
         self.last_metrics: dict[str, float] = {}
 
@@ -478,9 +246,8 @@ class Trainer:
             for part in (self.batch_sampler, self.train_dataset):
                 if hasattr(part, "set_epoch"):
                     part.set_epoch(self.progress.epoch)
-            if not resumed:
-                if hasattr(self.batch_sampler, "state_dict"):
-                    self.progress.sampler_epoch_state = self.batch_sampler.state_dict()
+            if not resumed and hasattr(self.batch_sampler, "state_dict"):
+                self.progress.sampler_epoch_state = self.batch_sampler.state_dict()
             resumed = False
             self.seeded_batches.epoch = self.progress.epoch
             self.seeded_batches.skip = self.progress.batch_in_epoch
@@ -520,7 +287,7 @@ class Trainer:
                     self.scaler.scale(value).backward()
             except (RuntimeError, MemoryError) as error:
                 if is_out_of_memory(error):
-                    raise TrainingOutOfMemory(out_of_memory_message(_batch_size(batch), self.device)) from error
+                    raise TrainingOutOfMemory(out_of_memory_message(batch_size_of(batch), self.device)) from error
                 raise
             if not torch.isfinite(value):
                 raise FloatingPointError(f"the loss became {value.item()} at step {self.progress.step}; lower "
@@ -553,12 +320,19 @@ class Trainer:
         if self.eval_dataset is None or self.evaluate_fn is None:
             return {}
         limit = self.config["data"].get("max_eval_samples")
-        indices = None
-        if limit is not None and limit < len(self.eval_dataset):
-            indices = np.sort(np.random.default_rng(self.config["seed"]).permutation(len(self.eval_dataset))[:limit])
-        embeddings, labels = encode_dataset(self.model, self.eval_dataset, batch_size=self.config["data"]["eval_batch_size"],
-                                            device=self.device, indices=indices)
-        metrics = {k: float(v) for k, v in self.evaluate_fn(embeddings, labels).items()}
+        rows = np.arange(len(self.eval_dataset))
+        if limit is not None and limit < len(rows):
+            rows = np.sort(np.random.default_rng(self.config["seed"]).permutation(len(rows))[:limit])
+        subset = torch.utils.data.Subset(self.eval_dataset, rows.tolist())
+        embeddings = self.model.encode(subset, batch_size=self.config["data"]["eval_batch_size"], device=self.device,
+                                       mixed_precision=self.mixed_precision)
+        if len(embeddings) == 0:
+            raise ValueError(f"cannot evaluate on an empty data set ({type(self.eval_dataset).__name__} has no items)")
+        # A table's is_query / is_gallery columns say which rows are queries and which the gallery.
+        flags = {name: np.asarray(getattr(self.eval_dataset, name))[rows] for name in ("is_query", "is_gallery")
+                 if getattr(self.eval_dataset, name, None) is not None}
+        labels = np.asarray(self.eval_dataset.labels)[rows]
+        metrics = {k: float(v) for k, v in self.evaluate_fn(embeddings, labels, **flags).items()}
         primary = self.config["eval"]["primary_metric"]
         if primary not in metrics:
             raise ValueError(f"eval.primary_metric {primary!r} is not among the computed metrics {sorted(metrics)}")
@@ -606,7 +380,7 @@ class Trainer:
         main = self.context.is_main
         total_steps = int(settings["steps"])
         budget = settings["max_minutes"] * 60 if settings["max_minutes"] is not None else math.inf
-        writer = _tensorboard_writer(self.output_dir / "tensorboard") if main and settings["tensorboard"] else None
+        writer = tensorboard_writer(self.output_dir / "tensorboard") if main and settings["tensorboard"] else None
         progress_bar = None
         if main and settings["progress"]:
             from tqdm.auto import tqdm
