@@ -113,6 +113,20 @@ def test_every_module_imports(name):
     _import(name)
 
 
+class _Runner(doctest.DocTestRunner):
+    """Records the examples that failed only because an optional extra is missing (imported when they run)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.missing_extras: list[str] = []
+
+    def report_unexpected_exception(self, out, test, example, exc_info):
+        reason = _missing_extra(exc_info[1]) if isinstance(exc_info[1], ModuleNotFoundError) else None
+        if reason is not None:
+            self.missing_extras.append(reason)
+        super().report_unexpected_exception(out, test, example, exc_info)
+
+
 @pytest.mark.parametrize("name", MODULES_WITH_EXAMPLES)
 def test_docstring_examples(name, tmp_path, monkeypatch):
     module = _import(name)
@@ -124,9 +138,11 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     assert not skipped, f"every docstring example must run; '+SKIP' is used in {skipped}"
     monkeypatch.chdir(tmp_path)  # examples that write files (a model folder, a gallery) write here
     report: list[str] = []
-    runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
+    runner = _Runner(optionflags=DOCTEST_FLAGS)
     for test in tests:
         runner.run(test, out=report.append)
+    if runner.missing_extras:
+        pytest.skip(f"examples of {name} {runner.missing_extras[0]}")
     if runner.failures:
         pytest.fail(f"{runner.failures} of {runner.tries} examples failed in {name}:\n" + "".join(report),
                     pytrace=False)

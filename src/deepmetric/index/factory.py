@@ -87,7 +87,7 @@ def build_index(spec: str, dim: int, metric: str = "cosine", backend: str | None
 
     Example:
         >>> import numpy as np
-        >>> index = build_index("HNSW32", 8, backend="hnswlib")
+        >>> index = build_index("Flat", 8)  # "HNSW32", backend="hnswlib" alike, with the [index] extra
         >>> _ = index.add(np.eye(8, dtype=np.float32), ids=np.arange(100, 108))
         >>> index.search(np.eye(8, dtype=np.float32)[:1], k=1).ids.tolist()
         [[100]]
