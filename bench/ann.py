@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ann.py --n 100000          # quick
     .venv/bin/python bench/ann.py --report docs/benchmarks/ann.md --plot docs/ann_recall_qps.png   # 1M
+    .venv/bin/python bench/ann.py --flat-only --n 1000000 --queries 2000 --k 10   # exact Flat vs faiss IndexFlatIP
 """
 
 import typer

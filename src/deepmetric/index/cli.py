@@ -25,7 +25,7 @@ def build_command(
     output: Path = typer.Option(..., "-o", "--output", help="folder to write the index to"),
     spec: str = typer.Option("auto", help="faiss factory string, 'HNSW32', 'Annoy50', 'Flat' or 'auto'"),
     backend: str | None = typer.Option(None, help="exact | faiss | hnswlib | annoy (default: from spec)"),
-    metric: str = typer.Option("cosine", help="cosine | ip | l2"),
+    metric: str = typer.Option("cosine", help="cosine | dot | euclidean (aliases: ip = dot, l2 = euclidean)"),
     ids: Path | None = typer.Option(None, help="(N,) int64 .npy of ids (default 0..N-1)"),
     knobs: str | None = typer.Option(None, help="query-time knobs stored with the index, e.g. nprobe=32"),
     memory_budget_gb: float | None = typer.Option(None, help="memory budget for spec=auto"),
@@ -116,14 +116,21 @@ def bench_command(
     report: Path | None = typer.Option(None, help="markdown report (e.g. docs/benchmarks/ann.md)"),
     plot: Path | None = typer.Option(None, help="recall-vs-QPS PNG"),
     seed: int = typer.Option(0),
+    flat_only: bool = typer.Option(False, "--flat-only", help="only time exact Flat search against faiss "
+                                   "IndexFlatIP side by side (top-k, k from --k) and print the ratio"),
+    k: int = typer.Option(10, "--k", help="neighbours per query for --flat-only"),
 ) -> None:
     """Reproduce the seeds' ANN table: exact vs IVF, IVF-PQ, HNSW (faiss, hnswlib) and Annoy."""
-    from deepmetric.index.bench import run_benchmark
+    from deepmetric.index.bench import compare_flat, make_embeddings, run_benchmark
 
+    if flat_only:
+        database, query_vectors = make_embeddings(n, dim, num_queries=queries, seed=seed)
+        compare_flat(database, query_vectors, k=k, metric=metric, log=typer.echo)
+        return
     run_benchmark(n=n, dim=dim, num_queries=queries, data=str(data) if data else None, metric=metric,
                   methods=[m.strip() for m in methods.split(",")] if methods else None, seed=seed,
                   report=str(report) if report else None, plot=str(plot) if plot else None,
-                  log=lambda line: typer.echo(line))
+                  log=typer.echo)
 
 
 def register(app: typer.Typer) -> None:
