@@ -195,7 +195,7 @@ def test_labels_are_one_integer_per_row(make):
     labels = make([0, 1, 1])
     assert check_labels("labels", labels, 3) is labels
     assert check_labels("labels", labels) is labels
-    with raises(ValueError, "labels must have shape (4,), one label per embedding, got shape (3,)"):
+    with raises(ValueError, "labels must have shape (4,), one label per row of embeddings, got shape (3,)"):
         check_labels("labels", labels, 4)
     with raises(ValueError, "labels must have shape (L,), got shape (1, 3)"):
         check_labels("labels", make([[0, 1, 1]]))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "check_bool", "check_choice", "check_embeddings", "check_in_range", "check_int", "check_labels",
+    "check_batch", "check_bool", "check_choice", "check_embeddings", "check_in_range", "check_int", "check_labels",
     "check_non_negative_float", "check_non_negative_int", "check_number", "check_positive_float",
     "check_positive_int", "check_probability", "check_same_device", "check_seed", "did_you_mean",
 ]
@@ -298,7 +298,7 @@ def _shape(array: Any) -> tuple[int, ...]:
 
 
 def check_embeddings(name: str, embeddings: Any, *, dim: int | None = None, finite: bool = True,
-                     allow_empty: bool = True) -> Any:
+                     allow_empty: bool = True, require_tensor: bool = False) -> Any:
     """Return ``embeddings`` unchanged if it is an (N, D) floating-point torch tensor or numpy array.
 
     Args:
@@ -307,6 +307,7 @@ def check_embeddings(name: str, embeddings: Any, *, dim: int | None = None, fini
         dim: the required D, if any.
         finite: refuse NaN and infinity (one scan of the data; switch off on hot paths that guard elsewhere).
         allow_empty: accept N = 0.
+        require_tensor: refuse numpy arrays (for code that needs autograd or a device).
 
     >>> check_embeddings("embeddings", np.zeros((2, 3), dtype=np.float32)).shape
     (2, 3)
@@ -328,8 +329,8 @@ def check_embeddings(name: str, embeddings: Any, *, dim: int | None = None, fini
     TypeError: queries must be a floating-point torch.Tensor or numpy array of shape (N, D), got list: [[1.0, 2.0]]
     """
     is_tensor = _is_tensor(embeddings)
-    expected_kind = "a floating-point torch.Tensor or numpy array of shape (N, D)"
-    if not (is_tensor or isinstance(embeddings, np.ndarray)):
+    expected_kind = f"a floating-point torch.Tensor{'' if require_tensor else ' or numpy array'} of shape (N, D)"
+    if not (is_tensor or (isinstance(embeddings, np.ndarray) and not require_tensor)):
         raise _type_error(name, embeddings, expected_kind)
     floating = embeddings.is_floating_point() if is_tensor else np.issubdtype(embeddings.dtype, np.floating)
     if not floating:
@@ -346,23 +347,25 @@ def check_embeddings(name: str, embeddings: Any, *, dim: int | None = None, fini
     return embeddings
 
 
-def check_labels(name: str, labels: Any, length: int | None = None) -> Any:
-    """Return ``labels`` unchanged if it is a 1-D integer torch tensor or numpy array (of ``length`` entries).
+def check_labels(name: str, labels: Any, length: int | None = None, *, rows_of: str = "embeddings",
+                 require_tensor: bool = False) -> Any:
+    """Return ``labels`` unchanged if it is a 1-D integer torch tensor or numpy array (of ``length`` entries,
+    one per row of the matrix called ``rows_of``); bool tensors are refused, they are masks, not labels.
 
     >>> check_labels("labels", np.array([0, 1, 1]), 3).tolist()
     [0, 1, 1]
     >>> check_labels("labels", np.array([0, 1]), 3)
     Traceback (most recent call last):
         ...
-    ValueError: labels must have shape (3,), one label per embedding, got shape (2,)
+    ValueError: labels must have shape (3,), one label per row of embeddings, got shape (2,)
     >>> check_labels("labels", np.array([0.0, 1.0]))
     Traceback (most recent call last):
         ...
     TypeError: labels must be an integer torch.Tensor or numpy array, got dtype float64
     """
     is_tensor = _is_tensor(labels)
-    expected_kind = "an integer torch.Tensor or numpy array"
-    if not (is_tensor or isinstance(labels, np.ndarray)):
+    expected_kind = f"an integer torch.Tensor{'' if require_tensor else ' or numpy array'}"
+    if not (is_tensor or (isinstance(labels, np.ndarray) and not require_tensor)):
         raise _type_error(name, labels, expected_kind)
     if is_tensor:
         integral = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == sys.modules["torch"].bool)
@@ -372,9 +375,40 @@ def check_labels(name: str, labels: Any, length: int | None = None) -> Any:
         raise TypeError(f"{name} must be {expected_kind}, got dtype {labels.dtype}")
     shape = _shape(labels)
     if len(shape) != 1 or (length is not None and shape[0] != length):
-        wanted = "(L,)" if length is None else f"({length},), one label per embedding"
+        wanted = "(L,)" if length is None else f"({length},), one label per row of {rows_of}"
         raise ValueError(f"{name} must have shape {wanted}, got shape {shape}")
     return labels
+
+
+def check_batch(embeddings: Any, labels: Any, ref_embeddings: Any = None, ref_labels: Any = None, *,
+                labels_required: bool = False) -> None:
+    """Check the ``(embeddings, labels, ref_embeddings, ref_labels)`` inputs every loss and miner takes.
+
+    ``embeddings`` is a (B, D) floating-point tensor and ``labels`` (B,) integers, or None when
+    ``labels_required`` is False; the reference set is given whole or not at all, with D columns and one
+    label per row. Values are not scanned for NaN: that would cost a device synchronisation every step.
+
+    >>> import torch
+    >>> check_batch(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]))
+    >>> check_batch(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]), ref_embeddings=torch.zeros(3, 2))
+    Traceback (most recent call last):
+        ...
+    ValueError: ref_embeddings and ref_labels must be given together, got ref_embeddings without ref_labels
+    >>> check_batch(torch.zeros(4, 2), None, labels_required=True)
+    Traceback (most recent call last):
+        ...
+    TypeError: labels must be an integer torch.Tensor, got NoneType: None
+    """
+    check_embeddings("embeddings", embeddings, finite=False, require_tensor=True)
+    if labels is not None or labels_required:
+        check_labels("labels", labels, embeddings.shape[0], require_tensor=True)
+    if (ref_embeddings is None) != (ref_labels is None):
+        given, missing = ("ref_embeddings", "ref_labels") if ref_labels is None else ("ref_labels", "ref_embeddings")
+        raise ValueError(f"ref_embeddings and ref_labels must be given together, got {given} without {missing}")
+    if ref_embeddings is not None:
+        check_embeddings("ref_embeddings", ref_embeddings, dim=embeddings.shape[1], finite=False, require_tensor=True)
+        check_labels("ref_labels", ref_labels, ref_embeddings.shape[0], rows_of="ref_embeddings",
+                     require_tensor=True)
 
 
 def check_same_device(**tensors: Any) -> None:

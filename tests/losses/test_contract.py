@@ -95,7 +95,7 @@ def test_one_class_batch(name):
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_bad_input_is_a_clear_error(name):
     loss = build(name)
-    with pytest.raises(ValueError, match=r"embeddings must have shape \(B, D\)"):
+    with pytest.raises(ValueError, match=r"^embeddings must be a matrix of shape \(N, D\), got shape \(4,\)$"):
         loss(torch.randn(4), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(TypeError, match="labels for embeddings must be integers"):
+    with pytest.raises(TypeError, match=r"^labels must be an integer torch.Tensor, got dtype torch.float32$"):
         loss(torch.randn(4, EMBEDDING_DIM), torch.zeros(4))

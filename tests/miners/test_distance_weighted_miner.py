@@ -110,5 +110,5 @@ def test_with_reference_set():
 def test_bad_cutoffs():
     with pytest.raises(ValueError, match="cutoff < nonzero_loss_cutoff <= 2"):
         DistanceWeightedMiner(cutoff=1.5, nonzero_loss_cutoff=1.4)
-    with pytest.raises(ValueError, match="cutoff must be a positive finite number"):
+    with pytest.raises(ValueError, match=r"^cutoff must be a finite number > 0, got 0.0$"):
         DistanceWeightedMiner(cutoff=0.0)

@@ -51,7 +51,8 @@ def test_valid_tuples(name, dtype):
 def test_valid_tuples_with_reference_set(name):
     generator = torch.Generator().manual_seed(1)
     embeddings, ref_embeddings = torch.randn(10, 8, generator=generator), torch.randn(40, 8, generator=generator)
-    labels, ref_labels = torch.randint(0, 4, (10,), generator=generator), torch.randint(0, 4, (40,), generator=generator)
+    labels = torch.randint(0, 4, (10,), generator=generator)
+    ref_labels = torch.randint(0, 4, (40,), generator=generator)
     miner = build(name)
     mined = miner(embeddings, labels, ref_embeddings, ref_labels)
     if name == "cross_batch_memory":
@@ -112,9 +113,11 @@ def test_loss_on_mined_tuples_backpropagates(name):
 @pytest.mark.parametrize("name", MINERS)
 def test_input_errors_name_the_problem(name):
     miner = build(name)
-    with pytest.raises(ValueError, match="ref_embeddings and ref_labels must be given together"):
+    with pytest.raises(ValueError, match=r"^ref_embeddings and ref_labels must be given together, "
+                                         r"got ref_embeddings without ref_labels$"):
         miner(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(4, 3))
-    with pytest.raises(ValueError, match=r"labels for embeddings must have shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"^labels must have shape \(4,\), one label per row of embeddings, "
+                                         r"got shape \(3,\)$"):
         miner(torch.randn(4, 3), torch.tensor([0, 0, 1]))
-    with pytest.raises(TypeError, match="must be integers"):
+    with pytest.raises(TypeError, match=r"^labels must be an integer torch\.Tensor, got dtype torch\.float32$"):
         miner(torch.randn(4, 3), torch.tensor([0.0, 0.0, 1.0, 1.0]))

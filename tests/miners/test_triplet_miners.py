@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from deepmetric.miners import triplets as triplet_miners
 from deepmetric.miners import AllTripletsMiner, BatchHardMiner, HardMiner, SemiHardMiner
+from deepmetric.miners import triplets as triplet_miners
 from miner_reference import DISTANCES, build_distance, hardest, pair_sets, relations, semi_hard, table, triplet_set
 
 
@@ -40,10 +40,12 @@ def test_hard_matches_brute_force(distance, k, use_ref):
     hard_pos = hardest(distance, values, positives, k, farthest=True)
     hard_neg = hardest(distance, values, negatives, k, farthest=False)
 
-    pairs = HardMiner(tuple_type="pairs", k=k, distance=build_distance(distance))(embeddings, labels, ref_embeddings, ref_labels)
+    pair_miner = HardMiner(tuple_type="pairs", k=k, distance=build_distance(distance))
+    pairs = pair_miner(embeddings, labels, ref_embeddings, ref_labels)
     assert pair_sets(pairs) == ({(a, p) for a, ps in enumerate(hard_pos) for p in ps},
                                 {(a, n) for a, ns in enumerate(hard_neg) for n in ns})
-    triplets = HardMiner(tuple_type="triplets", k=k, distance=build_distance(distance))(embeddings, labels, ref_embeddings, ref_labels)
+    triplet_miner = HardMiner(tuple_type="triplets", k=k, distance=build_distance(distance))
+    triplets = triplet_miner(embeddings, labels, ref_embeddings, ref_labels)
     expected = {(a, p, n) for a in range(len(labels)) for p in hard_pos[a] for n in hard_neg[a]}
     assert triplet_set(triplets) == expected and len(triplets) == len(expected)
 

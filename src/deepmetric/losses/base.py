@@ -12,24 +12,7 @@ from torch import nn
 from deepmetric.distances import Distance, get_distance
 from deepmetric.reducers import check_reduction
 from deepmetric.types import Pairs, Triplets
-
-
-def check_embeddings(embeddings: torch.Tensor, labels: torch.Tensor | None, name: str = "embeddings") -> None:
-    """Raise ValueError/TypeError naming the problem for malformed (embeddings, labels)."""
-    if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
-    if embeddings.dim() != 2:
-        raise ValueError(f"{name} must have shape (B, D), got {tuple(embeddings.shape)}")
-    if not embeddings.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {embeddings.dtype}")
-    if labels is None:
-        return
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels for {name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"labels for {name} must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels for {name} must be integers, got {labels.dtype}")
+from deepmetric.validation import check_batch
 
 
 class BaseLoss(nn.Module):
@@ -42,13 +25,7 @@ class BaseLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, *,
                 mined: Pairs | Triplets | None = None, ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None) -> torch.Tensor:
-        check_embeddings(embeddings, labels)
-        if (ref_embeddings is None) != (ref_labels is None):
-            raise ValueError("ref_embeddings and ref_labels must be given together")
-        if ref_embeddings is not None:
-            check_embeddings(ref_embeddings, ref_labels, "ref_embeddings")
-            if ref_embeddings.shape[1] != embeddings.shape[1]:
-                raise ValueError(f"ref_embeddings has dimension {ref_embeddings.shape[1]}, embeddings {embeddings.shape[1]}")
+        check_batch(embeddings, labels, ref_embeddings, ref_labels)
         if mined is not None and not isinstance(mined, (Pairs, Triplets)):
             raise TypeError(f"mined must be Pairs or Triplets, got {type(mined).__name__}")
         return self.compute(embeddings, labels, mined=mined, ref_embeddings=ref_embeddings, ref_labels=ref_labels)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.losses.base import BaseLoss, check_embeddings
+from deepmetric.distances import SquaredEuclideanDistance
+from deepmetric.losses.base import BaseLoss
 from deepmetric.losses.pair import _check_number
 from deepmetric.losses.tuples import masked_logsumexp
-from deepmetric.distances import SquaredEuclideanDistance
 from deepmetric.reducers import check_reduction, reduce, zero_loss
 from deepmetric.registry import register
+from deepmetric.validation import check_batch
 
 _SQUARED_EUCLIDEAN = SquaredEuclideanDistance(normalize_embeddings=False)
 
@@ -116,7 +117,7 @@ class MagnetLoss(BaseLoss):
 
     def update_clusters(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """Re-run k-means per class on ``embeddings`` (N, D) with ``labels`` (N,) and keep the centres."""
-        check_embeddings(embeddings, labels)
+        check_batch(embeddings, labels, labels_required=True)
         generator = torch.Generator().manual_seed(self.seed + self.calls)
         embeddings = embeddings.detach()
         centres, centre_labels = [], []

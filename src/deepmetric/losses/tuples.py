@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-from deepmetric.distances import (DotProductSimilarity, Distance, EuclideanDistance, SquaredEuclideanDistance,
-                                  _safe_sqrt as safe_sqrt)
-from deepmetric.miners.base import label_masks, triplets_from_masks
+from deepmetric.distances import Distance, DotProductSimilarity, EuclideanDistance, SquaredEuclideanDistance
+from deepmetric.distances import _safe_sqrt as safe_sqrt
+from deepmetric.masks import label_masks, triplets_from_masks
 from deepmetric.reducers import reduce, zero_loss
 from deepmetric.types import Pairs, Triplets
 

@@ -4,7 +4,7 @@ Each is registered as a ``"miner"`` and called as ``miner(embeddings, labels, re
 ref_labels=None) -> Pairs | Triplets``; a loss takes the result as ``loss(embeddings, labels, mined=...)``.
 """
 
-from deepmetric.miners.base import BaseMiner, label_masks, triplets_from_masks
+from deepmetric.miners.base import BaseMiner
 from deepmetric.miners.cross_batch import CrossBatchMemoryMiner
 from deepmetric.miners.distance_weighted import DistanceWeightedMiner
 from deepmetric.miners.pairs import AllPairsMiner, PairRatioMiner
@@ -12,5 +12,5 @@ from deepmetric.miners.triplets import AllTripletsMiner, BatchHardMiner, HardMin
 
 __all__ = [
     "AllPairsMiner", "AllTripletsMiner", "BaseMiner", "BatchHardMiner", "CrossBatchMemoryMiner",
-    "DistanceWeightedMiner", "HardMiner", "PairRatioMiner", "SemiHardMiner", "label_masks", "triplets_from_masks",
+    "DistanceWeightedMiner", "HardMiner", "PairRatioMiner", "SemiHardMiner",
 ]

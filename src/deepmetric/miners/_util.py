@@ -3,14 +3,18 @@ random sampling that is reproducible on any device."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from deepmetric.distances import (CosineSimilarity, Distance, DotProductSimilarity, EuclideanDistance,
-                                  SquaredEuclideanDistance)
-from deepmetric.validation import check_positive_int  # noqa: F401  (re-exported for the miners)
+from deepmetric.distances import (
+    CosineSimilarity,
+    Distance,
+    DotProductSimilarity,
+    EuclideanDistance,
+    SquaredEuclideanDistance,
+)
+from deepmetric.validation import check_seed
 
 
 def distance_like(distance: Distance, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
@@ -34,7 +38,7 @@ def _unit_euclidean(negative_cosine: torch.Tensor) -> torch.Tensor:
 
 def closeness_ranking(distance: Distance, embeddings: torch.Tensor, ref_embeddings: torch.Tensor
                       ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
-    """A (B, R) matrix ordered exactly like ``distance_like`` and a function mapping its entries to
+    r"""A (B, R) matrix ordered exactly like ``distance_like`` and a function mapping its entries to
     ``distance_like`` values (None: they already are).
 
     Mining only compares values, so for the built-in distances on L2-normalised embeddings the matrix is
@@ -55,27 +59,8 @@ def closeness_ranking(distance: Distance, embeddings: torch.Tensor, ref_embeddin
     return ranking, (_unit_euclidean if kind is EuclideanDistance else _unit_squared_euclidean)
 
 
-def positive_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(anchor, positive) indices of every same-label pair (an item is not its own positive when there is
-    no reference set), in row-major order like ``mask.nonzero()``.
-
-    The reference labels are sorted once and each anchor's positives are the run of its label, so this
-    costs O(B log R + P) instead of building and scanning a (B, R) mask.
-    """
-    ref = labels if ref_labels is None else ref_labels
-    sorted_ref, order = torch.sort(ref, stable=True)
-    start = torch.searchsorted(sorted_ref, labels)
-    counts = torch.searchsorted(sorted_ref, labels, right=True) - start
-    anchor = torch.repeat_interleave(torch.arange(labels.shape[0], device=labels.device), counts)
-    offset = torch.arange(anchor.numel(), device=labels.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    positive = order[torch.repeat_interleave(start, counts) + offset]
-    if ref_labels is None:
-        not_self = anchor != positive
-        anchor, positive = anchor[not_self], positive[not_self]
-    return anchor, positive
-
-
-def negatives_only(closeness: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor, same_set: bool) -> torch.Tensor:
+def negatives_only(closeness: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor,
+                   same_set: bool) -> torch.Tensor:
     """``closeness`` with every positive pair (and the diagonal for a batch against itself) set to +inf,
     in place: O(P + B) writes instead of a (B, R) mask."""
     closeness[anchor, positive] = float("inf")
@@ -84,24 +69,12 @@ def negatives_only(closeness: torch.Tensor, anchor: torch.Tensor, positive: torc
     return closeness
 
 
-def check_positive_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def check_seed(seed: int | None) -> int | None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}: {seed!r}")
-    return seed
-
-
 class SeededRandom:
     """A ``torch.Generator`` per device, seeded with ``seed``; with ``seed=None`` the global RNG is used so
     that ``torch.manual_seed`` controls the draws."""
 
     def __init__(self, seed: int | None) -> None:
-        self.seed = check_seed(seed)
+        self.seed = check_seed("seed", seed)
         self._generators: dict[str, torch.Generator] = {}
 
     def generator(self, device: torch.device) -> torch.Generator | None:
@@ -114,5 +87,5 @@ class SeededRandom:
 
     def manual_seed(self, seed: int) -> None:
         """Restart the random stream (also used to replay a step exactly)."""
-        self.seed = check_seed(seed)
+        self.seed = check_seed("seed", seed)
         self._generators.clear()

@@ -8,23 +8,21 @@ from typing import Any
 
 import torch
 
-from deepmetric.miners._util import check_positive_int
 from deepmetric.miners.base import BaseMiner
-from deepmetric.registry import register
+from deepmetric.miners.pairs import AllPairsMiner
+from deepmetric.registry import build, register
 from deepmetric.types import Pairs, Triplets
+from deepmetric.validation import check_batch, check_positive_int
 
 
 def _inner_miner(miner: BaseMiner | Mapping[str, Any] | None) -> BaseMiner:
     if miner is None:
-        from deepmetric.miners.pairs import AllPairsMiner
-
         return AllPairsMiner()
     if isinstance(miner, Mapping):
-        from deepmetric.registry import build
-
         miner = build(miner, "miner")
     if not isinstance(miner, BaseMiner):
-        raise TypeError(f"miner must be a BaseMiner or a {{'name', 'args'}} node, got {type(miner).__name__}: {miner!r}")
+        raise TypeError(f"miner must be a BaseMiner or a {{'name', 'args'}} node, "
+                        f"got {type(miner).__name__}: {miner!r}")
     if isinstance(miner, CrossBatchMemoryMiner):
         raise TypeError("miner must not itself be a cross_batch_memory miner")
     return miner
@@ -91,8 +89,7 @@ class CrossBatchMemoryMiner(BaseMiner):
         super().__init__(distance=inner.distance)
         self.miner = inner
         self.memory_size = check_positive_int("memory_size", memory_size)
-        if embedding_dim is not None:
-            check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("embedding_dim", embedding_dim, allow_none=True)
         self.register_buffer("memory_embeddings", torch.zeros(memory_size, embedding_dim or 0))
         self.register_buffer("memory_labels", torch.zeros(memory_size, dtype=torch.long))
         self.register_buffer("num_filled", torch.zeros((), dtype=torch.long))
@@ -117,9 +114,7 @@ class CrossBatchMemoryMiner(BaseMiner):
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Store a batch (detached), overwriting the oldest entries; returns each item's slot (-1 when a
         batch larger than the memory leaves it out)."""
-        from deepmetric.losses.base import check_embeddings
-
-        check_embeddings(embeddings, labels)
+        check_batch(embeddings, labels, labels_required=True)
         size, dim = embeddings.shape
         if self.memory_embeddings.shape[1] not in (0, dim):
             raise ValueError(f"embeddings have dimension {dim}, the memory holds {self.memory_embeddings.shape[1]}")
@@ -130,7 +125,8 @@ class CrossBatchMemoryMiner(BaseMiner):
             self.memory_labels = self.memory_labels.to(embeddings.device)
         stored = min(size, self.memory_size)
         slots = torch.full((size,), -1, dtype=torch.long, device=embeddings.device)
-        slots[size - stored:] = (int(self.next_slot) + torch.arange(stored, device=embeddings.device)) % self.memory_size
+        offsets = torch.arange(stored, device=embeddings.device)
+        slots[size - stored:] = (int(self.next_slot) + offsets) % self.memory_size
         kept = slots[size - stored:]
         self.memory_embeddings[kept] = embeddings[size - stored:].detach().to(self.memory_embeddings)
         self.memory_labels[kept] = labels[size - stored:].to(self.memory_labels.device)

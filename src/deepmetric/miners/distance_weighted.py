@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 
 from deepmetric.distances import Distance, SquaredEuclideanDistance
-from deepmetric.miners._util import SeededRandom, check_positive_number
-from deepmetric.miners.base import BaseMiner, label_masks
+from deepmetric.masks import label_masks
+from deepmetric.miners._util import SeededRandom
+from deepmetric.miners.base import BaseMiner
 from deepmetric.registry import register
 from deepmetric.types import Triplets
+from deepmetric.validation import check_positive_float
 
 # Keeps log(1 - d^2/4) finite for antipodal points.
 _MAX_DISTANCE = 2.0 - 1e-4
@@ -74,8 +76,8 @@ class DistanceWeightedMiner(BaseMiner):
     def __init__(self, *, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
                  distance: Distance | str | None = None, seed: int | None = None) -> None:
         super().__init__(distance=distance)
-        check_positive_number("cutoff", cutoff)
-        check_positive_number("nonzero_loss_cutoff", nonzero_loss_cutoff)
+        check_positive_float("cutoff", cutoff)
+        check_positive_float("nonzero_loss_cutoff", nonzero_loss_cutoff)
         if not cutoff < nonzero_loss_cutoff <= 2.0:
             raise ValueError(f"need cutoff < nonzero_loss_cutoff <= 2 (distances on the unit sphere), "
                              f"got cutoff={cutoff!r}, nonzero_loss_cutoff={nonzero_loss_cutoff!r}")

@@ -7,10 +7,12 @@ import math
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.miners._util import SeededRandom, check_positive_number, closeness_ranking
-from deepmetric.miners.base import BaseMiner, label_masks
+from deepmetric.masks import label_masks
+from deepmetric.miners._util import SeededRandom, closeness_ranking
+from deepmetric.miners.base import BaseMiner
 from deepmetric.registry import register
 from deepmetric.types import Pairs
+from deepmetric.validation import check_choice, check_positive_float
 
 
 def _pairs_from_masks(positive: torch.Tensor, negative: torch.Tensor) -> Pairs:
@@ -75,10 +77,8 @@ class PairRatioMiner(BaseMiner):
     def __init__(self, *, ratio: float = 3.0, strategy: str = "hardest", distance: Distance | str | None = None,
                  seed: int | None = None) -> None:
         super().__init__(distance=distance)
-        if strategy not in _NEGATIVE_STRATEGIES:
-            raise ValueError(f"strategy must be one of {_NEGATIVE_STRATEGIES}, got {strategy!r}")
-        self.ratio = check_positive_number("ratio", ratio)
-        self.strategy = strategy
+        self.ratio = check_positive_float("ratio", ratio)
+        self.strategy = check_choice("strategy", strategy, _NEGATIVE_STRATEGIES)
         self.random = SeededRandom(seed)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Pairs:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.miners._util import (check_positive_int, check_positive_number, closeness_ranking, negatives_only,
-                                     positive_pairs)
-from deepmetric.miners.base import BaseMiner, label_masks, triplets_from_masks
+from deepmetric.masks import label_masks, positive_pairs, triplets_from_masks
+from deepmetric.miners._util import closeness_ranking, negatives_only
+from deepmetric.miners.base import BaseMiner
 from deepmetric.registry import register
 from deepmetric.types import Pairs, Triplets
+from deepmetric.validation import check_bool, check_choice, check_positive_float, check_positive_int
 
 
 @register("miner", "all_triplets", example={})
@@ -39,7 +40,8 @@ class AllTripletsMiner(BaseMiner):
         return triplets_from_masks(*label_masks(labels, ref_labels))
 
 
-def _hardest(closeness: torch.Tensor, mask: torch.Tensor, k: int, *, farthest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _hardest(closeness: torch.Tensor, mask: torch.Tensor, k: int, *,
+             farthest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the columns of the ``k`` hardest entries allowed by ``mask`` (farthest positives or closest
     negatives) and whether each chosen column is really allowed (rows may have fewer than ``k``)."""
     fill = float("-inf") if farthest else float("inf")
@@ -105,13 +107,12 @@ class HardMiner(BaseMiner):
 
     def __init__(self, *, tuple_type: str = "triplets", k: int = 1, distance: Distance | str | None = None) -> None:
         super().__init__(distance=distance)
-        if tuple_type not in _TUPLE_TYPES:
-            raise ValueError(f"tuple_type must be one of {_TUPLE_TYPES}, got {tuple_type!r}")
-        self.tuple_type = tuple_type
+        self.tuple_type = check_choice("tuple_type", tuple_type, _TUPLE_TYPES)
         self.k = check_positive_int("k", k)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Pairs | Triplets:
-        closeness, _ = closeness_ranking(self.distance, embeddings, embeddings if ref_labels is None else ref_embeddings)
+        references = embeddings if ref_labels is None else ref_embeddings
+        closeness, _ = closeness_ranking(self.distance, embeddings, references)
         if closeness.numel() == 0:
             return (Pairs if self.tuple_type == "pairs" else Triplets).empty(embeddings.device)
         if self.k == 1:
@@ -190,8 +191,8 @@ class SemiHardMiner(BaseMiner):
     def __init__(self, *, margin: float = 0.2, fallback_to_hardest: bool = False,
                  distance: Distance | str | None = None) -> None:
         super().__init__(distance=distance)
-        self.margin = check_positive_number("margin", margin)
-        self.fallback_to_hardest = bool(fallback_to_hardest)
+        self.margin = check_positive_float("margin", margin)
+        self.fallback_to_hardest = check_bool("fallback_to_hardest", fallback_to_hardest)
 
     def mine(self, embeddings, labels, ref_embeddings, ref_labels) -> Triplets:
         anchor, positive_idx = positive_pairs(labels, ref_labels)
