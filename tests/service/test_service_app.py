@@ -5,6 +5,7 @@ JSON error format even for unknown paths, and settings checked up front."""
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -117,6 +118,47 @@ def test_pixel_limit_is_an_argument_on_every_image_path_and_nothing_global_chang
         with TestClient(create_app(gallery, api_key=API_KEY)) as client:
             accepted = client.post("/api/identify", files={"image": ("b.png", large)}, data={"threshold": "0.5"})
             assert accepted.status_code == 200, accepted.text
+
+
+class _GatedModel:
+    """A real whole-image model whose ``encode`` says when it starts and then waits to be let go."""
+
+    def __init__(self, model) -> None:
+        self.model, self.embedding_dim, self.config = model, model.embedding_dim, model.config
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def encode(self, inputs, *, batch_size=256, device=None, progress=False):
+        self.entered.set()
+        if not self.release.wait(timeout=60):
+            raise RuntimeError("never released")
+        return self.model.encode(inputs, batch_size=batch_size, device=device, progress=progress)
+
+
+def test_the_event_loop_answers_while_a_photo_is_embedded(tmp_path):
+    from deepmetric.models import build_embedder
+
+    model = _GatedModel(build_embedder(MODEL_CONFIG))
+    with Gallery.create(tmp_path / "gated", model=model) as gallery, TestClient(create_app(gallery)) as client:
+        answers: dict[str, int] = {}
+
+        def embed() -> None:
+            answers["embed"] = client.post("/api/embed", files={"image": ("a.png", _png(40))}).status_code
+
+        def health_check() -> None:
+            answers["health"] = client.get("/api/health").status_code
+
+        embedding = threading.Thread(target=embed)
+        embedding.start()
+        try:
+            assert model.entered.wait(timeout=60)
+            health = threading.Thread(target=health_check)
+            health.start()
+            health.join(timeout=60)
+            assert answers.get("health") == 200 and "embed" not in answers  # answered while embedding ran
+        finally:
+            model.release.set()
+            embedding.join(timeout=60)
+    assert answers["embed"] == 200
 
 
 def test_face_model_keeps_its_own_pixel_limit(face_gallery, face_model):

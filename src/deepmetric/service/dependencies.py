@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, Request, UploadFile
 from fastapi.exceptions import HTTPException
+from starlette.concurrency import run_in_threadpool
 
 from deepmetric.data.images import load_image
 from deepmetric.faces.detection import NoFaceError
@@ -78,16 +79,20 @@ async def read_uploads(uploads: list[UploadFile], settings: ServiceSettings) -> 
     """The bytes of 1 to ``max_files`` uploads, each checked to decode within the pixel limit."""
     check_upload_count(uploads, settings)
     blobs = [await read_upload(upload) for upload in uploads]
+    await run_in_threadpool(_check_decodable, blobs, settings.max_pixels)
+    return blobs
+
+
+def _check_decodable(blobs: list[bytes], max_pixels: int) -> None:
+    # The gallery decodes again to embed and keeps these original bytes as the template's photo; decoding
+    # here first applies this app's pixel limit without changing the model the app was given.
     for position, data in enumerate(blobs):
-        # The gallery decodes again to embed and keeps these original bytes as the template's photo; decoding
-        # here first applies this app's pixel limit without changing the model the app was given.
         try:
-            load_image(data, max_pixels=settings.max_pixels)
+            load_image(data, max_pixels=max_pixels)
         except ValueError as error:
             if len(blobs) == 1:
                 raise
             raise type(error)(f"image {position + 1} of {len(blobs)}: {error}") from error
-    return blobs
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,15 @@ class FacesInImage:
     embeddings: np.ndarray
 
 
-def faces_in(gallery: Gallery, settings: ServiceSettings, data: bytes, *, all_faces: bool) -> FacesInImage:
-    """Decode, detect and embed. Whole-image models treat the full picture as the one 'face'."""
+async def faces_in(gallery: Gallery, settings: ServiceSettings, data: bytes, *, all_faces: bool) -> FacesInImage:
+    """Decode, detect and embed, in a worker thread so the event loop keeps answering other requests (face
+    models serialise their own calls). Whole-image models treat the full picture as the one 'face'."""
+    return await run_in_threadpool(_faces_in, gallery, settings.max_pixels, data, all_faces)
+
+
+def _faces_in(gallery: Gallery, max_pixels: int, data: bytes, all_faces: bool) -> FacesInImage:
     model = require_model(gallery)
-    image = load_image(data, max_pixels=settings.max_pixels)
+    image = load_image(data, max_pixels=max_pixels)
     height, width = image.shape[:2]
     if isinstance(model, FaceModel):
         found = model.embed(image, all_faces=all_faces)

@@ -21,6 +21,6 @@ router = APIRouter(tags=["recognition"])
 async def embed(gallery: GalleryDep, settings: SettingsDep, image: Annotated[UploadFile, File()],
                 all_faces: Annotated[bool, Form()] = False) -> dict[str, Any]:
     """Detected faces (box, landmarks) with their embeddings."""
-    found = faces_in(gallery, settings, await read_upload(image), all_faces=all_faces)
+    found = await faces_in(gallery, settings, await read_upload(image), all_faces=all_faces)
     return {"width": found.width, "height": found.height,
             "faces": [{**face, "embedding": vector.tolist()} for face, vector in zip(found.faces, found.embeddings)]}

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.exceptions import HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from deepmetric.gallery.store import DuplicateIdentityError, UnknownIdentityError
 from deepmetric.service.dependencies import (
@@ -67,7 +68,9 @@ async def enroll(gallery: GalleryDep, settings: SettingsDep, identity_id: Annota
     if identity_id in gallery:  # before reading and decoding the photos
         raise DuplicateIdentityError(f"identity {identity_id!r} already exists")
     blobs = await read_uploads(images, settings)
-    return gallery.enroll(identity_id, images=blobs, name=name, metadata=parsed).to_dict()
+    # Embedding runs in a worker thread, so the event loop keeps answering other requests meanwhile.
+    record = await run_in_threadpool(gallery.enroll, identity_id, images=blobs, name=name, metadata=parsed)
+    return record.to_dict()
 
 
 @router.post("/embeddings", dependencies=WRITE, status_code=201)
@@ -109,7 +112,7 @@ async def add_images(gallery: GalleryDep, settings: SettingsDep, identity_id: st
     """Add photos (templates) to an existing identity."""
     if identity_id not in gallery:
         raise UnknownIdentityError(f"unknown identity {identity_id!r}")
-    gallery.add(identity_id, images=await read_uploads(images, settings))
+    await run_in_threadpool(gallery.add, identity_id, images=await read_uploads(images, settings))
     return gallery.get(identity_id).to_dict()
 
 

@@ -40,7 +40,7 @@ async def identify(gallery: GalleryDep, settings: SettingsDep, image: Annotated[
                    k: Annotated[int, Form(ge=1, le=100)] = 5, threshold: FormThreshold = None,
                    all_faces: Annotated[bool, Form()] = False) -> dict[str, Any]:
     """Who is in this photo? One decision per face (largest face only unless all_faces)."""
-    found = faces_in(gallery, settings, await read_upload(image), all_faces=all_faces)
+    found = await faces_in(gallery, settings, await read_upload(image), all_faces=all_faces)
     return {"width": found.width, "height": found.height,
             "faces": [{**face, "decision": gallery.identify(vector, k=k, threshold=threshold).to_dict()}
                       for face, vector in zip(found.faces, found.embeddings)]}
@@ -58,7 +58,7 @@ async def verify(gallery: GalleryDep, settings: SettingsDep, image: Annotated[Up
     """Is the (largest) face in this photo the given identity?"""
     if identity_id not in gallery:  # before the costly detection
         raise UnknownIdentityError(f"unknown identity {identity_id!r}")
-    found = faces_in(gallery, settings, await read_upload(image), all_faces=False)
+    found = await faces_in(gallery, settings, await read_upload(image), all_faces=False)
     return {"width": found.width, "height": found.height, "face": found.faces[0],
             "decision": gallery.verify(found.embeddings[0], identity_id, threshold=threshold).to_dict()}
 
