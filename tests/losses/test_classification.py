@@ -11,9 +11,19 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml
 
 from deepmetric import registry
-from deepmetric.losses.classification import (AdaCosLoss, ArcFaceLoss, CenterLoss, CombinedMarginLoss, CosFaceLoss,
-                                              DynamicMarginArcFaceLoss, NormalizedSoftmaxLoss, SoftmaxLoss,
-                                              SphereFaceLoss, SubCenterArcFaceLoss, mined_weights)
+from deepmetric.losses.classification import (
+    AdaCosLoss,
+    ArcFaceLoss,
+    CenterLoss,
+    CombinedMarginLoss,
+    CosFaceLoss,
+    DynamicMarginArcFaceLoss,
+    NormalizedSoftmaxLoss,
+    SoftmaxLoss,
+    SphereFaceLoss,
+    SubCenterArcFaceLoss,
+    mined_weights,
+)
 from deepmetric.losses.margins import arc_margin, combined_margin
 from deepmetric.types import Pairs, Triplets
 
@@ -354,10 +364,11 @@ def test_sampled_head_through_the_registry():
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: ArcFaceLoss(embedding_dim=4, num_classes=3, margin=4.0), "margin is an angle in radians"),
+    (lambda: ArcFaceLoss(embedding_dim=4, num_classes=3, margin=4.0),
+     r"^margin must be a finite number in \[0, 3.14159\d*\), got 4.0$"),
     (lambda: ArcFaceLoss(embedding_dim=4, num_classes=3, scale=0.0), "scale must be a finite number > 0, got 0.0"),
     (lambda: CosFaceLoss(embedding_dim=4, num_classes=3, margin=-0.1), "margin must be a finite number >= 0"),
-    (lambda: SphereFaceLoss(embedding_dim=4, num_classes=3, margin=1.5), "integer >= 1, got 1.5"),
+    (lambda: SphereFaceLoss(embedding_dim=4, num_classes=3, margin=0), "^margin must be an integer >= 1, got 0$"),
     (lambda: SphereFaceLoss(embedding_dim=4, num_classes=3, lambda_min=10.0, lambda_max=5.0), "lambda_min"),
     (lambda: CenterLoss(embedding_dim=4, num_classes=3, center_update="momentum"), "center_update must be one of"),
     (lambda: AdaCosLoss(embedding_dim=4, num_classes=2), "num_classes >= 3"),
@@ -369,9 +380,14 @@ def test_bad_arguments(build, message):
         build()
 
 
+def test_sphereface_margin_is_an_integer():
+    with pytest.raises(TypeError, match=r"^margin must be an integer >= 1, got float: 1\.5$"):
+        SphereFaceLoss(embedding_dim=4, num_classes=3, margin=1.5)
+
+
 def test_labels_required_and_in_range():
     loss = ArcFaceLoss(embedding_dim=4, num_classes=3)
-    with pytest.raises(ValueError, match="needs labels"):
+    with pytest.raises(TypeError, match=r"^labels must be an integer torch\.Tensor, got NoneType: None$"):
         loss(torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=3\)"):
         loss(torch.randn(2, 4), torch.tensor([0, 5]))

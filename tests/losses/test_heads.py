@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from deepmetric.losses.heads import ClassCentreHead, adacos_dynamic_scale, adacos_fixed_scale
@@ -214,7 +213,7 @@ def test_bad_arguments_are_clear_errors():
         ClassCentreHead(embedding_dim=4, num_classes=0)
     with pytest.raises(ValueError, match="head must be one of"):
         ClassCentreHead(embedding_dim=4, num_classes=3, head="sharded")
-    with pytest.raises(ValueError, match=r"sample_rate must be in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"^sample_rate must be a finite number in \(0, 1\], got 1.5$"):
         ClassCentreHead(embedding_dim=4, num_classes=3, sample_rate=1.5)
     head = ClassCentreHead(embedding_dim=4, num_classes=3)
     with pytest.raises(ValueError, match=r"embedding_dim=4\), got \(2, 5\)"):

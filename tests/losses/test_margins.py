@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.losses.margins import (annealed_sphere_psi, arc_margin, chebyshev_cos_multiple, combined_margin,
-                                       cosine_margin, sphere_psi)
+from deepmetric.losses.margins import (
+    annealed_sphere_psi,
+    arc_margin,
+    chebyshev_cos_multiple,
+    combined_margin,
+    cosine_margin,
+    sphere_psi,
+)
 
 ANGLES = np.linspace(0.0, math.pi, 2001)
 
@@ -88,15 +94,17 @@ def test_sphere_psi_matches_numpy_and_is_monotonic_and_continuous(margin):
 
 
 def test_sphere_psi_rejects_non_integer_margin():
-    with pytest.raises(ValueError, match="margin for SphereFace must be an integer >= 1, got 1.5"):
+    with pytest.raises(TypeError, match=r"^margin must be an integer >= 1, got float: 1\.5$"):
         sphere_psi(cosines(), 1.5)
+    with pytest.raises(ValueError, match=r"^margin must be an integer >= 1, got 0$"):
+        sphere_psi(cosines(), 0)
 
 
 def test_annealed_sphere_psi():
     c = cosines()
     torch.testing.assert_close(annealed_sphere_psi(c, 4, 3.0), (3.0 * c + sphere_psi(c, 4)) / 4.0)
     torch.testing.assert_close(annealed_sphere_psi(c, 4, 0.0), sphere_psi(c, 4))
-    with pytest.raises(ValueError, match="annealing"):
+    with pytest.raises(ValueError, match=r"^annealing must be a finite number >= 0, got -1\.0$"):
         annealed_sphere_psi(c, 4, -1.0)
 
 

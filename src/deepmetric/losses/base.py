@@ -19,13 +19,15 @@ class BaseLoss(nn.Module):
     """Validates ``(embeddings, labels, mined, ref_embeddings, ref_labels)`` and calls ``compute``.
 
     ``ref_embeddings``/``ref_labels`` (e.g. a cross-batch memory) default to the batch itself. Losses
-    with class centres ignore ``ref_*``.
+    with class centres ignore ``ref_*``. A subclass that cannot work without labels sets ``needs_labels``.
     """
+
+    needs_labels = False
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, *,
                 mined: Pairs | Triplets | None = None, ref_embeddings: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None) -> torch.Tensor:
-        check_batch(embeddings, labels, ref_embeddings, ref_labels)
+        check_batch(embeddings, labels, ref_embeddings, ref_labels, labels_required=self.needs_labels)
         if mined is not None and not isinstance(mined, (Pairs, Triplets)):
             raise TypeError(f"mined must be Pairs or Triplets, got {type(mined).__name__}")
         return self.compute(embeddings, labels, mined=mined, ref_embeddings=ref_embeddings, ref_labels=ref_labels)

@@ -13,12 +13,17 @@ from torch import nn
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import BaseLoss, MetricLoss
-from deepmetric.losses.pair import _check_number
-from deepmetric.losses.tuples import (as_dissimilarity, distance_matrix, farther_than, masked_logsumexp,
-                                      pair_masks)
+from deepmetric.losses.tuples import as_dissimilarity, distance_matrix, farther_than, masked_logsumexp, pair_masks
 from deepmetric.reducers import reduce
 from deepmetric.registry import register
-from deepmetric.validation import check_positive_int
+from deepmetric.validation import (
+    check_bool,
+    check_choice,
+    check_non_negative_float,
+    check_number,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 @register("loss", "lifted_structure", example={"form": "song", "neg_margin": 1.0})
@@ -60,11 +65,9 @@ class LiftedStructureLoss(MetricLoss):
     def __init__(self, *, form: str = "song", neg_margin: float = 1.0, pos_margin: float = 0.0,
                  distance: Distance | str | None = None, reduction: str = "mean") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        if form not in self.forms:
-            raise ValueError(f"form must be one of {self.forms}, got {form!r}")
-        self.form = form
-        self.neg_margin = _check_number("neg_margin", neg_margin)
-        self.pos_margin = _check_number("pos_margin", pos_margin)
+        self.form = check_choice("form", form, self.forms)
+        self.neg_margin = check_number("neg_margin", neg_margin)
+        self.pos_margin = check_number("pos_margin", pos_margin)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
@@ -117,9 +120,7 @@ class NPairLoss(MetricLoss):
     def __init__(self, *, l2_reg: float = 0.002, distance: Distance | str | None = None,
                  reduction: str = "mean") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        self.l2_reg = _check_number("l2_reg", l2_reg)
-        if self.l2_reg < 0:
-            raise ValueError(f"l2_reg must be >= 0, got {l2_reg}")
+        self.l2_reg = check_non_negative_float("l2_reg", l2_reg)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
@@ -178,8 +179,8 @@ class NTXentLoss(MetricLoss):
     def __init__(self, *, temperature: float = 0.1, supervised: bool = False, distance: Distance | str | None = None,
                  reduction: str = "mean") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        self.temperature = _check_number("temperature", temperature, positive=True)
-        self.supervised = bool(supervised)
+        self.temperature = check_positive_float("temperature", temperature)
+        self.supervised = check_bool("supervised", supervised)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
@@ -231,10 +232,10 @@ class MultiSimilarityLoss(MetricLoss):
                  mining_epsilon: float | None = 0.1, distance: Distance | str | None = None,
                  reduction: str = "mean") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        self.alpha = _check_number("alpha", alpha, positive=True)
-        self.beta = _check_number("beta", beta, positive=True)
-        self.base = _check_number("base", base)
-        self.mining_epsilon = None if mining_epsilon is None else _check_number("mining_epsilon", mining_epsilon)
+        self.alpha = check_positive_float("alpha", alpha)
+        self.beta = check_positive_float("beta", beta)
+        self.base = check_number("base", base)
+        self.mining_epsilon = None if mining_epsilon is None else check_number("mining_epsilon", mining_epsilon)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
@@ -283,6 +284,7 @@ class ProxyAnchorLoss(BaseLoss):
     """
 
     has_class_centres = True
+    needs_labels = True
 
     def __init__(self, *, embedding_dim: int, num_classes: int, margin: float = 0.1, alpha: float = 32.0) -> None:
         super().__init__()
@@ -290,8 +292,8 @@ class ProxyAnchorLoss(BaseLoss):
             check_positive_int(name, value)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
-        self.margin = _check_number("margin", margin)
-        self.alpha = _check_number("alpha", alpha, positive=True)
+        self.margin = check_number("margin", margin)
+        self.alpha = check_positive_float("alpha", alpha)
         self.proxies = nn.Parameter(torch.empty(num_classes, embedding_dim))
         # The paper's initialisation (Kaiming normal, fan-out); only directions matter for the cosine.
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
@@ -302,8 +304,6 @@ class ProxyAnchorLoss(BaseLoss):
         return F.normalize(embeddings, dim=1) @ F.normalize(proxies, dim=1).T
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
-        if labels is None:
-            raise ValueError("proxy_anchor needs labels")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}) for num_classes={self.num_classes}, "
                              f"got values in [{int(labels.min())}, {int(labels.max())}]")

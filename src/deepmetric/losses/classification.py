@@ -15,22 +15,27 @@ import torch
 import torch.nn.functional as F
 
 from deepmetric.losses.base import BaseLoss
-from deepmetric.losses.heads import (ClassCentreHead, HeadOutput, adacos_dynamic_scale, adacos_fixed_scale,
-                                     identity_margin)
+from deepmetric.losses.heads import (
+    ClassCentreHead,
+    HeadOutput,
+    adacos_dynamic_scale,
+    adacos_fixed_scale,
+    identity_margin,
+)
 from deepmetric.losses.margins import annealed_sphere_psi, arc_margin, combined_margin, cosine_margin
 from deepmetric.reducers import zero_loss
 from deepmetric.registry import register
 from deepmetric.types import Pairs, Triplets
+from deepmetric.validation import (
+    check_bool,
+    check_choice,
+    check_in_range,
+    check_int,
+    check_non_negative_float,
+    check_positive_float,
+)
 
 _CENTRE_UPDATES = ("gradient", "alpha")
-
-
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
-        expected = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
-    return float(value)
 
 
 def mined_weights(mined: Pairs | Triplets | None, batch_size: int, like: torch.Tensor) -> torch.Tensor | None:
@@ -62,6 +67,7 @@ class ClassCentreLoss(BaseLoss):
     """
 
     has_class_centres = True
+    needs_labels = True
 
     def __init__(self, *, embedding_dim: int, num_classes: int, num_subcenters: int = 1,
                  normalize_weight: bool = True, bias: bool = False, head: str = "full", sample_rate: float = 0.1,
@@ -95,8 +101,6 @@ class ClassCentreLoss(BaseLoss):
         return None
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels) -> torch.Tensor:
-        if labels is None:
-            raise ValueError(f"{type(self).__name__} needs labels, got None")
         weights = mined_weights(mined, embeddings.shape[0], embeddings)
         if embeddings.shape[0] == 0 or (weights is not None and not bool(weights.any())):
             return zero_loss(embeddings)
@@ -160,7 +164,7 @@ class NormalizedSoftmaxLoss(ClassCentreLoss):
                  sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, head=head, sample_rate=sample_rate,
                          chunk_size=chunk_size)
-        self.scale = _positive("scale", scale)
+        self.scale = check_positive_float("scale", scale)
 
     def prepare(self, embeddings):
         return F.normalize(embeddings, dim=1), self.scale
@@ -194,13 +198,9 @@ class CenterLoss(SoftmaxLoss):
                  chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, head=head, sample_rate=sample_rate,
                          chunk_size=chunk_size)
-        self.center_weight = _positive("center_weight", center_weight, allow_zero=True)
-        if center_update not in _CENTRE_UPDATES:
-            raise ValueError(f"center_update must be one of {_CENTRE_UPDATES}, got {center_update!r}")
-        self.alpha = _positive("alpha", alpha)
-        if self.alpha > 1:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-        self.center_update = center_update
+        self.center_weight = check_non_negative_float("center_weight", center_weight)
+        self.center_update = check_choice("center_update", center_update, _CENTRE_UPDATES)
+        self.alpha = check_in_range("alpha", alpha, 0, 1, low_inclusive=False)
         centers = torch.zeros(num_classes, embedding_dim)
         if center_update == "gradient":
             self.centers = torch.nn.Parameter(centers)
@@ -256,15 +256,13 @@ class SphereFaceLoss(ClassCentreLoss):
                  head: str = "full", sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, head=head, sample_rate=sample_rate,
                          chunk_size=chunk_size)
-        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
-            raise ValueError(f"margin for SphereFace must be an integer >= 1, got {margin!r}")
-        self.margin_multiplier = margin
-        self.lambda_max = _positive("lambda_max", lambda_max, allow_zero=True)
-        self.lambda_min = _positive("lambda_min", lambda_min, allow_zero=True)
+        self.margin_multiplier = check_int("margin", margin, low=1)
+        self.lambda_max = check_non_negative_float("lambda_max", lambda_max)
+        self.lambda_min = check_non_negative_float("lambda_min", lambda_min)
         if self.lambda_min > self.lambda_max:
             raise ValueError(f"lambda_min ({lambda_min}) must be <= lambda_max ({lambda_max})")
-        self.lambda_gamma = _positive("lambda_gamma", lambda_gamma, allow_zero=True)
-        self.lambda_power = _positive("lambda_power", lambda_power, allow_zero=True)
+        self.lambda_gamma = check_non_negative_float("lambda_gamma", lambda_gamma)
+        self.lambda_power = check_non_negative_float("lambda_power", lambda_power)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._lambda_now = self.current_lambda()
 
@@ -293,7 +291,7 @@ class _ScaledMarginLoss(ClassCentreLoss):
                  head: str = "full", sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, num_subcenters=num_subcenters,
                          head=head, sample_rate=sample_rate, chunk_size=chunk_size)
-        self.scale = _positive("scale", scale)
+        self.scale = check_positive_float("scale", scale)
 
     def prepare(self, embeddings):
         return F.normalize(embeddings, dim=1), self.scale
@@ -318,17 +316,15 @@ class CosFaceLoss(_ScaledMarginLoss):
                  head: str = "full", sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, scale=scale, head=head,
                          sample_rate=sample_rate, chunk_size=chunk_size)
-        self.margin_value = _positive("margin", margin, allow_zero=True)
+        self.margin_value = check_non_negative_float("margin", margin)
 
     def margin(self, cosine, labels):
         return cosine_margin(cosine, self.margin_value)
 
 
 def _angular_margin(name: str, value: float) -> float:
-    value = _positive(name, value, allow_zero=True)
-    if value >= math.pi:
-        raise ValueError(f"{name} is an angle in radians and must be in [0, pi), got {value!r}")
-    return value
+    """An angle in radians in [0, pi): a larger margin would fold the target angle past pi."""
+    return check_in_range(name, value, 0, math.pi, high_inclusive=False)
 
 
 @register("loss", "arcface", example={"margin": 0.5, "scale": 30.0})
@@ -386,9 +382,9 @@ class CombinedMarginLoss(_ScaledMarginLoss):
                  sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, scale=scale, head=head,
                          sample_rate=sample_rate, chunk_size=chunk_size)
-        self.angular_multiplier = _positive("angular_multiplier", angular_multiplier)
+        self.angular_multiplier = check_positive_float("angular_multiplier", angular_multiplier)
         self.angular_margin = _angular_margin("angular_margin", angular_margin)
-        self.cosine_margin = _positive("cosine_margin", cosine_margin, allow_zero=True)
+        self.cosine_margin = check_non_negative_float("cosine_margin", cosine_margin)
 
     def margin(self, cosine, labels):
         return combined_margin(cosine, self.angular_multiplier, self.angular_margin, self.cosine_margin)
@@ -416,7 +412,7 @@ class AdaCosLoss(ClassCentreLoss):
                  sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, head=head, sample_rate=sample_rate,
                          chunk_size=chunk_size)
-        self.dynamic = bool(dynamic)
+        self.dynamic = check_bool("dynamic", dynamic)
         self.register_buffer("scale", torch.tensor(adacos_fixed_scale(num_classes), dtype=torch.float64))
 
     def prepare(self, embeddings):
@@ -502,9 +498,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         """(B,) bool: True for samples within ``max_angle`` radians of their class's dominant
         sub-centre. ``votes`` (from ``subcentre_votes`` over the training set) picks the dominant
         sub-centres; None uses the votes of this batch."""
-        max_angle = _positive("max_angle", max_angle, allow_zero=True)
-        if max_angle > math.pi:
-            raise ValueError(f"max_angle is an angle in radians in [0, pi], got {max_angle!r}")
+        max_angle = check_in_range("max_angle", max_angle, 0, math.pi)
         if votes is None:
             votes = self.subcentre_votes(embeddings, labels)
         self._check_votes(votes)
@@ -549,9 +543,9 @@ class DynamicMarginArcFaceLoss(ArcFaceLoss):
                              f"got shape {tuple(counts.shape)}")
         if not bool((counts >= 1).all()) or not bool(torch.isfinite(counts).all()):
             raise ValueError(f"class_counts must all be >= 1, got minimum {float(counts.min())}")
-        self.margin_scale = _positive("margin_scale", margin_scale, allow_zero=True)
-        self.margin_offset = _positive("margin_offset", margin_offset, allow_zero=True)
-        self.margin_power = _positive("margin_power", margin_power, allow_zero=True)
+        self.margin_scale = check_non_negative_float("margin_scale", margin_scale)
+        self.margin_offset = check_non_negative_float("margin_offset", margin_offset)
+        self.margin_power = check_non_negative_float("margin_power", margin_power)
         margins = self.margin_scale * counts.pow(-self.margin_power) + self.margin_offset
         if float(margins.max()) >= math.pi:
             raise ValueError(f"dynamic margins reach {float(margins.max()):.3f} rad >= pi; lower margin_scale "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepmetric.validation import check_positive_int
+from deepmetric.validation import check_choice, check_positive_int, check_probability
 
 MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(target_cosines (B,), labels (B,)) -> margin-penalised target values (B,)``."""
@@ -418,20 +418,13 @@ class ClassCentreHead(nn.Module):
         for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes),
                             ("num_subcenters", num_subcenters)):
             check_positive_int(name, value)
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if not isinstance(sample_rate, (int, float)) or not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
         self.num_subcenters = num_subcenters
         self.normalize_weight = normalize_weight
-        self.head = head
-        self.sample_rate = float(sample_rate)
-        self.chunk_size = chunk_size
+        self.head = check_choice("head", head, HEADS)
+        self.sample_rate = check_probability("sample_rate", sample_rate, allow_zero=False)
+        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
         # uniform_ in place: a 1M x 128 matrix initialises in well under a second, with no temporary.
         bound = 1.0 / math.sqrt(embedding_dim)
         self.weight = nn.Parameter(torch.empty(num_classes * num_subcenters, embedding_dim).uniform_(-bound, bound))

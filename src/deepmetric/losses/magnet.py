@@ -10,11 +10,10 @@ import torch.nn.functional as F
 
 from deepmetric.distances import SquaredEuclideanDistance
 from deepmetric.losses.base import BaseLoss
-from deepmetric.losses.pair import _check_number
 from deepmetric.losses.tuples import masked_logsumexp
 from deepmetric.reducers import check_reduction, reduce, zero_loss
 from deepmetric.registry import register
-from deepmetric.validation import check_batch
+from deepmetric.validation import check_batch, check_int, check_number
 
 _SQUARED_EUCLIDEAN = SquaredEuclideanDistance(normalize_embeddings=False)
 
@@ -84,10 +83,9 @@ class MagnetLoss(BaseLoss):
         super().__init__()
         for name, value, low in (("clusters_per_class", clusters_per_class, 1), ("refresh_every", refresh_every, 0),
                                  ("memory_size", memory_size, 1), ("kmeans_iterations", kmeans_iterations, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            check_int(name, value, low=low)
         self.clusters_per_class = clusters_per_class
-        self.alpha = _check_number("alpha", alpha)
+        self.alpha = check_number("alpha", alpha)
         self.refresh_every = refresh_every
         self.memory_size = memory_size
         self.kmeans_iterations = kmeans_iterations
@@ -150,8 +148,6 @@ class MagnetLoss(BaseLoss):
         self._memory, self._memory_labels = stored[-self.memory_size:], labels[-self.memory_size:]
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
-        if labels is None:
-            raise ValueError("magnet needs labels")
         if ref_embeddings is not None or mined is not None:
             raise ValueError("magnet builds its own clusters: mined tuples and ref_embeddings are not used")
         if self.training:

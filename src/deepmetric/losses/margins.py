@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from deepmetric.validation import check_int, check_non_negative_float
+
 
 def _check_cosine(cosine: torch.Tensor) -> torch.Tensor:
     if not isinstance(cosine, torch.Tensor) or not cosine.is_floating_point():
@@ -91,8 +93,7 @@ def sphere_psi(cosine: torch.Tensor, margin: int) -> torch.Tensor:
         cosine: target cosines, any shape.
         margin: the integer ``m >= 1``.
     """
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
-        raise ValueError(f"margin for SphereFace must be an integer >= 1, got {margin!r}")
+    margin = check_int("margin", margin, low=1)
     cosine = _check_cosine(cosine)
     with torch.no_grad():
         k = torch.floor(torch.acos(cosine) * (margin / math.pi)).clamp_(0, margin - 1)
@@ -136,6 +137,5 @@ def annealed_sphere_psi(cosine: torch.Tensor, margin: int, annealing: float) -> 
     Large ``lambda`` (start of training) is close to the plain softmax, which lets the network converge
     before the full margin ``psi`` takes over (Liu et al. 2017, Sec. 3.4 / their released code).
     """
-    if annealing < 0:
-        raise ValueError(f"annealing (lambda) must be >= 0, got {annealing!r}")
+    check_non_negative_float("annealing", annealing)
     return (annealing * _check_cosine(cosine) + sphere_psi(cosine, margin)) / (1.0 + annealing)

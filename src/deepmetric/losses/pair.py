@@ -10,19 +10,20 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import MetricLoss
-from deepmetric.losses.tuples import (as_dissimilarity, distance_matrix, farther_than, hinge_sums, pair_masks,
-                                      pair_values, reduce_masked, triplets_for)
+from deepmetric.losses.tuples import (
+    as_dissimilarity,
+    distance_matrix,
+    farther_than,
+    hinge_sums,
+    pair_masks,
+    pair_values,
+    reduce_masked,
+    triplets_for,
+)
 from deepmetric.reducers import reduce, zero_loss
 from deepmetric.registry import register
 from deepmetric.types import Triplets
-
-
-def _check_number(name: str, value: float, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)
+from deepmetric.validation import check_bool, check_choice, check_number
 
 
 @register("loss", "contrastive", example={"pos_margin": 0.0, "neg_margin": 1.0})
@@ -64,9 +65,9 @@ class ContrastiveLoss(MetricLoss):
     def __init__(self, *, pos_margin: float = 0.0, neg_margin: float = 1.0, squared: bool = False,
                  distance: Distance | str | None = None, reduction: str = "mean") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        self.pos_margin = _check_number("pos_margin", pos_margin)
-        self.neg_margin = _check_number("neg_margin", neg_margin)
-        self.squared = bool(squared)
+        self.pos_margin = check_number("pos_margin", pos_margin)
+        self.neg_margin = check_number("neg_margin", neg_margin)
+        self.squared = check_bool("squared", squared)
 
     def _hinge(self, excess: torch.Tensor) -> torch.Tensor:
         return 0.5 * F.relu(excess).pow(2) if self.squared else F.relu(excess)
@@ -117,8 +118,8 @@ class TripletLoss(MetricLoss):
     def __init__(self, *, margin: float = 0.2, soft_margin: bool = False, distance: Distance | str | None = None,
                  reduction: str = "mean_nonzero") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        self.margin = _check_number("margin", margin)
-        self.soft_margin = bool(soft_margin)
+        self.margin = check_number("margin", margin)
+        self.soft_margin = check_bool("soft_margin", soft_margin)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
@@ -188,14 +189,13 @@ class QuadrupletLoss(MetricLoss):
     def __init__(self, *, form: str = "chen", margin: float = 0.3, second_margin: float = 0.15,
                  distance: Distance | str | None = None, reduction: str = "mean") -> None:
         super().__init__(distance=distance, reduction=reduction)
-        if form not in self.forms:
-            raise ValueError(f"form must be one of {self.forms}, got {form!r}")
+        check_choice("form", form, self.forms)
         if reduction == "none":
             raise ValueError("reduction='none' is not available for quadruplet (its two terms have different "
                              "tuples); use 'mean', 'sum' or 'mean_nonzero'")
         self.form = form
-        self.margin = _check_number("margin", margin)
-        self.second_margin = _check_number("second_margin", second_margin)
+        self.margin = check_number("margin", margin)
+        self.second_margin = check_number("second_margin", second_margin)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         refs = embeddings if ref_embeddings is None else ref_embeddings
