@@ -7,17 +7,6 @@ from typer.testing import CliRunner
 from deepmetric.cli import app
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("emb")
-    rng = np.random.default_rng(0)
-    labels = np.arange(160) % 8
-    x = (rng.normal(size=(8, 6))[labels] + 0.8 * rng.normal(size=(160, 6))).astype(np.float32)
-    np.save(folder / "emb.npy", x)
-    np.save(folder / "labels.npy", labels)
-    return folder
-
-
 @pytest.mark.parametrize("protocol,primary,figure", [
     ("verification", "verification/tar@far=1e-3", "det.png"),
     ("identification", "identification/rank@1", "distractors.png"),
@@ -26,9 +15,10 @@ def saved(tmp_path_factory):
     ("clustering", "clustering/nmi", None),
 ])
 def test_evaluate_writes_metrics_and_report(saved, tmp_path, protocol, primary, figure):
-    out = tmp_path / protocol
-    result = CliRunner().invoke(app, ["evaluate", str(saved / "emb.npy"), "--labels", str(saved / "labels.npy"),
-                                      "-p", protocol, "-o", str(out), "--no-map", "--distractors", "100", "--bootstrap", "10"])
+    out, folder = tmp_path / protocol, saved[0]
+    result = CliRunner().invoke(app, ["evaluate", str(folder / "emb.npy"), "--labels", str(folder / "labels.npy"),
+                                      "-p", protocol, "-o", str(out), "--no-map", "--distractors", "100",
+                                      "--bootstrap", "10"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics[primary] <= 1
@@ -38,26 +28,29 @@ def test_evaluate_writes_metrics_and_report(saved, tmp_path, protocol, primary, 
         assert (out / "report" / figure).stat().st_size > 1000 and figure in page
 
 
-def test_embedding_map_and_csv_labels_with_thumbnails(saved, tmp_path):
+def test_embedding_map_and_csv_labels_with_thumbnails_and_query_gallery_flags(saved, tmp_path):
     from PIL import Image
 
-    rows = ["path,label"]
-    for i, label in enumerate(np.load(saved / "labels.npy")[:40]):
+    folder, _, labels, is_query, is_gallery = saved
+    rows = ["path,label,is_query,is_gallery"]
+    for i, label in enumerate(labels[:40]):
         image_path = tmp_path / f"{i}.png"
         Image.new("RGB", (8, 8), (int(label) * 30, 0, 0)).save(image_path)
-        rows.append(f"{image_path},{label}")
+        rows.append(f"{image_path},{label},{int(is_query[i])},{int(is_gallery[i])}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    np.save(tmp_path / "emb40.npy", np.load(saved / "emb.npy")[:40])
+    np.save(tmp_path / "emb40.npy", np.load(folder / "emb.npy")[:40])
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "emb40.npy"), "--labels", str(tmp_path / "labels.csv"),
-                                      "-p", "retrieval", "-o", str(out)])
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "emb40.npy"), "--labels",
+                                      str(tmp_path / "labels.csv"), "-p", "retrieval", "-o", str(out)])
     assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["retrieval/num_queries"] == is_query[:40].sum()
     assert (out / "report" / "retrieval_grid.png").is_file()
     assert (out / "report" / "embedding_map.png").is_file()
 
 
 def test_bad_protocol_is_rejected(saved, tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", str(saved / "emb.npy"), "--labels", str(saved / "labels.npy"),
+    folder = saved[0]
+    result = CliRunner().invoke(app, ["evaluate", str(folder / "emb.npy"), "--labels", str(folder / "labels.npy"),
                                       "-p", "retreival", "-o", str(tmp_path)])
     assert result.exit_code != 0 and "protocol" in result.output
 

@@ -47,7 +47,7 @@ class DataTable:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def select(self, split: str | None) -> "DataTable":
+    def select(self, split: str | None) -> DataTable:
         """Rows of one split (all rows when None)."""
         if split is None:
             return self
@@ -81,13 +81,15 @@ class DataTable:
         atomic_write_text(csv_path, buffer.getvalue())
 
 
-def _parse_bool(value: str, column: str, line: int, csv_path: Path) -> bool:
+def parse_bool(value: str, column: str, where: str) -> bool:
+    """A true/false cell of ``column`` (1/0, yes/no, y/n, t/f, any case; empty is false); ``where`` (e.g.
+    "table.csv:7") starts the error message."""
     lowered = value.strip().lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{csv_path}:{line}: {column} must be true/false (or 1/0), got {value!r}")
+    raise ValueError(f"{where}: {column} must be true/false (or 1/0), got {value!r}")
 
 
 def _resolve_inside(root: Path, relative: str, line: int, csv_path: Path) -> Path:
@@ -153,8 +155,8 @@ def read_table(csv_path: str | os.PathLike, *, root: str | os.PathLike | None = 
         paths.append(str(path))
         labels.append(label)
         splits.append(split)
-        queries.append(_parse_bool(row.get("is_query", "1") or "1", "is_query", line, csv_path))
-        galleries.append(_parse_bool(row.get("is_gallery", "1") or "1", "is_gallery", line, csv_path))
+        queries.append(parse_bool(row.get("is_query", "1") or "1", "is_query", f"{csv_path}:{line}"))
+        galleries.append(parse_bool(row.get("is_gallery", "1") or "1", "is_gallery", f"{csv_path}:{line}"))
         categories.append(row.get("category", ""))
     if missing_files:
         raise FileNotFoundError(f"{csv_path}: {len(missing_files)} listed file(s) do not exist under {root_path}, "

@@ -1,5 +1,6 @@
 """Evaluation: pure metric functions (retrieval, verification, identification, few-shot, clustering),
-evaluators returning ``dict[str, float]``, threshold calibration, plots and an HTML report.
+evaluators returning ``dict[str, float]`` (registered as kind "evaluator"), threshold calibration, plots, an
+HTML report, and the ``evaluate(config)`` pipeline that ties them together.
 
 Submodules load on first use, so ``import deepmetric.eval`` stays light.
 """
@@ -22,7 +23,8 @@ _EXPORTS = {
     "calibrate_threshold": "calibration", "store_calibration": "calibration", "load_calibration": "calibration",
     "RetrievalEvaluator": "evaluators", "VerificationEvaluator": "evaluators",
     "IdentificationEvaluator": "evaluators", "FewShotEvaluator": "evaluators", "ClusteringEvaluator": "evaluators",
-    "build_evaluator": "evaluators",
+    "query_gallery_rows": "evaluators",
+    "evaluate": "pipeline", "EvaluationResult": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

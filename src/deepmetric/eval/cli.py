@@ -1,42 +1,19 @@
 """``deepmetric evaluate``: metrics.json and an HTML report with figures, from saved embeddings or from a model
-folder plus a data set. Heavy imports happen inside the command."""
+folder plus a data set. A thin wrapper: it builds the config of ``deepmetric.eval.pipeline.evaluate``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
-PROTOCOLS = ("verification", "identification", "retrieval", "fewshot", "clustering")
+# Help text only; the evaluators themselves are the registry's (kind "evaluator").
+PROTOCOL_HELP = "retrieval | verification | identification | fewshot | clustering"
+DISTRACTOR_COUNTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
 
-def _read_labels(path: Path, count: int):
-    """Labels from a .npy array or a CSV with a "label" column (and optionally "path" for thumbnails)."""
-    import csv
-
-    import numpy as np
-
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False), None
-    if path.suffix != ".csv":
-        raise typer.BadParameter(f"--labels must be a .npy or .csv file, got {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "label" not in rows[0]:
-        raise typer.BadParameter(f"{path} needs a header with a 'label' column")
-    labels = [row["label"] for row in rows]
-    try:
-        labels = np.array([int(v) for v in labels], dtype=np.int64)
-    except ValueError:
-        labels = np.unique(labels, return_inverse=True)[1]
-    paths = [row["path"] for row in rows] if "path" in rows[0] else None
-    if len(labels) != count:
-        raise typer.BadParameter(f"{path} has {len(labels)} labels for {count} embeddings")
-    return labels, paths
-
-
-def _parse_data_args(items: list[str]) -> dict:
+def _parse_data_args(items: list[str]) -> dict[str, Any]:
     import yaml
 
     args = {}
@@ -48,109 +25,75 @@ def _parse_data_args(items: list[str]) -> dict:
     return args
 
 
-def _embed_dataset(model_dir: Path, data: str, data_args: dict, split: str, batch_size: int):
-    import numpy as np
-    import torch
+def evaluation_config(*, source: Path, protocol: str, labels: Path | None, data: str | None, data_args: dict,
+                      split: str, output: Path, metric: str, distractors: int, calibrate_far: float | None,
+                      index: str | None, bootstrap: int, embedding_map: bool, batch_size: int) -> dict[str, Any]:
+    """The ``evaluate(config)`` config of the command's options."""
+    args: dict[str, Any] = {}
+    if protocol == "verification":
+        args["num_bootstrap"] = bootstrap
+    if protocol == "identification" and distractors > 0:
+        args["distractor_counts"] = [c for c in DISTRACTOR_COUNTS if c <= distractors] or [distractors]
+    config: dict[str, Any] = {
+        "protocols": [{"name": protocol, "args": args}], "metric": metric, "index": index,
+        "calibrate_far": calibrate_far, "output_dir": str(output), "embedding_map": embedding_map,
+        "title": f"{protocol} evaluation of {source.name}",
+    }
+    if source.is_dir():
+        if data is None:
+            raise typer.BadParameter("a model folder needs --data (a data set name) to embed")
+        config.update(model=str(source), data={"name": data, "args": data_args}, split=split, batch_size=batch_size)
+    elif source.suffix == ".npy" and source.is_file():
+        if labels is None:
+            raise typer.BadParameter("embeddings from a .npy file need --labels")
+        config.update(embeddings=str(source), labels=str(labels))
+    else:
+        raise typer.BadParameter(f"{source} is neither a .npy file nor a model folder")
+    return config
 
-    from deepmetric import registry
-    from deepmetric.models import Embedder
 
-    model = Embedder.load(model_dir)
-    dataset = registry.build({"name": data, "args": data_args}, "dataset", split=split)
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        chunks.append(model.encode(batch, batch_size=batch_size))
-    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, model.embedding_dim), np.float32)
-    return embeddings, np.asarray(dataset.labels), getattr(dataset, "paths", None), getattr(dataset, "pairs", None)
-
-
-def _build_index(spec: str, embeddings, metric: str):
-    import numpy as np
-
-    from deepmetric.index import build_index
-
-    vector_index = build_index(spec, embeddings.shape[1], metric=metric)
-    vector_index.train(embeddings)
-    vector_index.add(embeddings, ids=np.arange(len(embeddings)))
-    return vector_index
-
-
-def evaluate(
-    source: Path = typer.Argument(..., help="embeddings (.npy, N x D) or a model folder (config.json + model.safetensors)"),
-    protocol: str = typer.Option("retrieval", "--protocol", "-p", help="|".join(PROTOCOLS)),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="labels for .npy embeddings: .npy or CSV with a 'label' (and optional 'path') column"),
-    data: Optional[str] = typer.Option(None, "--data", help="data set registry name for a model folder (e.g. digits, fashion_mnist, glyphs)"),
-    data_arg: list[str] = typer.Option([], "--data-arg", help="data set argument key=value (repeatable), e.g. root=lfw"),
+def evaluate_command(
+    source: Path = typer.Argument(..., help="embeddings (.npy, N x D) or a model folder (config.json + "
+                                            "model.safetensors)"),
+    protocol: str = typer.Option("retrieval", "--protocol", "-p", help=PROTOCOL_HELP),
+    labels: Path | None = typer.Option(None, "--labels", help="labels for .npy embeddings: .npy, or CSV with a "
+                                       "'label' column (optional: 'path', 'is_query', 'is_gallery')"),
+    data: str | None = typer.Option(None, "--data", help="data set registry name for a model folder (e.g. digits, "
+                                    "fashion_mnist, glyphs)"),
+    data_arg: list[str] = typer.Option([], "--data-arg", help="data set argument key=value (repeatable), e.g. "
+                                       "root=lfw"),
     split: str = typer.Option("test", "--split", help="data set split (for data sets that have splits)"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder: metrics.json + report/"),
     metric: str = typer.Option("cosine", "--metric", help="cosine | dot | euclidean"),
-    distractors: int = typer.Option(0, "--distractors", help="identification: also report rank-1 with up to this many synthetic distractors"),
-    calibrate_far: Optional[float] = typer.Option(None, "--calibrate-far", help="verification on a model folder: store the threshold for this FAR in its config.json"),
-    index: Optional[str] = typer.Option(None, "--index", help="retrieval through an ANN index built from this spec (e.g. HNSW32); the loss against exact search is reported"),
-    bootstrap: int = typer.Option(100, "--bootstrap", help="verification: bootstrap resamples for confidence intervals"),
+    distractors: int = typer.Option(0, "--distractors", help="identification: also report rank-1 with up to this "
+                                    "many synthetic distractors"),
+    calibrate_far: float | None = typer.Option(None, "--calibrate-far", help="verification on a model folder: "
+                                               "store the threshold for this FAR in its config.json"),
+    index: str | None = typer.Option(None, "--index", help="retrieval through an ANN index built from this spec "
+                                     "(e.g. HNSW32); the loss against exact search is reported"),
+    bootstrap: int = typer.Option(100, "--bootstrap", help="verification: bootstrap resamples for confidence "
+                                  "intervals"),
     no_map: bool = typer.Option(False, "--no-map", help="skip the t-SNE embedding map"),
     batch_size: int = typer.Option(256, "--batch-size", help="embedding batch size for model folders"),
 ) -> None:
     """Evaluate embeddings with a protocol and write metrics.json and an HTML report with figures."""
-    import numpy as np
     from rich.console import Console
 
-    from deepmetric.eval.evaluators import build_evaluator
-    from deepmetric.eval.report import write_report
+    from deepmetric.eval.pipeline import evaluate
 
-    if protocol not in PROTOCOLS:
-        raise typer.BadParameter(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    paths = pairs = None
-    if source.is_dir():
-        if data is None:
-            raise typer.BadParameter("a model folder needs --data (a data set name) to embed")
-        embeddings, label_array, paths, pairs = _embed_dataset(source, data, _parse_data_args(data_arg), split,
-                                                               batch_size)
-    elif source.suffix == ".npy" and source.is_file():
-        embeddings = np.load(source, allow_pickle=False)
-        if labels is None:
-            raise typer.BadParameter("embeddings from a .npy file need --labels")
-        label_array, paths = _read_labels(labels, len(embeddings))
-    else:
-        raise typer.BadParameter(f"{source} is neither a .npy file nor a model folder")
-    options: dict = {}
-    if protocol in ("retrieval", "verification", "identification", "fewshot"):
-        options["metric"] = metric
-    if protocol == "verification":
-        options["num_bootstrap"] = bootstrap
-    if index is not None:
-        if protocol != "retrieval":
-            raise typer.BadParameter("--index applies to --protocol retrieval")
-        options["index"] = _build_index(index, embeddings, metric)
-    if protocol == "identification" and distractors > 0:
-        counts = [c for c in (10, 100, 1_000, 10_000, 100_000, 1_000_000) if c <= distractors]
-        options["distractor_counts"] = counts or [distractors]
-    evaluator = build_evaluator(protocol, **options)
-    if protocol == "verification" and pairs is not None:
-        # the data set lists its own pairs and folds (LFW pairs.txt, insightface .bin): use them as given
-        from deepmetric.eval.verification import pair_scores
-
-        scores = pair_scores(embeddings[pairs.first], embeddings[pairs.second], metric=metric)
-        metrics = evaluator.evaluate_pairs(scores, pairs.same, fold_ids=pairs.fold)
-    else:
-        metrics = evaluator(embeddings, label_array)
-    if calibrate_far is not None:
-        if protocol != "verification" or not source.is_dir():
-            raise typer.BadParameter("--calibrate-far needs --protocol verification and a model folder")
-        from deepmetric.eval.calibration import calibrate_threshold, store_calibration
-
-        calibration = calibrate_threshold(evaluator.details["scores"], evaluator.details["same"],
-                                          target_far=calibrate_far, metric=metric)
-        store_calibration(source, calibration)
-        metrics["verification/calibrated_threshold"] = calibration["threshold"]
-    page = write_report(output, protocol=protocol, metrics=metrics, evaluator=evaluator, embeddings=embeddings,
-                        labels=label_array, paths=paths, title=f"{protocol} evaluation of {source.name}",
-                        embedding_map=not no_map)
+    config = evaluation_config(source=source, protocol=protocol, labels=labels, data=data,
+                               data_args=_parse_data_args(data_arg), split=split, output=output, metric=metric,
+                               distractors=distractors, calibrate_far=calibrate_far, index=index,
+                               bootstrap=bootstrap, embedding_map=not no_map, batch_size=batch_size)
+    try:
+        result = evaluate(config)
+    except (ValueError, FileNotFoundError) as error:  # what the user can fix; anything else keeps its traceback
+        raise typer.BadParameter(str(error)) from None
     console = Console()
-    console.print(f"[bold]{evaluator.primary_metric}[/bold] = {metrics[evaluator.primary_metric]:.4f}")
-    console.print(f"metrics: {Path(output) / 'metrics.json'}  report: {page}")
+    for primary in result.primary_metrics:
+        console.print(f"[bold]{primary}[/bold] = {result.metrics[primary]:.4f}")
+    console.print(f"metrics: {result.output_dir / 'metrics.json'}  report: {result.reports[0]}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate)
+    app.command("evaluate")(evaluate_command)
