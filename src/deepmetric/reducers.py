@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from deepmetric.validation import check_choice
+
 REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
 
 
 def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
+    """Return ``reduction`` if it is one of ``REDUCTIONS`` (see ``check_choice`` for the errors)."""
+    return check_choice("reduction", reduction, REDUCTIONS)
 
 
 def zero_loss(like: torch.Tensor) -> torch.Tensor:

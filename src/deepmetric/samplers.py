@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from deepmetric.registry import register
+from deepmetric.validation import check_bool, check_int
 
 _STATE_VERSION = 1
 
@@ -25,12 +26,6 @@ def _as_labels(labels: Any) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"labels must be integers, got dtype {array.dtype}")
     return array.astype(np.int64, copy=False)
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class _PKSchedule:
@@ -115,17 +110,13 @@ class _PKBase:
                  num_batches: int | None, drop_small_classes: bool, skip_single_sample_classes: bool,
                  num_replicas: int, rank: int) -> None:
         self.labels = _as_labels(labels)
-        self.classes_per_batch = _check_count("classes_per_batch", classes_per_batch, 1)
-        self.samples_per_class = _check_count("samples_per_class", samples_per_class, 1)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
-        self.seed = int(seed)
-        self.num_replicas = _check_count("num_replicas", num_replicas, 1)
-        self.rank = _check_count("rank", rank, 0)
-        if self.rank >= self.num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas={self.num_replicas}), got {rank!r}")
-        self.drop_small_classes = bool(drop_small_classes)
-        self.skip_single_sample_classes = bool(skip_single_sample_classes)
+        self.classes_per_batch = check_int("classes_per_batch", classes_per_batch, low=1)
+        self.samples_per_class = check_int("samples_per_class", samples_per_class, low=1)
+        self.seed = check_int("seed", seed)
+        self.num_replicas = check_int("num_replicas", num_replicas, low=1)
+        self.rank = check_int("rank", rank, low=0, high=self.num_replicas - 1)
+        self.drop_small_classes = check_bool("drop_small_classes", drop_small_classes)
+        self.skip_single_sample_classes = check_bool("skip_single_sample_classes", skip_single_sample_classes)
 
         classes, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
         minimum = self.samples_per_class if self.drop_small_classes else (2 if self.skip_single_sample_classes else 1)
@@ -141,7 +132,7 @@ class _PKBase:
         self._schedule = _PKSchedule(members, counts[eligible], self.samples_per_class, needed)
         if num_batches is None:
             num_batches = max(1, self._schedule.chunks_per_round // needed)
-        self.num_batches = _check_count("num_batches", num_batches, 1)
+        self.num_batches = check_int("num_batches", num_batches, low=1)
         self.epoch = 0
         self.position = 0
         self._fingerprint = hashlib.sha1(self.labels.tobytes()).hexdigest()[:16]
@@ -156,14 +147,14 @@ class _PKBase:
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of ``epoch``; a new epoch restarts at its first batch, the current one (e.g.
         right after ``load_state_dict``) continues where it stopped."""
-        epoch = _check_count("epoch", epoch, 0)
+        epoch = check_int("epoch", epoch, low=0)
         if epoch != self.epoch:
             self.epoch = epoch
             self.position = 0
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """All batches of ``epoch`` (default: the current one) for this rank, without changing the state."""
-        epoch = self.epoch if epoch is None else _check_count("epoch", epoch, 0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, low=0)
         rng = np.random.default_rng([self.seed, epoch])
         steps = self._schedule.steps(rng, self.num_batches)
         start = self.rank * self.classes_per_batch
@@ -201,11 +192,11 @@ class _PKBase:
             if key in state and state[key] != mine:
                 raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {mine!r}; "
                                  "it was saved for different labels or settings")
-        position = _check_count("position", state["position"], 0)
+        position = check_int("position", state["position"], low=0)
         if position > self.num_batches:
             raise ValueError(f"position must be <= num_batches={self.num_batches}, got {position}")
         self.seed = int(state["seed"])
-        self.epoch = _check_count("epoch", state["epoch"], 0)
+        self.epoch = check_int("epoch", state["epoch"], low=0)
         self.position = position
 
 
@@ -268,7 +259,8 @@ class DistributedPKSampler(_PKBase):
     P x num_replicas distinct classes and rank r takes the r-th group of P, so no class is split across
     ranks within a step (the all-gathered batch is a valid P' x K batch) and every rank has the same number
     of batches. All ranks must use the same labels, seed and settings.
-    """ + _PK_DOC_ARGS + r"""        num_replicas: number of ranks (default: the initialised process group's world size).
+    """ + _PK_DOC_ARGS + r"""        num_replicas: number of ranks (default: the initialised process group's world
+            size).
         rank: this rank (default: the process group's rank).
 
     Example:

@@ -11,20 +11,14 @@ import math
 import torch
 
 from deepmetric.registry import register
-
-
-def _check_steps(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
+from deepmetric.validation import (
+    check_bool,
+    check_in_range,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 class OptimizerFactory:
@@ -48,14 +42,17 @@ class AdamWOptimizer(OptimizerFactory):
         eps: added to the denominator for numerical stability.
     """
 
-    def __init__(self, *, lr: float = 1e-3, weight_decay: float = 1e-4, betas: tuple[float, float] | list[float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.lr = _check_positive("lr", lr)
-        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = _check_positive("eps", eps)
+    def __init__(self, *, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 betas: tuple[float, float] | list[float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr = check_positive_float("lr", lr)
+        self.weight_decay = check_non_negative_float("weight_decay", weight_decay)
+        if not isinstance(betas, (tuple, list)):
+            raise TypeError(f"betas must be a pair of numbers in [0, 1), got {type(betas).__name__}: {betas!r}")
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        self.betas = (check_in_range("betas[0]", betas[0], 0, 1, high_inclusive=False),
+                      check_in_range("betas[1]", betas[1], 0, 1, high_inclusive=False))
+        self.eps = check_positive_float("eps", eps)
 
     def create(self, param_groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(param_groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas,
@@ -75,12 +72,12 @@ class SGDOptimizer(OptimizerFactory):
 
     def __init__(self, *, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                  nesterov: bool = False) -> None:
-        self.lr = _check_positive("lr", lr)
-        self.momentum = _check_positive("momentum", momentum, allow_zero=True)
-        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        self.lr = check_positive_float("lr", lr)
+        self.momentum = check_non_negative_float("momentum", momentum)
+        self.weight_decay = check_non_negative_float("weight_decay", weight_decay)
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
 
     def create(self, param_groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.SGD(param_groups, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -94,8 +91,7 @@ class ScheduleFactory:
         raise NotImplementedError
 
     def create(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        check_positive_int("total_steps", total_steps)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step, total_steps))
 
 
@@ -117,10 +113,8 @@ class WarmupCosineSchedule(ScheduleFactory):
     """
 
     def __init__(self, *, warmup_steps: int = 100, min_lr_ratio: float = 0.01) -> None:
-        if not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
-        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
-        self.min_lr_ratio = float(min_lr_ratio)
+        self.warmup_steps = check_non_negative_int("warmup_steps", warmup_steps)
+        self.min_lr_ratio = check_in_range("min_lr_ratio", min_lr_ratio, 0, 1)
 
     def factor(self, step: int, total_steps: int) -> float:
         warmup = min(self.warmup_steps, max(total_steps - 1, 0))
@@ -135,7 +129,7 @@ class ConstantSchedule(ScheduleFactory):
     """The base rate throughout, after an optional linear warm-up of ``warmup_steps``."""
 
     def __init__(self, *, warmup_steps: int = 0) -> None:
-        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+        self.warmup_steps = check_non_negative_int("warmup_steps", warmup_steps)
 
     def factor(self, step: int, total_steps: int) -> float:
         return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
