@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from deepmetric import registry
@@ -25,6 +26,9 @@ def test_the_labels_csv_flags_make_the_queries_and_the_gallery(saved, tmp_path):
     assert result.metrics != pytest.approx(reference(x, labels))
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written == pytest.approx(result.metrics)
+    saved_config = yaml.safe_load((tmp_path / "out" / "evaluation.yaml").read_text())
+    assert saved_config == resolve_evaluation_config(config_of(saved, tmp_path))
+    assert evaluate(dict(saved_config, output_dir=str(tmp_path / "again"))).metrics == pytest.approx(result.metrics)
     assert result.primary_metrics == ["retrieval/map@r"] and result.reports == [tmp_path / "out" / "report" /
                                                                                  "index.html"]
 

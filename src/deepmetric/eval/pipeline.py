@@ -64,6 +64,9 @@ def resolve_evaluation_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` checked (unknown keys, types, evaluator names and arguments) with every default filled;
     raises ``ConfigError`` naming the key."""
     resolved = _check_section("", config, EVALUATION_SCHEMA)
+    for key in ("embeddings", "labels", "model", "output_dir"):  # plain strings, so the config saves as YAML
+        if resolved[key] is not None:
+            resolved[key] = os.fspath(resolved[key])
     if (resolved["embeddings"] is None) == (resolved["model"] is None):
         raise ConfigError("give exactly one of 'embeddings' (a .npy file) and 'model' (a model folder), got "
                           f"embeddings={resolved['embeddings']!r}, model={resolved['model']!r}")
@@ -100,8 +103,10 @@ def evaluate(config: Mapping[str, Any]) -> EvaluationResult:
     loss against exact search); ``calibrate_far``; ``output_dir``; ``embedding_map``; ``title``.
 
     Rows flagged by ``is_query`` / ``is_gallery`` (a data-set table's columns, or the labels CSV's) make the
-    retrieval queries and gallery. With one protocol the report is ``output_dir/report/``; with several,
-    each has ``output_dir/<protocol>/report/`` and ``output_dir/metrics.json`` holds all their metrics.
+    retrieval queries and gallery. The resolved config is saved as ``output_dir/evaluation.yaml``, so
+    evaluating that file's contents repeats the run. With one protocol the report is ``output_dir/report/``;
+    with several, each has ``output_dir/<protocol>/report/`` and ``output_dir/metrics.json`` holds all their
+    metrics.
 
     Example:
         >>> import tempfile
@@ -116,6 +121,7 @@ def evaluate(config: Mapping[str, Any]) -> EvaluationResult:
         (['retrieval/map@r'], True)
     """
     from deepmetric import registry
+    from deepmetric.config import save_config
     from deepmetric.eval.report import write_report
     from deepmetric.io import write_json
 
@@ -148,6 +154,7 @@ def evaluate(config: Mapping[str, Any]) -> EvaluationResult:
     if len(runs) > 1:
         write_json(output_dir / "metrics.json", {k: (None if isinstance(v, float) and np.isnan(v) else v)
                                                  for k, v in metrics.items()})
+    save_config(config, output_dir / "evaluation.yaml")
     return EvaluationResult(metrics=metrics, primary_metrics=[evaluator.primary_metric for _, evaluator, _ in runs],
                             output_dir=output_dir, reports=reports)
 
