@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from deepmetric.registry import register
-
-
-def _check_positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+from deepmetric.validation import check_in_range, check_positive_float, check_positive_int
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, groups: int = 1,
@@ -51,9 +46,9 @@ class SmallCNN(Backbone):
 
     def __init__(self, *, in_channels: int = 1, width: int = 32, stages: int = 3) -> None:
         super().__init__()
-        _check_positive("in_channels", in_channels)
-        _check_positive("width", width)
-        _check_positive("stages", stages)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("width", width)
+        check_positive_int("stages", stages)
         layers: list[nn.Module] = []
         channels = in_channels
         for stage in range(stages):
@@ -117,8 +112,8 @@ class ResNet(Backbone):
 
     def __init__(self, *, in_channels: int = 3, small_input: bool = False, width: int = 64) -> None:
         super().__init__()
-        _check_positive("in_channels", in_channels)
-        _check_positive("width", width)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("width", width)
         if small_input:
             self.stem = _conv_bn(in_channels, width, 3, 1)
         else:
@@ -192,8 +187,8 @@ class IResNet(Backbone):
 
     def __init__(self, *, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
-        _check_positive("in_channels", in_channels)
-        _check_positive("width", width)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("width", width)
         self.stem = _conv_bn(in_channels, width, 3, 1, activation=nn.PReLU)
         blocks: list[nn.Module] = []
         channels = width
@@ -255,9 +250,8 @@ class MobileFaceNet(Backbone):
 
     def __init__(self, *, in_channels: int = 3, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        _check_positive("in_channels", in_channels)
-        if not width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
+        check_positive_int("in_channels", in_channels)
+        check_positive_float("width_multiplier", width_multiplier)
 
         def scaled(channels: int) -> int:
             return max(8, int(round(channels * width_multiplier)))
@@ -300,13 +294,12 @@ class MLP(Backbone):
 
     def __init__(self, *, input_dim: int, hidden_dims: Sequence[int] = (), dropout: float = 0.0) -> None:
         super().__init__()
-        _check_positive("input_dim", input_dim)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_positive_int("input_dim", input_dim)
+        check_in_range("dropout", dropout, 0, 1, high_inclusive=False)
         layers: list[nn.Module] = []
         width = input_dim
         for hidden in hidden_dims:
-            _check_positive("hidden_dims entry", hidden)
+            check_positive_int("hidden_dims entry", hidden)
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             layers += [nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]

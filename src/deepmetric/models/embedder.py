@@ -25,6 +25,7 @@ from deepmetric.data.images import is_image_source, load_image
 from deepmetric.io import (FOLDER_MARKER, atomic_directory, load_weights, read_json, recover_directory, save_weights,
                           write_json)
 from deepmetric.models.neck import EmbeddingNeck, validate_neck
+from deepmetric.validation import check_positive_int
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -83,10 +84,7 @@ def validate_model_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
         config["pooling"] = {"name": backbone_cls.default_pooling, "args": {}}
     else:
         config["pooling"] = _check_node(model_config, "pooling", "pooling")
-    dim = model_config["embedding_dim"]
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ValueError(f"model config embedding_dim must be a positive int, got {dim!r}")
-    config["embedding_dim"] = dim
+    config["embedding_dim"] = check_positive_int("model config embedding_dim", model_config["embedding_dim"])
     config["neck"] = validate_neck(model_config.get("neck"))
     preprocessing = model_config.get("preprocessing")
     if backbone_cls.input_kind == "image":

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepmetric.validation import check_in_range
+
 NECK_KEYS = ("dropout", "linear", "batch_norm")
 
 
@@ -28,8 +30,7 @@ class EmbeddingNeck(nn.Module):
     def __init__(self, *, in_features: int, embedding_dim: int, dropout: float = 0.0, linear: bool = True,
                  batch_norm: bool = True) -> None:
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"neck dropout must be in [0, 1), got {dropout!r}")
+        check_in_range("dropout", dropout, 0, 1, high_inclusive=False)
         if not linear and in_features != embedding_dim:
             raise ValueError(f"neck without a linear layer needs embedding_dim == pooled features "
                              f"({in_features}), got embedding_dim={embedding_dim}")

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepmetric.registry import register
+from deepmetric.validation import check_positive_float, check_positive_int
 
 
 def _check_map(name: str, features: torch.Tensor) -> None:
@@ -62,16 +62,12 @@ class GeMPooling(Pooling):
 
     def __init__(self, *, p: float = 3.0, learnable: bool = True, eps: float = 1e-6) -> None:
         super().__init__()
-        if not p > 0:
-            raise ValueError(f"GeM exponent p must be > 0, got {p!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        value = torch.tensor(float(p))
+        value = torch.tensor(check_positive_float("p", p))
         if learnable:
             self.p = nn.Parameter(value)
         else:
             self.register_buffer("p", value)
-        self.eps = eps
+        self.eps = check_positive_float("eps", eps)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         _check_map("gem", features)
@@ -100,11 +96,14 @@ class GlobalDepthwiseConv(Pooling):
 
     def __init__(self, *, in_channels: int, feature_size: Sequence[int]) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        if len(feature_size) != 2 or min(feature_size) < 1:
-            raise ValueError(f"feature_size must be [h, w] of positive ints, got {feature_size!r}")
-        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
+        check_positive_int("in_channels", in_channels)
+        if not isinstance(feature_size, (list, tuple)):
+            raise TypeError(f"feature_size must be [h, w] of positive integers, got {type(feature_size).__name__}: "
+                            f"{feature_size!r}")
+        if len(feature_size) != 2:
+            raise ValueError(f"feature_size must be [h, w] of positive integers, got {feature_size!r}")
+        self.feature_size = (check_positive_int("feature_size[0]", feature_size[0]),
+                             check_positive_int("feature_size[1]", feature_size[1]))
         self.conv = nn.Conv2d(in_channels, in_channels, self.feature_size, groups=in_channels, bias=False)
         self.norm = nn.BatchNorm2d(in_channels)
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepmetric.types import Pairs
+from deepmetric.validation import check_non_negative_float, check_positive_int
 
 
 class SiameseNetwork(nn.Module):
@@ -87,10 +88,8 @@ def sample_pairs(labels: np.ndarray, *, num_pairs: int, negative_ratio: float = 
     """Draw ``num_pairs`` index pairs: ``round(num_pairs / (1 + negative_ratio))`` with equal labels, the rest
     with different labels. Returns (first, second, same) arrays."""
     labels = np.asarray(labels)
-    if not isinstance(num_pairs, int) or num_pairs < 1:
-        raise ValueError(f"num_pairs must be a positive int, got {num_pairs!r}")
-    if not negative_ratio >= 0:
-        raise ValueError(f"negative_ratio must be >= 0, got {negative_ratio!r}")
+    check_positive_int("num_pairs", num_pairs)
+    check_non_negative_float("negative_ratio", negative_ratio)
     rng = np.random.default_rng(seed)
     num_positive = int(round(num_pairs / (1.0 + negative_ratio)))
     num_negative = num_pairs - num_positive
