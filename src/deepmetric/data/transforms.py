@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepmetric.validation import check_non_negative_float, check_number, check_positive_float, check_positive_int
+
 PREPROCESSING_KEYS = ("image_size", "channels", "mean", "std")
 
 
@@ -28,22 +30,25 @@ def validate_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"preprocessing {dict(preprocessing)!r} lacks {missing}; "
                          f"expected keys {list(PREPROCESSING_KEYS)}")
-    size = preprocessing["image_size"]
-    if (not isinstance(size, Sequence) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise ValueError(f"preprocessing image_size must be [height, width] positive ints, got {size!r}")
-    channels = preprocessing["channels"]
+    size = _sequence("preprocessing image_size", preprocessing["image_size"], 2, "[height, width]")
+    channels = check_positive_int("preprocessing channels", preprocessing["channels"])
     if channels not in (1, 3):
         raise ValueError(f"preprocessing channels must be 1 or 3, got {channels!r}")
-    clean: dict[str, Any] = {"image_size": [int(size[0]), int(size[1])], "channels": int(channels)}
-    for key in ("mean", "std"):
-        values = preprocessing[key]
-        if not isinstance(values, Sequence) or len(values) != channels:
-            raise ValueError(f"preprocessing {key} must list one number per channel ({channels}), got {values!r}")
-        clean[key] = [float(v) for v in values]
-    if any(v <= 0 for v in clean["std"]):
-        raise ValueError(f"preprocessing std must be positive, got {clean['std']!r}")
+    clean: dict[str, Any] = {
+        "image_size": [check_positive_int(f"preprocessing image_size[{i}]", v) for i, v in enumerate(size)],
+        "channels": channels}
+    for key, check in (("mean", check_number), ("std", check_positive_float)):
+        values = _sequence(f"preprocessing {key}", preprocessing[key], channels, "one number per channel")
+        clean[key] = [check(f"preprocessing {key}[{i}]", v) for i, v in enumerate(values)]
     return clean
+
+
+def _sequence(name: str, value: Any, length: int, what: str) -> Sequence[Any]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise TypeError(f"{name} must be a list of {length} ({what}), got {type(value).__name__}: {value!r}")
+    if len(value) != length:
+        raise ValueError(f"{name} must be a list of {length} ({what}), got {value!r}")
+    return value
 
 
 def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -143,7 +148,6 @@ def build_transforms(preprocessing: Mapping[str, Any], *, train: bool, hflip: bo
     """
     if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
         raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}")
-    if color_jitter < 0:
-        raise ValueError(f"color_jitter must be >= 0, got {color_jitter!r}")
+    check_non_negative_float("color_jitter", color_jitter)
     return ImageTransform(preprocessing, train=train, hflip=hflip, crop_scale=tuple(crop_scale),
                           color_jitter=color_jitter)
