@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepmetric.registry import register
+from deepmetric.registry import get, register
+from deepmetric.validation import check_positive_int
 
 _EPS = 1e-12
 
@@ -157,11 +158,8 @@ class MahalanobisDistance(EuclideanDistance):
 
     def __init__(self, *, dim: int, rank: int | None = None, normalize_embeddings: bool = False) -> None:
         super().__init__(normalize_embeddings=normalize_embeddings)
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        rank = dim if rank is None else rank
-        if rank <= 0:
-            raise ValueError(f"rank must be positive, got {rank}")
+        dim = check_positive_int("dim", dim)
+        rank = dim if rank is None else check_positive_int("rank", rank)
         self.projection = nn.Parameter(torch.eye(rank, dim))
 
     @property
@@ -181,8 +179,6 @@ def get_distance(distance: Distance | str | None, default: str = "euclidean") ->
     if distance is None:
         distance = default
     if isinstance(distance, str):
-        from deepmetric.registry import get
-
         return get(distance, "distance")()
     if not isinstance(distance, Distance):
         raise TypeError(f"distance must be a Distance or a name, got {type(distance).__name__}")
