@@ -154,7 +154,8 @@ def test_choice_accepts_members_and_hints_at_the_closest_one():
 
 
 def test_did_you_mean_is_empty_when_nothing_is_close():
-    assert did_you_mean("semihard", ["semi_hard", "hard"]) == " Did you mean 'semi_hard'?"
+    assert did_you_mean("semihard", ["semi_hard", "hard"]) == " Did you mean 'semi_hard' or 'hard'?"
+    assert did_you_mean("cosin", ["cosine", "dot"]) == " Did you mean 'cosine'?"
     assert did_you_mean("q", ["semi_hard", "hard"]) == ""
 
 

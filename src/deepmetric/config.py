@@ -8,11 +8,12 @@ config saved beside each checkpoint says everything the run used.
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from deepmetric.validation import did_you_mean
 
 __all__ = [
     "ConfigError", "DEFAULTS", "load_config", "resolve_config", "apply_overrides", "save_config", "dump_config",
@@ -116,11 +117,6 @@ def _defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
 DEFAULTS = _defaults(SCHEMA)
 
 
-def _hint(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.5)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -135,7 +131,7 @@ def _check_component(path: str, node: Any, spec: _Component) -> dict[str, Any]:
     unknown = sorted(set(node) - {"name", "args"})
     if unknown:
         raise ConfigError(f"unknown key {_join(path, unknown[0])!r}; a component has only 'name' and 'args'."
-                          f"{_hint(unknown[0], ['name', 'args'])}")
+                          f"{did_you_mean(unknown[0], ['name', 'args'])}")
     if "name" not in node:
         raise ConfigError(f"{path} has no 'name'; known {spec.kind} names: {registry.names(spec.kind)}")
     args = node.get("args") or {}
@@ -149,7 +145,7 @@ def _check_component(path: str, node: Any, spec: _Component) -> dict[str, Any]:
     for key in args:
         if key not in accepted:
             raise ConfigError(f"unknown argument {_join(path + '.args', key)!r} for {spec.kind} {node['name']!r}."
-                              f"{_hint(key, accepted)} Accepted: {accepted}")
+                              f"{did_you_mean(key, accepted)} Accepted: {accepted}")
     return {"name": node["name"], "args": dict(args)}
 
 
@@ -164,7 +160,8 @@ def _check_value(path: str, value: Any, spec: _Value) -> Any:
         expected = " or ".join(t.__name__ for t in spec.types)
         raise ConfigError(f"{path} must be {expected}, got {type(value).__name__}: {value!r}")
     if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"{path} must be one of {list(spec.choices)}, got {value!r}.{_hint(value, spec.choices)}")
+        raise ConfigError(f"{path} must be one of {list(spec.choices)}, got {value!r}."
+                          f"{did_you_mean(value, spec.choices)}")
     return value
 
 
@@ -175,7 +172,7 @@ def _check_section(path: str, section: Any, schema: Mapping[str, Any]) -> dict[s
         raise ConfigError(f"{path or 'the config'} must be a mapping, got {type(section).__name__}: {section!r}")
     for key in section:
         if key not in schema:
-            raise ConfigError(f"unknown key {_join(path, str(key))!r}.{_hint(str(key), schema)} "
+            raise ConfigError(f"unknown key {_join(path, str(key))!r}.{did_you_mean(str(key), schema)} "
                               f"Allowed keys{' in ' + path if path else ''}: {sorted(schema)}")
     out: dict[str, Any] = {}
     for key, spec in schema.items():

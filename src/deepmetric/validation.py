@@ -239,16 +239,20 @@ def check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """A ``" Did you mean 'x'?"`` suffix naming the closest choice, or ``""`` when none is close.
+def did_you_mean(value: object, choices: Iterable[object]) -> str:
+    """A ``" Did you mean 'x'?"`` suffix naming up to three close choices, or ``""`` when none is close; the
+    one hint for misspelt choices, config keys and registry names.
 
     >>> did_you_mean("cosin", ["cosine", "dot"])
     " Did you mean 'cosine'?"
+    >>> did_you_mean("semihard", ["semi_hard", "hard", "all"])
+    " Did you mean 'semi_hard' or 'hard'?"
     >>> did_you_mean("xyz", ["cosine", "dot"])
     ''
     """
-    close = difflib.get_close_matches(value, [str(choice) for choice in choices], n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    # cutoff 0.5 rather than difflib's 0.6: short names (``"l2"``, ``"sum"``) are often one edit away.
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(choice) for choice in close)}?" if close else ""
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
