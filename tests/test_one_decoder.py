@@ -131,7 +131,8 @@ def test_service_embed(model, photos, upright_vector, tmp_path):
     from deepmetric.gallery import Gallery
     from deepmetric.service.app import create_app
 
-    with Gallery.create(tmp_path / "gallery", model=model) as gallery, TestClient(create_app(gallery)) as client:
+    with (Gallery.create(tmp_path / "gallery", model=model) as gallery,
+          TestClient(create_app(gallery), base_url="http://localhost") as client):  # a Host the service allows
         response = client.post("/api/embed", files={"image": ("sideways.jpg",
                                                               (photos / "sideways.jpg").read_bytes(), "image/jpeg")})
         assert response.status_code == 200, response.text

@@ -10,6 +10,7 @@ from PIL import Image
 from deepmetric.faces.samples import astronaut, encode, moved, no_face, rotated_with_exif, two_faces
 from deepmetric.gallery import Gallery
 from deepmetric.service.app import create_app
+from service_helpers import LOCAL
 
 API_KEY = "test-key-123"
 KEY = {"X-API-Key": API_KEY}
@@ -20,7 +21,7 @@ DIM = 8
 def vector_client(tmp_path):
     gallery = Gallery.create(tmp_path / "vectors", embedding_dim=DIM, model_stamp="external",
                              model_config={"calibration": {"metric": "cosine", "threshold": 0.5}})
-    with TestClient(create_app(gallery, api_key=API_KEY)) as client:
+    with TestClient(create_app(gallery, api_key=API_KEY), base_url=LOCAL, headers=KEY) as client:
         client.gallery = gallery
         yield client
     gallery.close()
@@ -99,6 +100,7 @@ def test_bad_photos_get_4xx_with_reason_and_change_nothing(face_client, face_gal
 
 
 def test_api_key_required_for_writes(vector_client):
+    del vector_client.headers["X-API-Key"]
     body = {"identity_id": "a", "embeddings": [[1.0] + [0.0] * (DIM - 1)]}
     missing = vector_client.post("/api/identities/embeddings", json=body)
     assert missing.status_code == 401 and "X-API-Key" in missing.json()["reason"]
@@ -108,16 +110,32 @@ def test_api_key_required_for_writes(vector_client):
     bearer = vector_client.post("/api/identities/embeddings", json=body,
                                 headers={"Authorization": f"Bearer {API_KEY}"})
     assert bearer.status_code == 201
-    assert vector_client.get("/api/identities").status_code == 200  # reads are open by default
 
 
-def test_protected_reads(tmp_path):
-    gallery = Gallery.create(tmp_path / "g", embedding_dim=DIM, model_stamp="external")
-    with TestClient(create_app(gallery, api_key=API_KEY, protect_reads=True)) as client:
-        assert client.get("/api/identities").status_code == 401
-        assert client.get("/api/identities", headers=KEY).status_code == 200
-        assert client.get("/api/health").status_code == 200
-    gallery.close()
+
+READS = [("GET", "/api/identities", None), ("GET", "/api/identities/a", None),
+         ("POST", "/api/identify/embedding", {"embedding": [1.0] + [0.0] * (DIM - 1)}),
+         ("POST", "/api/verify/embedding", {"embedding": [1.0] + [0.0] * (DIM - 1), "identity_id": "a"})]
+
+
+def test_reads_need_a_key_unless_public(tmp_path):
+    with Gallery.create(tmp_path / "g", embedding_dim=DIM, model_stamp="external",
+                        model_config={"calibration": {"metric": "cosine", "threshold": 0.5}}) as gallery:
+        gallery.enroll("a", embeddings=np.eye(DIM)[:1])
+        with TestClient(create_app(gallery, api_key=API_KEY, read_key="reader"), base_url=LOCAL) as client:
+            for method, path, body in READS:
+                assert client.request(method, path, json=body).status_code == 401, path
+                assert client.request(method, path, json=body, headers={"X-API-Key": "nope"}).status_code == 403
+                assert client.request(method, path, json=body, headers=KEY).status_code == 200, path
+                assert client.request(method, path, json=body, headers={"X-API-Key": "reader"}).status_code == 200
+            # The read key writes nothing.
+            assert client.delete("/api/identities/a", headers={"X-API-Key": "reader"}).status_code == 403
+            assert client.get("/api/health").status_code == 200 and client.get("/metrics").status_code == 200
+            assert client.get("/api/health").json()["public_reads"] is False
+        with TestClient(create_app(gallery, api_key=API_KEY, public_reads=True), base_url=LOCAL) as client:
+            for method, path, body in READS:
+                assert client.request(method, path, json=body).status_code == 200, path
+            assert client.delete("/api/identities/a").status_code == 401
 
 
 def test_bad_embeddings_and_ids_get_4xx_and_change_nothing(vector_client):

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deepmetric.gallery import Gallery
 from deepmetric.service.app import create_app
+from service_helpers import LOCAL
 
 API_KEY = "app-test-key"
 KEY = {"X-API-Key": API_KEY}
@@ -44,7 +45,7 @@ def vector_gallery(tmp_path):
 
 
 def test_metrics_parse_and_count_requests_latency_gallery_and_index(vector_gallery):
-    with TestClient(create_app(vector_gallery, api_key=API_KEY)) as client:
+    with TestClient(create_app(vector_gallery, api_key=API_KEY), base_url=LOCAL, headers=KEY) as client:
         body = {"identity_id": "alice", "embeddings": [[1.0, 0.0, 0.0, 0.0]]}
         assert client.post("/api/identities/embeddings", json=body, headers=KEY).status_code == 201
         for _ in range(3):
@@ -74,7 +75,8 @@ def test_metrics_parse_and_count_requests_latency_gallery_and_index(vector_galle
 
 def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path, vector_gallery):
     with (Gallery.create(tmp_path / "other", embedding_dim=DIM, model_stamp="external") as other,
-          TestClient(create_app(vector_gallery)) as first, TestClient(create_app(other)) as second):
+          TestClient(create_app(vector_gallery), base_url=LOCAL) as first,
+          TestClient(create_app(other), base_url=LOCAL) as second):
         for _ in range(2):
             first.get("/api/identities")
         second.get("/api/health")
@@ -94,7 +96,7 @@ def test_pixel_limit_is_an_argument_on_every_image_path_and_nothing_global_chang
     pil_limit = Image.MAX_IMAGE_PIXELS
     with Gallery.create(tmp_path / "images", model=model) as gallery:
         small, large = _png(40, seed=1), _png(120, seed=2)  # 1,600 and 14,400 pixels
-        with TestClient(create_app(gallery, api_key=API_KEY, max_pixels=10_000)) as client:
+        with TestClient(create_app(gallery, api_key=API_KEY, max_pixels=10_000), base_url=LOCAL, headers=KEY) as client:
             assert pil_limit == Image.MAX_IMAGE_PIXELS
             assert not hasattr(model, "max_pixels")
             refused = client.post("/api/identities", headers=KEY, data={"identity_id": "big"},
@@ -115,7 +117,7 @@ def test_pixel_limit_is_an_argument_on_every_image_path_and_nothing_global_chang
             embedded = client.post("/api/embed", files={"image": ("a.png", small)}).json()
             assert embedded["width"] == 40 and len(embedded["faces"][0]["embedding"]) == 16
         # A second app over the same gallery with the default limit takes the larger photo.
-        with TestClient(create_app(gallery, api_key=API_KEY)) as client:
+        with TestClient(create_app(gallery, api_key=API_KEY), base_url=LOCAL, headers=KEY) as client:
             accepted = client.post("/api/identify", files={"image": ("b.png", large)}, data={"threshold": "0.5"})
             assert accepted.status_code == 200, accepted.text
 
@@ -138,7 +140,8 @@ def test_the_event_loop_answers_while_a_photo_is_embedded(tmp_path):
     from deepmetric.models import build_embedder
 
     model = _GatedModel(build_embedder(MODEL_CONFIG))
-    with Gallery.create(tmp_path / "gated", model=model) as gallery, TestClient(create_app(gallery)) as client:
+    with (Gallery.create(tmp_path / "gated", model=model) as gallery,
+          TestClient(create_app(gallery), base_url=LOCAL) as client):
         answers: dict[str, int] = {}
 
         def embed() -> None:
@@ -163,13 +166,13 @@ def test_the_event_loop_answers_while_a_photo_is_embedded(tmp_path):
 
 def test_face_model_keeps_its_own_pixel_limit(face_gallery, face_model):
     limit = face_model.max_pixels
-    with TestClient(create_app(face_gallery, max_pixels=1_000)) as client:
+    with TestClient(create_app(face_gallery, max_pixels=1_000), base_url=LOCAL) as client:
         assert client.get("/api/health").json()["detects_faces"]
     assert face_model.max_pixels == limit
 
 
 def test_unknown_paths_and_methods_use_the_json_error_format(vector_gallery):
-    with TestClient(create_app(vector_gallery)) as client:
+    with TestClient(create_app(vector_gallery), base_url=LOCAL) as client:
         missing = client.get("/api/nothing-here")
         assert missing.status_code == 404 and missing.json() == {"status": 404, "reason": "Not Found"}
         wrong_method = client.put("/api/health")
@@ -182,7 +185,13 @@ def test_unknown_paths_and_methods_use_the_json_error_format(vector_gallery):
     ({"max_files": 2.5}, (TypeError, ValueError), "max_files"),
     ({"api_key": ""}, ValueError, "api_key"),
     ({"api_key": 123}, TypeError, "api_key"),
-    ({"protect_reads": "yes"}, TypeError, "protect_reads"),
+    ({"public_reads": "yes"}, TypeError, "public_reads"),
+    ({"read_key": "k"}, ValueError, "read_key"),
+    ({"api_key": "k", "read_key": "k"}, ValueError, "read_key"),
+    ({"workers": 0}, ValueError, "workers"),
+    ({"max_queued": -1}, ValueError, "max_queued"),
+    ({"request_timeout": 0}, ValueError, "request_timeout"),
+    ({"allowed_hosts": "localhost"}, TypeError, "allowed_hosts"),
 ])
 def test_bad_settings_are_refused_when_the_app_is_built(vector_gallery, arguments, error, match):
     with pytest.raises(error, match=match):

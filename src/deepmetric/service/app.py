@@ -2,58 +2,86 @@
 metrics. Every error is JSON ``{"status": int, "reason": str}``; bad input never changes the gallery.
 
 Build with ``create_app(gallery, api_key=...)``; ``deepmetric serve`` runs it under uvicorn. The routes live
-in ``deepmetric.service.routers`` (one module per resource) and reach the gallery and settings through
-``deepmetric.service.dependencies``.
+in ``deepmetric.service.routers`` (one module per resource) and reach the gallery, settings and photo workers
+through ``deepmetric.service.dependencies``.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
-from deepmetric.data.images import DEFAULT_MAX_PIXELS
 from deepmetric.gallery.gallery import Gallery
-from deepmetric.service.errors import install_error_handlers
+from deepmetric.service.errors import error_responses, install_error_handlers
 from deepmetric.service.metrics import ServiceMetrics
 from deepmetric.service.middleware import LimitsAndMetricsMiddleware
 from deepmetric.service.routers import embed, health, identities, pages, recognition
 from deepmetric.service.settings import (
     DEFAULT_MAX_FILES,
+    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WORKERS,
+    LOOPBACK_HOSTS,
     ServiceSettings,
 )
+from deepmetric.service.workers import WorkerPool
 
 
-def create_app(gallery: Gallery, *, api_key: str | None = None, protect_reads: bool = False,
+def create_app(gallery: Gallery, *, api_key: str | None = None, read_key: str | None = None,
+               public_reads: bool = False, allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_files: int = DEFAULT_MAX_FILES) -> FastAPI:
+               max_files: int = DEFAULT_MAX_FILES, workers: int = DEFAULT_WORKERS, max_queued: int | None = None,
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT, keep_photo_metadata: bool = False) -> FastAPI:
     """The FastAPI application serving ``gallery``.
 
     Args:
         gallery: an open gallery; its model embeds uploaded images (face pipelines detect faces first).
-        api_key: required in the ``X-API-Key`` header for every write; None disables the check (only for
-            a service bound to loopback; ``deepmetric serve`` always sets one).
-        protect_reads: require the key for reads (embed, verify, identify, listing) too.
+        api_key: the write key (``X-API-Key`` header or ``Authorization: Bearer``), also good for reads; None
+            disables every key check (only for a service bound to loopback; ``deepmetric serve`` always sets
+            one).
+        read_key: a second key good for reads only.
+        public_reads: reads (embed, verify, identify, listing, photos) need no key.
+        allowed_hosts: Host header names answered; others get 400 (DNS rebinding). Loopback names by default.
         max_upload_bytes: larger request bodies are refused with 413 before they are read.
-        max_pixels: larger images are refused from their header, before decoding (decompression bombs). The
-            model decodes with its own limit too (a face model's ``max_pixels``, otherwise the decoder's default
-            of 40 megapixels), so the lower of the two applies.
+        max_pixels: larger decodes are refused from the image header with 413 (width x height x bit depth /
+            24). The model decodes with its own limit too, so the lower of the two applies.
         max_files: most images accepted in one enrolment.
+        workers: threads decoding and embedding photos (the event loop never does).
+        max_queued: photo tasks that may wait for a worker (default: ``workers``); beyond that, 503.
+        request_timeout: seconds a request waits for its photos before a 503.
+        keep_photo_metadata: store enrolled photos as uploaded, EXIF and GPS included (default: re-encoded
+            upright without metadata).
     """
     if not isinstance(gallery, Gallery):
         raise TypeError(f"gallery must be a deepmetric.gallery.Gallery, got {type(gallery).__name__}")
-    settings = ServiceSettings(api_key=api_key, protect_reads=protect_reads, max_upload_bytes=max_upload_bytes,
-                               max_pixels=max_pixels, max_files=max_files)
+    settings = ServiceSettings(api_key=api_key, read_key=read_key, public_reads=public_reads,
+                               allowed_hosts=allowed_hosts, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                               max_files=max_files, workers=workers, max_queued=max_queued,
+                               request_timeout=request_timeout, keep_photo_metadata=keep_photo_metadata)
+    pool = WorkerPool(workers=settings.workers, max_queued=settings.max_queued, timeout=settings.request_timeout)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.shutdown()
+
     app = FastAPI(title="deepmetric recognition service",
                   description="Enrol identities, verify (1:1) and identify (1:N) faces or images against a "
-                              "durable gallery. Writes need the X-API-Key header.",
-                  version="1")
+                              "durable gallery. Writes need the write key in the X-API-Key header; reads need "
+                              "it or the read key, unless the service was started with public reads. Every "
+                              "error is JSON {status, reason}.",
+                  version="1", lifespan=lifespan)
     # Everything a route needs hangs off this app, so two apps in one process share nothing.
     app.state.gallery = gallery
     app.state.settings = settings
+    app.state.workers = pool
     app.state.metrics = ServiceMetrics(gallery)
-    app.add_middleware(LimitsAndMetricsMiddleware, max_upload_bytes=settings.max_upload_bytes,
-                       metrics=app.state.metrics)
+    app.add_middleware(LimitsAndMetricsMiddleware, settings=settings, metrics=app.state.metrics)
     install_error_handlers(app)
     for module in (pages, health, embed, recognition, identities):
-        app.include_router(module.router)
+        # Any route can meet a refused Host (400), a bad parameter or body (422) or a crash (500).
+        app.include_router(module.router, responses=error_responses(400, 413, 422, 500))
     return app

@@ -1,22 +1,25 @@
-"""What the routers share, through FastAPI dependency injection: the app's gallery and settings (from
-``app.state``), the API-key checks, and reading, decoding and embedding uploaded photos."""
+"""What the routers share, through FastAPI dependency injection: the app's gallery, settings and photo workers
+(from ``app.state``), the key checks, and reading, checking, decoding and embedding uploaded photos."""
 
 from __future__ import annotations
 
 import hmac
+import io
+import struct
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Request, Security, UploadFile
 from fastapi.exceptions import HTTPException
-from starlette.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from deepmetric.data.images import load_image
+from deepmetric.data.images import ImageError, ImageTooLargeError, load_image
 from deepmetric.faces.detection import NoFaceError
 from deepmetric.gallery.gallery import Gallery, encode_image
 from deepmetric.models.protocol import FaceModel
 from deepmetric.service.settings import API_KEY_HEADER, ServiceSettings
+from deepmetric.service.workers import WorkerPool
 
 
 def get_gallery(request: Request) -> Gallery:
@@ -27,28 +30,51 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
+def get_workers(request: Request) -> WorkerPool:
+    return request.app.state.workers
+
+
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+WorkersDep = Annotated[WorkerPool, Depends(get_workers)]
+
+# Declared as security schemes so the OpenAPI spec says where the key goes; either header works.
+_KEY_HEADER = APIKeyHeader(name=API_KEY_HEADER, scheme_name="APIKey", auto_error=False,
+                           description="the write key, or the read key for reads")
+_BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False, description="the same key as a bearer token")
 
 
-def require_write_key(request: Request, settings: SettingsDep) -> None:
-    """401 without a key, 403 with a wrong one; nothing when the app has no key."""
-    if settings.api_key is None:
-        return
-    given = request.headers.get(API_KEY_HEADER)
-    authorization = request.headers.get("authorization", "")
-    if given is None and authorization.lower().startswith("bearer "):
-        given = authorization[len("bearer "):]
+def _given_key(header: Annotated[str | None, Security(_KEY_HEADER)],
+               bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]) -> str | None:
+    return header if header else (bearer.credentials if bearer else None)
+
+
+GivenKey = Annotated[str | None, Depends(_given_key)]
+
+
+def _matches(given: str, key: str | None) -> bool:
+    # Constant-time comparison: the answer's timing must not reveal how much of the key was right.
+    return key is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
+def _check_key(given: str | None, keys: tuple[str | None, ...]) -> None:
     if not given:
         raise HTTPException(401, f"missing API key: send it in the {API_KEY_HEADER} header")
-    # Constant-time comparison: the answer's timing must not reveal how much of the key was right.
-    if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+    matches = [_matches(given, key) for key in keys]  # every key compared, so timing does not tell which
+    if not any(matches):
         raise HTTPException(403, "wrong API key")
 
 
-def require_read_key(request: Request, settings: SettingsDep) -> None:
-    if settings.protect_reads:
-        require_write_key(request, settings)
+def require_write_key(settings: SettingsDep, given: GivenKey) -> None:
+    """401 without a key, 403 with a wrong one (the read key included); nothing when the app has no key."""
+    if settings.api_key is not None:
+        _check_key(given, (settings.api_key,))
+
+
+def require_read_key(settings: SettingsDep, given: GivenKey) -> None:
+    """Reads take the write key or the read key, unless the app has no key or public reads."""
+    if settings.api_key is not None and not settings.public_reads:
+        _check_key(given, (settings.api_key, settings.read_key))
 
 
 #: Route dependencies: ``dependencies=WRITE`` on every route that changes the gallery, ``READ`` on the others.
@@ -63,10 +89,49 @@ def require_model(gallery: GalleryDep) -> Any:
     return gallery.model
 
 
-async def read_upload(upload: UploadFile) -> bytes:
+def _bits_per_pixel(mode: str) -> int:
+    from PIL import Image
+
+    if mode == "1":
+        return 1
+    if mode.startswith("I;16"):
+        return 16
+    if mode in ("I", "F"):
+        return 32
+    try:
+        return 8 * Image.getmodebands(mode)
+    except (KeyError, ValueError):  # a mode PIL opens but cannot name the bands of: count the widest
+        return 32
+
+
+def check_image_header(data: bytes, max_pixels: int) -> None:
+    """Refuse ``data`` from its header alone, before any pixel is decoded: not an image (415), or a decode
+    over ``max_pixels`` (413), counted as width x height x bit depth / 24, so a 48-bit photo counts double and
+    a 1-bit one as a colour one (it is converted to 24-bit RGB to be searched)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
+            width, height, mode = image.width, image.height, image.mode
+    except UnidentifiedImageError as error:
+        raise ImageError(f"not an image: cannot decode an upload of {len(data)} bytes: unknown or unsupported "
+                         f"format") from error
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"image too large: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise ImageError(f"cannot read the image header: corrupt or truncated data ({error})") from error
+    cost = width * height * max(_bits_per_pixel(mode), 24) // 24
+    if cost > max_pixels:
+        raise ImageTooLargeError(f"image too large: {width}x{height} pixels (mode {mode}) cost {cost} pixels "
+                                 f"to decode, the limit is max_pixels={max_pixels}; send a smaller photo")
+
+
+async def read_upload(upload: UploadFile, settings: ServiceSettings) -> bytes:
+    """The bytes of one uploaded photo, its header checked (type and decode cost)."""
     data = await upload.read()
     if not data:
         raise HTTPException(422, f"uploaded file {upload.filename!r} is empty")
+    check_image_header(data, settings.max_pixels)
     return data
 
 
@@ -76,23 +141,39 @@ def check_upload_count(uploads: list[UploadFile], settings: ServiceSettings) -> 
 
 
 async def read_uploads(uploads: list[UploadFile], settings: ServiceSettings) -> list[bytes]:
-    """The bytes of 1 to ``max_files`` uploads, each checked to decode within the pixel limit."""
+    """The bytes of 1 to ``max_files`` uploads, each header checked; an error names the photo."""
     check_upload_count(uploads, settings)
-    blobs = [await read_upload(upload) for upload in uploads]
-    await run_in_threadpool(_check_decodable, blobs, settings.max_pixels)
+    blobs = []
+    for position, upload in enumerate(uploads):
+        try:
+            blobs.append(await read_upload(upload, settings))
+        except ValueError as error:
+            if len(uploads) == 1:
+                raise
+            raise type(error)(f"image {position + 1} of {len(uploads)}: {error}") from error
+        except HTTPException as error:
+            if len(uploads) == 1:
+                raise
+            raise HTTPException(error.status_code, f"image {position + 1} of {len(uploads)}: {error.detail}") \
+                from error
     return blobs
 
 
-def _check_decodable(blobs: list[bytes], max_pixels: int) -> None:
-    # The gallery decodes again to embed and keeps these original bytes as the template's photo; decoding
-    # here first applies this app's pixel limit without changing the model the app was given.
+def photos_to_store(blobs: list[bytes], settings: ServiceSettings) -> list[Any]:
+    """What the gallery gets to embed and store: the uploaded bytes when metadata is kept, otherwise the decoded
+    upright pixels (EXIF orientation applied), which the gallery stores as a PNG without EXIF, GPS or any
+    other metadata. Runs in a photo worker: it decodes."""
+    if settings.keep_photo_metadata:
+        return list(blobs)
+    photos = []
     for position, data in enumerate(blobs):
         try:
-            load_image(data, max_pixels=max_pixels)
+            photos.append(load_image(data, max_pixels=settings.max_pixels))
         except ValueError as error:
             if len(blobs) == 1:
                 raise
             raise type(error)(f"image {position + 1} of {len(blobs)}: {error}") from error
+    return photos
 
 
 @dataclass(frozen=True)
@@ -106,10 +187,12 @@ class FacesInImage:
     embeddings: np.ndarray
 
 
-async def faces_in(gallery: Gallery, settings: ServiceSettings, data: bytes, *, all_faces: bool) -> FacesInImage:
-    """Decode, detect and embed, in a worker thread so the event loop keeps answering other requests (face
+async def faces_in(gallery: Gallery, settings: ServiceSettings, workers: WorkerPool, data: bytes, *,
+                   all_faces: bool) -> FacesInImage:
+    """Decode, detect and embed in the photo workers, so the event loop keeps answering other requests (face
     models serialise their own calls). Whole-image models treat the full picture as the one 'face'."""
-    return await run_in_threadpool(_faces_in, gallery, settings.max_pixels, data, all_faces)
+    require_model(gallery)
+    return await workers.run(_faces_in, gallery, settings.max_pixels, data, all_faces)
 
 
 def _faces_in(gallery: Gallery, max_pixels: int, data: bytes, all_faces: bool) -> FacesInImage:

@@ -1,5 +1,6 @@
-"""ASGI middleware in front of every route: refuse request bodies over the upload limit before the route
-reads them, and record each request's route, status and latency in the app's metrics."""
+"""ASGI middleware in front of every route: refuse a Host header outside the allow-list (DNS rebinding) and
+request bodies over the upload limit before the route reads them, and record each request's route, status and
+latency in the app's metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from deepmetric.service.errors import error_response
 from deepmetric.service.metrics import ServiceMetrics
+from deepmetric.service.settings import ServiceSettings
 
 
 class _UploadTooLarge(Exception):
@@ -15,12 +17,13 @@ class _UploadTooLarge(Exception):
 
 
 class LimitsAndMetricsMiddleware:
-    """Refuses bodies over ``max_upload_bytes`` (by Content-Length up front, and by counting for chunked
-    uploads) with 413, and records every HTTP request in ``metrics``."""
+    """Refuses a Host header not in ``settings.allowed_hosts`` with 400, bodies over
+    ``settings.max_upload_bytes`` (by Content-Length up front, and by counting for chunked uploads) with 413,
+    and records every HTTP request in ``metrics``."""
 
-    def __init__(self, app: Any, *, max_upload_bytes: int, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: Any, *, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.app = app
-        self.max_upload_bytes = max_upload_bytes
+        self.settings = settings
         self.metrics = metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -28,38 +31,50 @@ class LimitsAndMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_box = {"status": 500, "started": False}
-        limit = self.max_upload_bytes
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self.settings.allows_host(host):
+            await error_response(400, f"host {host!r} is not allowed: this service answers to "
+                                      f"{', '.join(self.settings.allowed_hosts)} (see --allowed-host)")(
+                scope, receive, send)
+            self._record(scope, 400, started)
+            return
+        limit = self.settings.max_upload_bytes
         reason = f"upload too large: the limit is {limit} bytes"
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await error_response(413, reason)(scope, receive, send)
             self._record(scope, 413, started)
             return
-        received = 0
+        state = {"status": 500, "started": False, "received": 0, "overflowed": False}
 
         async def counting_receive() -> dict:
-            nonlocal received
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
+            state["received"] += len(message.get("body", b""))
+            if state["received"] > limit:
+                state["overflowed"] = True
                 raise _UploadTooLarge(reason)
             return message
 
         async def recording_send(message: dict) -> None:
+            if state["overflowed"] and not state["started"]:
+                # The route answered a body that was cut short (the form parser turns our exception into a 400):
+                # that answer is dropped for the 413 below.
+                return
             if message["type"] == "http.response.start":
-                status_box["status"], status_box["started"] = message["status"], True
+                state["status"], state["started"] = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, counting_receive, recording_send)
         except _UploadTooLarge:
-            if status_box["started"]:  # too late for a clean answer: let the server drop the connection
+            if state["started"]:  # too late for a clean answer: let the server drop the connection
                 raise
-            await error_response(413, reason)(scope, receive, send)
-            status_box["status"] = 413
         finally:  # a crash still counts, as the 500 the server will answer
-            self._record(scope, status_box["status"], started)
+            if state["overflowed"] and not state["started"]:
+                await error_response(413, reason)(scope, receive, send)
+                state["status"] = 413
+            self._record(scope, state["status"], started)
 
     def _record(self, scope: dict, status: int, started: float) -> None:
         # The route template, not the raw path, so label values stay few (one per route, not per identity).

@@ -30,7 +30,7 @@ def health(gallery: GalleryDep, settings: SettingsDep) -> dict[str, Any]:
             "model": describe(gallery.store.model_config, gallery.embedding_dim),
             "model_stamp": gallery.store.model_stamp[:12], "accepts_images": model is not None,
             "detects_faces": isinstance(model, FaceModel), "threshold": threshold,
-            "protect_reads": settings.protect_reads, "index": gallery.index.info()}
+            "public_reads": settings.public_reads, "index": gallery.index.info()}
 
 
 _METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -1,0 +1,57 @@
+"""The bounded pool where uploaded photos are decoded, searched for faces and embedded: the event loop only
+waits on it, a full pool answers 503 at once instead of queueing without end, and each task has a time limit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from fastapi.exceptions import HTTPException
+
+from deepmetric.validation import check_non_negative_int, check_positive_float, check_positive_int
+
+Result = TypeVar("Result")
+
+
+class WorkerPool:
+    """``workers`` threads and room for ``max_queued`` more tasks waiting; ``run`` refuses a task beyond that
+    with 503 (``Retry-After``), and gives up waiting after ``timeout`` seconds with 503 too.
+
+    A task that timed out keeps its place until its thread really finishes (a thread cannot be stopped), so the
+    CPU spent on photos stays bounded even when clients give up.
+    """
+
+    def __init__(self, *, workers: int, max_queued: int, timeout: float) -> None:
+        self.workers = check_positive_int("workers", workers)
+        self.max_queued = check_non_negative_int("max_queued", max_queued)
+        self.timeout = check_positive_float("timeout", timeout)
+        self._slots = threading.BoundedSemaphore(self.workers + self.max_queued)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deepmetric-photos")
+
+    @property
+    def retry_after(self) -> str:
+        # Whole seconds, as the header wants; a task usually takes well under the limit.
+        return str(max(1, round(self.timeout / 4)))
+
+    async def run(self, function: Callable[..., Result], *args: Any) -> Result:
+        if not self._slots.acquire(blocking=False):
+            raise HTTPException(503, f"busy: all {self.workers} photo workers and {self.max_queued} queue places "
+                                     f"are taken; retry later", headers={"Retry-After": self.retry_after})
+        try:
+            future: Future = self._executor.submit(function, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError:
+            future.cancel()  # still queued: it never runs; already running: it finishes, then frees its place
+            raise HTTPException(503, f"timed out: the photo took longer than the {self.timeout:g} s limit",
+                                headers={"Retry-After": self.retry_after}) from None
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
