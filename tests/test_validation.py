@@ -5,6 +5,31 @@ import numpy as np
 import pytest
 import torch
 
+from deepmetric.distances import MahalanobisDistance
+from deepmetric.losses import (
+    AdaCosLoss,
+    ArcFaceLoss,
+    CenterLoss,
+    CombinedMarginLoss,
+    ContrastiveLoss,
+    CosFaceLoss,
+    LiftedStructureLoss,
+    MagnetLoss,
+    MultiSimilarityLoss,
+    NPairLoss,
+    NTXentLoss,
+    ProxyAnchorLoss,
+    QuadrupletLoss,
+    SphereFaceLoss,
+    SubCenterArcFaceLoss,
+    TripletLoss,
+)
+from deepmetric.losses.heads import ClassCentreHead
+from deepmetric.miners import CrossBatchMemoryMiner, DistanceWeightedMiner, HardMiner, PairRatioMiner, SemiHardMiner
+from deepmetric.models.backbones import MLP, SmallCNN
+from deepmetric.models.pooling import GeMPooling
+from deepmetric.samplers import DistributedPKSampler, PKSampler
+from deepmetric.train.schedules import AdamWOptimizer, ConstantSchedule, SGDOptimizer, WarmupCosineSchedule
 from deepmetric.validation import (
     check_bool,
     check_choice,
@@ -220,3 +245,107 @@ def test_long_values_are_abbreviated_in_messages():
     with pytest.raises(TypeError) as error:
         check_positive_int("k", list(range(1000)))
     assert len(str(error.value)) < 200 and "..." in str(error.value)
+
+
+# --- every public constructor follows the policy --------------------------------------------------------------
+
+CENTRES = {"embedding_dim": 4, "num_classes": 3}
+SAMPLER = {"labels": [0, 0, 1, 1, 2, 2], "classes_per_batch": 2, "samples_per_class": 2}
+WORLD = {**SAMPLER, "num_replicas": 2, "rank": 0, "classes_per_batch": 1}
+
+# (component, the other arguments it needs, argument, bad value, expected exception)
+BAD_ARGUMENTS = [
+    (ContrastiveLoss, {}, "pos_margin", "0", TypeError),
+    (ContrastiveLoss, {}, "neg_margin", math.inf, ValueError),
+    (ContrastiveLoss, {}, "squared", "yes", TypeError),
+    (ContrastiveLoss, {}, "reduction", "avg", ValueError),
+    (ContrastiveLoss, {}, "reduction", None, TypeError),
+    (TripletLoss, {}, "margin", "0.2", TypeError),
+    (TripletLoss, {}, "margin", math.nan, ValueError),
+    (TripletLoss, {}, "soft_margin", 1, TypeError),
+    (QuadrupletLoss, {}, "form", "chenn", ValueError),
+    (QuadrupletLoss, {}, "form", 3, TypeError),
+    (LiftedStructureLoss, {}, "form", None, TypeError),
+    (NPairLoss, {}, "l2_reg", -1.0, ValueError),
+    (NPairLoss, {}, "l2_reg", [0.1], TypeError),
+    (NTXentLoss, {}, "temperature", 0, ValueError),
+    (NTXentLoss, {}, "temperature", "0.1", TypeError),
+    (MultiSimilarityLoss, {}, "alpha", -2.0, ValueError),
+    (MultiSimilarityLoss, {}, "beta", None, TypeError),
+    (ProxyAnchorLoss, {"embedding_dim": 4}, "num_classes", 0, ValueError),
+    (ProxyAnchorLoss, {"num_classes": 3}, "embedding_dim", 4.0, TypeError),
+    (MagnetLoss, {}, "clusters_per_class", 0, ValueError),
+    (MagnetLoss, {}, "clusters_per_class", 1.5, TypeError),
+    (ArcFaceLoss, CENTRES, "margin", 4.0, ValueError),
+    (ArcFaceLoss, CENTRES, "margin", "0.5", TypeError),
+    (CosFaceLoss, CENTRES, "scale", 0.0, ValueError),
+    (CosFaceLoss, CENTRES, "scale", "64", TypeError),
+    (CombinedMarginLoss, CENTRES, "angular_margin", -0.1, ValueError),
+    (SphereFaceLoss, CENTRES, "margin", 0, ValueError),
+    (SphereFaceLoss, CENTRES, "margin", 1.5, TypeError),
+    (CenterLoss, CENTRES, "center_update", "momentum", ValueError),
+    (CenterLoss, CENTRES, "center_update", None, TypeError),
+    (CenterLoss, CENTRES, "alpha", 1.5, ValueError),
+    (SubCenterArcFaceLoss, CENTRES, "num_subcenters", 0, ValueError),
+    (SubCenterArcFaceLoss, CENTRES, "num_subcenters", 2.0, TypeError),
+    (AdaCosLoss, CENTRES, "dynamic", "yes", TypeError),
+    (ClassCentreHead, CENTRES, "sample_rate", 0.0, ValueError),
+    (ClassCentreHead, CENTRES, "sample_rate", "0.1", TypeError),
+    (ClassCentreHead, CENTRES, "chunk_size", 0, ValueError),
+    (ClassCentreHead, CENTRES, "chunk_size", 1.5, TypeError),
+    (ClassCentreHead, CENTRES, "head", "sharded", ValueError),
+    (HardMiner, {}, "k", 0, ValueError),
+    (HardMiner, {}, "k", 1.0, TypeError),
+    (HardMiner, {}, "tuple_type", "quads", ValueError),
+    (SemiHardMiner, {}, "margin", -0.1, ValueError),
+    (SemiHardMiner, {}, "fallback_to_hardest", 1, TypeError),
+    (PairRatioMiner, {}, "ratio", 0, ValueError),
+    (PairRatioMiner, {}, "strategy", "hard", ValueError),
+    (PairRatioMiner, {}, "seed", 1.5, TypeError),
+    (DistanceWeightedMiner, {}, "cutoff", 0.0, ValueError),
+    (DistanceWeightedMiner, {}, "cutoff", "0.5", TypeError),
+    (CrossBatchMemoryMiner, {}, "memory_size", 0, ValueError),
+    (CrossBatchMemoryMiner, {}, "memory_size", 10.0, TypeError),
+    (CrossBatchMemoryMiner, {"memory_size": 8}, "embedding_dim", 0, ValueError),
+    (PKSampler, SAMPLER, "classes_per_batch", 0, ValueError),
+    (PKSampler, SAMPLER, "classes_per_batch", 2.0, TypeError),
+    (PKSampler, SAMPLER, "seed", "1", TypeError),
+    (PKSampler, SAMPLER, "drop_small_classes", "no", TypeError),
+    (DistributedPKSampler, WORLD, "rank", 2, ValueError),
+    (DistributedPKSampler, WORLD, "rank", 0.0, TypeError),
+    (AdamWOptimizer, {}, "lr", 0, ValueError),
+    (AdamWOptimizer, {}, "lr", "1e-3", TypeError),
+    (AdamWOptimizer, {}, "betas", (0.9, 1.0), ValueError),
+    (AdamWOptimizer, {}, "betas", 0.9, TypeError),
+    (SGDOptimizer, {}, "momentum", -0.9, ValueError),
+    (SGDOptimizer, {}, "nesterov", "yes", TypeError),
+    (WarmupCosineSchedule, {}, "warmup_steps", -1, ValueError),
+    (WarmupCosineSchedule, {}, "warmup_steps", 1.5, TypeError),
+    (WarmupCosineSchedule, {}, "min_lr_ratio", 2, ValueError),
+    (ConstantSchedule, {}, "warmup_steps", "1", TypeError),
+    (MahalanobisDistance, {}, "dim", 0, ValueError),
+    (MahalanobisDistance, {}, "dim", 2.0, TypeError),
+    (MLP, {"input_dim": 4}, "dropout", 1.0, ValueError),
+    (SmallCNN, {}, "width", "32", TypeError),
+    (GeMPooling, {}, "p", 0, ValueError),
+    (GeMPooling, {}, "p", "3", TypeError),
+]
+
+
+@pytest.mark.parametrize("component, others, argument, bad, expected", BAD_ARGUMENTS,
+                         ids=[f"{case[0].__name__}-{case[2]}={case[3]!r}" for case in BAD_ARGUMENTS])
+def test_constructors_raise_type_error_for_a_wrong_type_and_value_error_for_a_wrong_value(
+        component, others, argument, bad, expected):
+    with pytest.raises((TypeError, ValueError)) as error:
+        component(**{**others, argument: bad})
+    assert type(error.value) is expected, f"{type(error.value).__name__}: {error.value}"
+    message = str(error.value)
+    # A sequence argument may name the entry at fault instead ("betas[1] ... got 1.0").
+    shown = repr(bad) in message or message.startswith(f"{argument}[")
+    assert message.startswith(argument) and shown, message
+
+
+def test_a_schedule_refuses_a_non_positive_number_of_steps():
+    optimizer = AdamWOptimizer().create([{"params": [torch.zeros(1, requires_grad=True)]}])
+    with raises(ValueError, "total_steps must be a positive integer, got 0"):
+        ConstantSchedule().create(optimizer, 0)
