@@ -1,0 +1,245 @@
+"""The service under a hostile but fair client (issue 12): a bounded photo pool that answers 503 when full and
+keeps health answering, decode cost refused from the header, private by default (keys for reads, a Host
+allow-list, no photo metadata or server paths given out), bounded integers and one error format everywhere."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import ExifTags, Image
+
+from deepmetric.data.images import load_image
+from deepmetric.gallery import Gallery
+from deepmetric.service.app import create_app
+from service_helpers import LOCAL
+
+API_KEY = "hardening-key"
+KEY = {"X-API-Key": API_KEY}
+DIM = 4
+MODEL_CONFIG = {"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 16,
+                "preprocessing": {"image_size": [32, 32], "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}}
+
+
+def _png(side: int, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_with_gps_and_orientation(side: int = 48) -> bytes:
+    """A JPEG stored sideways (EXIF orientation 6) that says where it was taken (GPS) and with what camera."""
+    pixels = np.random.default_rng(3).integers(0, 256, size=(side, side // 2, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.Make] = "SecretCam"
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (52.0, 22.0, 7.0)}
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+class _GatedModel:
+    """A real whole-image model whose ``encode`` says when it starts, then waits to be let go (or raises)."""
+
+    def __init__(self, model, *, crash: bool = False) -> None:
+        self.model, self.embedding_dim, self.config = model, model.embedding_dim, model.config
+        self.entered, self.release, self.crash = threading.Event(), threading.Event(), crash
+
+    def encode(self, inputs, *, batch_size=256, device=None, progress=False):
+        if self.crash:
+            raise RuntimeError("the model fell over")
+        self.entered.set()
+        if not self.release.wait(timeout=60):
+            raise RuntimeError("never released")
+        return self.model.encode(inputs, batch_size=batch_size, device=device, progress=progress)
+
+
+@pytest.fixture
+def image_model():
+    from deepmetric.models import build_embedder
+
+    return build_embedder(MODEL_CONFIG)
+
+
+@pytest.fixture
+def vector_gallery(tmp_path):
+    gallery = Gallery.create(tmp_path / "vectors", embedding_dim=DIM, model_stamp="external")
+    yield gallery
+    gallery.close()
+
+
+# -- item 2: denial of service ----------------------------------------------------------------------------------
+def test_a_small_bomb_is_refused_from_its_header_with_the_default_limit(tmp_path, image_model):
+    bomb = io.BytesIO()
+    Image.new("1", (6300, 6300)).save(bomb, format="PNG")  # 4.9 kB on the wire, 40 megapixels decoded
+    assert len(bomb.getvalue()) < 10_000
+    with (Gallery.create(tmp_path / "g", model=image_model) as gallery,
+          TestClient(create_app(gallery), base_url=LOCAL) as client):
+        for path in ("/api/identify", "/api/embed"):
+            refused = client.post(path, files={"image": ("bomb.png", bomb.getvalue(), "image/png")})
+            assert refused.status_code == 413, refused.text
+            assert "6300x6300" in refused.json()["reason"] and "max_pixels" in refused.json()["reason"]
+        refused = client.post("/api/identities", data={"identity_id": "bomb"},
+                              files=[("images", ("a.png", _png(20))), ("images", ("bomb.png", bomb.getvalue()))])
+        assert refused.status_code == 413 and "image 2 of 2" in refused.json()["reason"]
+        assert len(gallery) == 0
+
+
+def test_decode_cost_counts_bit_depth(tmp_path, image_model):
+    deep = io.BytesIO()
+    Image.fromarray(np.zeros((60, 60), dtype=np.uint16)).save(deep, format="TIFF")  # 16-bit grey: 3,600 pixels
+    wide = io.BytesIO()
+    Image.new("RGBA", (60, 60)).save(wide, format="PNG")  # 32 bits a pixel: costs 4,800
+    with (Gallery.create(tmp_path / "g", model=image_model) as gallery,
+          TestClient(create_app(gallery, max_pixels=4_000), base_url=LOCAL) as client):
+        assert client.post("/api/embed", files={"image": ("grey.tif", deep.getvalue())}).status_code == 200
+        refused = client.post("/api/embed", files={"image": ("rgba.png", wide.getvalue())})
+        assert refused.status_code == 413 and "4800" in refused.json()["reason"], refused.text
+
+
+def test_a_full_pool_answers_503_with_retry_after_and_health_keeps_answering(tmp_path, image_model):
+    model = _GatedModel(image_model)
+    with (Gallery.create(tmp_path / "g", model=model) as gallery,
+          TestClient(create_app(gallery, workers=1, max_queued=0), base_url=LOCAL) as client):
+        answers: dict[str, int] = {}
+
+        def embed() -> None:
+            answers["first"] = client.post("/api/embed", files={"image": ("a.png", _png(24))}).status_code
+
+        first = threading.Thread(target=embed)
+        first.start()
+        try:
+            assert model.entered.wait(timeout=60)
+            busy = client.post("/api/identify", files={"image": ("b.png", _png(24))})
+            assert busy.status_code == 503 and busy.json()["status"] == 503, busy.text
+            assert int(busy.headers["Retry-After"]) >= 1 and "busy" in busy.json()["reason"]
+            assert client.get("/api/health").status_code == 200
+            assert "first" not in answers
+        finally:
+            model.release.set()
+            first.join(timeout=60)
+        assert answers["first"] == 200
+        # The place is free again once the photo is done.
+        assert client.post("/api/embed", files={"image": ("c.png", _png(24))}).status_code == 200
+
+
+def test_a_request_over_its_time_limit_gets_503_and_keeps_its_place_until_done(tmp_path, image_model):
+    model = _GatedModel(image_model)
+    with (Gallery.create(tmp_path / "g", model=model) as gallery,
+          TestClient(create_app(gallery, workers=1, max_queued=0, request_timeout=0.2), base_url=LOCAL) as client):
+        try:
+            late = client.post("/api/embed", files={"image": ("a.png", _png(24))})
+            assert late.status_code == 503 and "timed out" in late.json()["reason"], late.text
+            assert "Retry-After" in late.headers
+            assert model.entered.is_set()
+            # The timed-out photo still runs on the one worker: a new one is refused, not queued without end.
+            assert client.post("/api/embed", files={"image": ("b.png", _png(24))}).status_code == 503
+        finally:
+            model.release.set()
+
+
+# -- item 3: privacy --------------------------------------------------------------------------------------------
+def test_stored_photos_lose_their_metadata_but_stay_upright(tmp_path, image_model):
+    photo = _jpeg_with_gps_and_orientation()
+    assert b"SecretCam" in photo
+    upright = load_image(photo)
+    with (Gallery.create(tmp_path / "g", model=image_model) as gallery,
+          TestClient(create_app(gallery), base_url=LOCAL) as client):
+        assert client.post("/api/identities", data={"identity_id": "a"},
+                           files=[("images", ("a.jpg", photo, "image/jpeg"))]).status_code == 201
+        template_id = client.get("/api/identities/a").json()["templates"][0]["template_id"]
+        stored = client.get(f"/api/identities/a/templates/{template_id}/image").content
+        assert b"SecretCam" not in stored and b"Exif" not in stored
+        with Image.open(io.BytesIO(stored)) as image:
+            assert not image.getexif() and image.size == (upright.shape[1], upright.shape[0])
+            assert np.array_equal(np.asarray(image.convert("RGB")), upright)  # lossless, orientation applied
+        added = client.post("/api/identities/a/images", files=[("images", ("b.jpg", photo, "image/jpeg"))])
+        assert added.status_code == 201
+        second = added.json()["templates"][1]["template_id"]
+        assert b"SecretCam" not in client.get(f"/api/identities/a/templates/{second}/image").content
+    with (Gallery.open(tmp_path / "g", model=image_model) as gallery,
+          TestClient(create_app(gallery, keep_photo_metadata=True), base_url=LOCAL) as client):
+        assert client.post("/api/identities", data={"identity_id": "kept"},
+                           files=[("images", ("a.jpg", photo, "image/jpeg"))]).status_code == 201
+        template_id = client.get("/api/identities/kept").json()["templates"][0]["template_id"]
+        assert client.get(f"/api/identities/kept/templates/{template_id}/image").content == photo
+
+
+def test_no_server_paths_in_answers(tmp_path, image_model):
+    path = tmp_path / "private-user-folder" / "me.png"
+    path.parent.mkdir()
+    path.write_bytes(_png(20))
+    with (Gallery.create(tmp_path / "g", model=image_model) as gallery,
+          TestClient(create_app(gallery), base_url=LOCAL) as client):
+        gallery.enroll("cli", images=[path])  # as `deepmetric gallery enroll` does
+        assert gallery.get("cli").templates[0].image_path  # the gallery keeps it, for reembed
+        for answer in (client.get("/api/identities/cli"), client.get("/api/identities"),
+                       client.post("/api/identities/cli/images", files=[("images", ("b.png", _png(20, 1)))])):
+            assert answer.is_success and "private-user-folder" not in answer.text and "image_path" not in answer.text
+
+
+def test_host_header_allow_list(vector_gallery):
+    with TestClient(create_app(vector_gallery), base_url=LOCAL) as client:
+        for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):
+            assert client.get("/api/health", headers={"host": host}).status_code == 200, host
+        for host in ("rebind.attacker.example", "rebind.attacker.example:8000", "localhost.attacker.example"):
+            refused = client.get("/api/identities", headers={"host": host})
+            assert refused.status_code == 400, host
+            assert refused.json()["status"] == 400 and "not allowed" in refused.json()["reason"]
+    with TestClient(create_app(vector_gallery, allowed_hosts=("gallery.lan",)), base_url="http://gallery.lan") as c:
+        assert c.get("/api/health").status_code == 200
+        assert c.get("/api/health", headers={"host": "localhost"}).status_code == 400
+
+
+# -- items 6, 7, 10: strict input and one error format -----------------------------------------------------------
+def test_huge_integers_get_422_not_500(vector_gallery):
+    vector_gallery.enroll("x", embeddings=np.eye(DIM)[:1])
+    huge = "1180591620717411303424"
+    with TestClient(create_app(vector_gallery), base_url=LOCAL, raise_server_exceptions=False) as client:
+        for response in (client.get("/api/identities", params={"offset": "9223372036854775808"}),
+                         client.get(f"/api/identities/x/templates/{huge}/image"),
+                         client.delete(f"/api/identities/x/templates/{huge}")):
+            assert response.status_code == 422, response.text
+            assert response.json()["status"] == 422 and response.json()["reason"].startswith("invalid request")
+        assert client.get("/api/identities", params={"offset": str(2**63 - 1)}).status_code == 200
+
+
+def _chunks(total: int):
+    for _ in range(total // 65536):
+        yield b"\0" * 65536
+
+
+def test_every_error_has_the_json_format_and_chunked_oversize_is_413(tmp_path, image_model):
+    with (Gallery.create(tmp_path / "g", model=image_model) as gallery,
+          TestClient(create_app(gallery, max_upload_bytes=200_000), base_url=LOCAL,
+                     raise_server_exceptions=False) as client):
+        boundary = {"content-type": "multipart/form-data; boundary=xyz"}
+        answers = {
+            "multipart": client.post("/api/identify", headers=boundary, content=b"--xyz\r\nbroken"),
+            "chunked": client.post("/api/identify", headers=boundary, content=_chunks(1_000_000)),
+            "not found": client.get("/nothing"),
+            "method": client.delete("/api/health"),
+            "validation": client.post("/api/identify/embedding", json={"k": "many"}),
+            "text for a file": client.post("/api/identify", data={"image": "just text"}),
+        }
+        for name, answer in answers.items():
+            body = answer.json()
+            assert set(body) == {"status", "reason"} and body["status"] == answer.status_code, (name, body)
+        assert answers["chunked"].status_code == 413, answers["chunked"].text
+        assert answers["multipart"].status_code in (400, 422)
+        reason = answers["text for a file"].json()["reason"]
+        assert answers["text for a file"].status_code == 422 and "image" in reason and "file" in reason
+        assert "UploadFile" not in reason and "<class" not in reason
+
+
+def test_a_crash_is_a_json_500(tmp_path, image_model):
+    with (Gallery.create(tmp_path / "g", model=_GatedModel(image_model, crash=True)) as gallery,
+          TestClient(create_app(gallery), base_url=LOCAL, raise_server_exceptions=False) as client):
+        crashed = client.post("/api/embed", files={"image": ("a.png", _png(24))})
+    assert crashed.status_code == 500 and crashed.json() == {
+        "status": 500, "reason": "internal error (RuntimeError); the server log has the details"}
