@@ -216,7 +216,7 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match=r"^sample_rate must be a finite number in \(0, 1\], got 1.5$"):
         ClassCentreHead(embedding_dim=4, num_classes=3, sample_rate=1.5)
     head = ClassCentreHead(embedding_dim=4, num_classes=3)
-    with pytest.raises(ValueError, match=r"embedding_dim=4\), got \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"^embeddings must be a matrix of shape \(N, 4\), got shape \(2, 5\)$"):
         head(torch.randn(2, 5), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=3\)"):
         head(torch.randn(2, 4), torch.tensor([0, 3]))

@@ -85,7 +85,7 @@ def test_mlp_is_identity_without_hidden_layers_so_neck_is_a_linear_metric():
     weight = model.neck.linear.weight
     expected = torch.nn.functional.normalize(vectors @ weight.T + model.neck.linear.bias, dim=1)
     torch.testing.assert_close(model(vectors), expected)
-    with pytest.raises(ValueError, match=r"\(B, 5\)"):
+    with pytest.raises(ValueError, match=r"^vectors must be a matrix of shape \(N, 5\), got shape \(4, 6\)$"):
         model(torch.randn(4, 6))
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepmetric.validation import check_choice, check_positive_int, check_probability
+from deepmetric.validation import check_choice, check_embeddings, check_positive_int, check_probability
 
 MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(target_cosines (B,), labels (B,)) -> margin-penalised target values (B,)``."""
@@ -453,9 +453,7 @@ class ClassCentreHead(nn.Module):
         return self.chunk_size or default_chunk_size(batch_size, self.num_subcenters)
 
     def _check(self, inputs: torch.Tensor, row_scale: torch.Tensor | float) -> torch.Tensor:
-        if inputs.dim() != 2 or inputs.shape[1] != self.embedding_dim:
-            raise ValueError(f"embeddings must have shape (B, embedding_dim={self.embedding_dim}), "
-                             f"got {tuple(inputs.shape)}")
+        check_embeddings("embeddings", inputs, dim=self.embedding_dim, finite=False, require_tensor=True)
         if isinstance(row_scale, torch.Tensor):
             return row_scale.to(inputs.dtype).expand(inputs.shape[0])
         return inputs.new_full((inputs.shape[0],), float(row_scale))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from deepmetric.registry import register
-from deepmetric.validation import check_in_range, check_positive_float, check_positive_int
+from deepmetric.validation import check_embeddings, check_in_range, check_positive_float, check_positive_int
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, groups: int = 1,
@@ -309,8 +309,7 @@ class MLP(Backbone):
         self.out_channels = width
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        if vectors.dim() != 2 or vectors.shape[1] != self.input_dim:
-            raise ValueError(f"mlp expects vectors of shape (B, {self.input_dim}), got {tuple(vectors.shape)}")
+        check_embeddings("vectors", vectors, dim=self.input_dim, finite=False, require_tensor=True)
         return self.layers(vectors)
 
 
