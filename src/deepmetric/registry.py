@@ -14,21 +14,24 @@ from typing import Any
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
 _EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {}
 
-# The module whose import registers each kind of component. A lookup imports only the module of its kind, so
-# building a loss never pulls in the evaluators (and the compiled exact search behind them).
-KIND_MODULES: dict[str, str] = {
+# The module (or modules) whose import registers each kind of component. A lookup imports only the modules of
+# its kind, so building a loss never pulls in the evaluators (and the compiled exact search behind them).
+KIND_MODULES: dict[str, str | tuple[str, ...]] = {
     "distance": "deepmetric.distances", "loss": "deepmetric.losses", "miner": "deepmetric.miners",
-    "sampler": "deepmetric.samplers", "backbone": "deepmetric.models", "pooling": "deepmetric.models",
-    "dataset": "deepmetric.data", "optimizer": "deepmetric.train", "scheduler": "deepmetric.train",
+    "sampler": "deepmetric.samplers", "backbone": "deepmetric.models.backbones",
+    "pooling": "deepmetric.models.pooling",
+    "dataset": ("deepmetric.data.builtin", "deepmetric.data.faces", "deepmetric.data.glyphs", "deepmetric.data.table"),
+    "optimizer": "deepmetric.train", "scheduler": "deepmetric.train",
     "evaluator": "deepmetric.eval.evaluators",
     "face_model": "deepmetric.faces.embedder", "face_pipeline": "deepmetric.faces.embedder",
 }
 
 
 def _load(kind: str | None = None) -> None:
-    """Import the module registering ``kind`` (every module when None or not a known kind); Python caches
+    """Import the modules registering ``kind`` (every module when None or not a known kind); Python caches
     imports, so a repeated lookup costs a dictionary access."""
-    for module in {KIND_MODULES[kind]} if kind in KIND_MODULES else sorted(set(KIND_MODULES.values())):
+    entries = [KIND_MODULES[kind]] if kind in KIND_MODULES else list(KIND_MODULES.values())
+    for module in sorted({name for entry in entries for name in ((entry,) if isinstance(entry, str) else entry)}):
         importlib.import_module(module)
 
 

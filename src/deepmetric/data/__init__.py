@@ -1,17 +1,30 @@
-"""Data sets (built-in, tables of image paths, face formats) and image transforms.
+"""Data sets (built-in, tables of image paths, face formats), the image decoder and image transforms.
 
-Importing this package registers the "dataset" components; heavy libraries load on first use.
+Names load on first use, so the decoder (``deepmetric.data.images``) costs no torch; the registry imports the
+data-set modules when a "dataset" is looked up.
 """
 
-from deepmetric.data.base import LabelledImages
-from deepmetric.data.builtin import Digits, FashionMNIST, read_idx
-from deepmetric.data.faces import (InsightFaceRecord, LFWPairs, RecordIOReader, VerificationBin, VerificationPairs,
-                                   read_lfw_pairs, read_verification_bin, unpack_record)
-from deepmetric.data.glyphs import Glyphs
-from deepmetric.data.table import CsvDataset, DataTable, ImageFolderDataset, image_folder_to_table, read_table
-from deepmetric.data.transforms import build_transforms, validate_preprocessing
+from __future__ import annotations
 
-__all__ = ["CsvDataset", "DataTable", "Digits", "FashionMNIST", "Glyphs", "ImageFolderDataset", "InsightFaceRecord",
-           "LFWPairs", "LabelledImages", "RecordIOReader", "VerificationBin", "VerificationPairs", "read_lfw_pairs",
-           "read_verification_bin", "unpack_record",
-           "build_transforms", "image_folder_to_table", "read_idx", "read_table", "validate_preprocessing"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LabelledImages": "base",
+    "Digits": "builtin", "FashionMNIST": "builtin", "read_idx": "builtin",
+    "InsightFaceRecord": "faces", "LFWPairs": "faces", "RecordIOReader": "faces", "VerificationBin": "faces",
+    "VerificationPairs": "faces", "read_lfw_pairs": "faces", "read_verification_bin": "faces",
+    "unpack_record": "faces",
+    "Glyphs": "glyphs",
+    "CsvDataset": "table", "DataTable": "table", "ImageFolderDataset": "table", "image_folder_to_table": "table",
+    "read_table": "table",
+    "build_transforms": "transforms", "validate_preprocessing": "transforms",
+    "load_image": "images",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"deepmetric.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'deepmetric.data' has no attribute {name!r}")

@@ -1,11 +1,24 @@
-"""Embedding models: backbones, pooling, the embedding neck, the ``Embedder`` and its model folder, and
-Siamese / triplet wrappers. Importing this package registers the "backbone" and "pooling" components."""
+"""Embedding models: backbones, pooling, the embedding neck, the ``Embedder`` and its model folder, Siamese /
+triplet wrappers, and the model protocol. Names load on first use, so importing the protocol costs no torch;
+the registry imports the "backbone" and "pooling" modules when one is looked up."""
 
-from deepmetric.models import backbones, pooling  # noqa: F401  (registration)
-from deepmetric.models.embedder import (Embedder, build_embedder, read_model_config, update_model_config,
-                                        validate_model_config)
-from deepmetric.models.neck import EmbeddingNeck
-from deepmetric.models.siamese import PairDataset, SiameseNetwork, TripletDataset, TripletNetwork, pair_batch
+from __future__ import annotations
 
-__all__ = ["Embedder", "EmbeddingNeck", "PairDataset", "SiameseNetwork", "TripletDataset", "TripletNetwork",
-           "build_embedder", "pair_batch", "read_model_config", "update_model_config", "validate_model_config"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Embedder": "embedder", "build_embedder": "embedder", "read_model_config": "embedder",
+    "update_model_config": "embedder", "validate_model_config": "embedder",
+    "EmbeddingNeck": "neck",
+    "PairDataset": "siamese", "SiameseNetwork": "siamese", "TripletDataset": "siamese", "TripletNetwork": "siamese",
+    "pair_batch": "siamese",
+    "EmbeddingModel": "protocol", "FaceModel": "protocol", "load_model": "protocol", "model_fingerprint": "protocol",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"deepmetric.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'deepmetric.models' has no attribute {name!r}")

@@ -17,7 +17,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from deepmetric import registry
-from deepmetric.models.embedder import CONFIG_FILE, Embedder
 
 #: Registry kind of ready-made face models (e.g. ``"dlib-face"``), each built with ``detector=<name>``.
 FACE_MODEL_KIND = "face_model"
@@ -114,8 +113,11 @@ def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", 
     if str(spec) in built_in:
         return _face_model(str(spec), detector)
     path = Path(spec)
-    if not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"model must be one of {built_in} or a model folder with {CONFIG_FILE}, got {str(spec)!r}")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model must be one of {built_in} or a model folder with config.json, got {str(spec)!r}")
+    # Here, not at the top: the protocol is what galleries of face embeddings need, and they need no torch.
+    from deepmetric.models.embedder import Embedder
+
     embedder = Embedder.load(path, device=device)
     if faces:
         return registry.get(ALIGNED_FACES, FACE_PIPELINE_KIND)(embedder, detector=detector)
