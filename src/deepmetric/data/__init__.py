@@ -6,8 +6,7 @@ data-set modules when a "dataset" is looked up.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deepmetric import lazy_exports
 
 _EXPORTS = {
     "LabelledImages": "base",
@@ -23,8 +22,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deepmetric.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deepmetric.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

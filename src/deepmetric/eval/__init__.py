@@ -7,8 +7,7 @@ Submodules load on first use, so ``import deepmetric.eval`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deepmetric import lazy_exports
 
 _EXPORTS = {
     "recall_at_k": "retrieval", "precision_at_k": "retrieval", "r_precision": "retrieval",
@@ -29,8 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deepmetric.eval.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deepmetric.eval' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

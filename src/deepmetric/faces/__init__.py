@@ -4,8 +4,7 @@ on first use."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deepmetric import lazy_exports
 
 _EXPORTS = {
     "ARCFACE_TEMPLATE_112": "alignment", "face_template": "alignment", "estimate_similarity": "alignment",
@@ -16,8 +15,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deepmetric.faces.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deepmetric.faces' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deepmetric import lazy_exports
 
 _EXPORTS = {
     "Gallery": "gallery", "Decision": "gallery", "Match": "gallery", "TemplateMatch": "gallery",
@@ -15,8 +14,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deepmetric.gallery.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deepmetric.gallery' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

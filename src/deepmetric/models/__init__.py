@@ -4,8 +4,7 @@ the registry imports the "backbone" and "pooling" modules when one is looked up.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deepmetric import lazy_exports
 
 _EXPORTS = {
     "Embedder": "embedder", "build_embedder": "embedder", "read_model_config": "embedder",
@@ -17,8 +16,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deepmetric.models.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deepmetric.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
