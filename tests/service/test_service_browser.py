@@ -103,6 +103,7 @@ def test_enrol_identify_verify_delete_in_the_page(server, browser, tmp_path):
     wait.until(ec.alert_is_present()).accept()
     wait.until(ec.text_to_be_present_in_element((By.ID, "browse-message"), "deleted eileen"))
     wait.until(lambda driver: not driver.find_elements(By.CSS_SELECTOR, 'tr[data-identity="eileen"]'))
-    with urllib.request.urlopen(f"{server}/api/identities") as response:
+    listing = urllib.request.Request(f"{server}/api/identities", headers={"X-API-Key": API_KEY})  # reads need it
+    with urllib.request.urlopen(listing) as response:
         assert b'"total":0' in response.read()
     assert Path(tmp_path / "identify.png").stat().st_size > 10_000

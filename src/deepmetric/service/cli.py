@@ -1,13 +1,63 @@
-"""``deepmetric serve``: the REST API and web page over a gallery, under uvicorn."""
+"""``deepmetric serve``: the REST API and web page over a gallery, under uvicorn. Options are checked before
+anything starts; a bad one is a one-line ``error: ...`` and exit code 2."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from deepmetric.service.settings import DEFAULT_MAX_PIXELS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WORKERS, LOOPBACK_HOSTS
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: only localhost is known to stay on this machine
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on ``host``:``port`` (0 picks a free port), so the real port is known before the
+    server starts and a taken port is a clean error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        _fail(f"--host {host!r} is not an address or a known name: {error}")
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        _fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
+    return sock
+
+
+def _check_options(gallery: Path, port: int, max_upload_mb: float, max_megapixels: float, workers: int,
+                   request_timeout: float) -> None:
+    if not 0 <= port <= 65535:
+        _fail(f"--port must be between 0 and 65535 (0 picks a free one), got {port}")
+    if gallery.exists() and not gallery.is_dir():
+        _fail(f"--gallery must be a gallery folder (or a path to create one), got the file {str(gallery)!r}")
+    for option, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels),
+                          ("--request-timeout", request_timeout)):
+        if not value > 0 or value == float("inf"):
+            _fail(f"{option} must be a positive number, got {value}")
+    if workers < 1:
+        _fail(f"--workers must be at least 1, got {workers}")
 
 
 def serve(
@@ -17,14 +67,26 @@ def serve(
     faces: Annotated[bool, typer.Option("--faces", help="a model folder trained on aligned faces")] = False,
     detector: Annotated[str, typer.Option(help="face detector: hog (fast) or mmod (CNN)")] = "hog",
     host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
+    port: Annotated[int, typer.Option(help="port; 0 picks a free one (printed)")] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="DEEPMETRIC_API_KEY",
-                                                help="key for writes (X-API-Key header); generated and printed "
-                                                     "when not given")] = None,
-    protect_reads: Annotated[bool, typer.Option(help="require the API key for reads too")] = False,
+                                                help="write key (X-API-Key header), good for reads too; "
+                                                     "generated and printed when not given")] = None,
+    read_key: Annotated[str | None, typer.Option(envvar="DEEPMETRIC_READ_KEY",
+                                                 help="a second key good for reads only")] = None,
+    public_reads: Annotated[bool, typer.Option(help="reads (identify, verify, embed, list, photos) need no key; "
+                                                    "off by default: the gallery holds biometric data")] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        help="a Host name clients use (repeat for more); loopback names are always allowed, '*' allows any")] = None,
+    keep_photo_metadata: Annotated[bool, typer.Option(help="store enrolled photos as uploaded, EXIF and GPS "
+                                                           "included (default: upright, without metadata)")] = False,
     threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest request body")] = 10.0,
-    max_megapixels: Annotated[float, typer.Option(help="largest image (checked before decoding)")] = 40.0,
+    max_megapixels: Annotated[float, typer.Option(help="largest image decode, checked from its header before "
+                                                       "decoding (pixels x bit depth / 24)")]
+    = DEFAULT_MAX_PIXELS / 1e6,
+    workers: Annotated[int, typer.Option(help="threads decoding and embedding photos")] = DEFAULT_WORKERS,
+    request_timeout: Annotated[float, typer.Option(help="seconds a request may wait for its photos (then 503)")]
+    = DEFAULT_REQUEST_TIMEOUT,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve the recognition API (OpenAPI docs at /docs) and the web page at /."""
@@ -33,16 +95,35 @@ def serve(
     from deepmetric.gallery.cli import open_gallery
     from deepmetric.service.app import create_app
 
+    _check_options(gallery, port, max_upload_mb, max_megapixels, workers, request_timeout)
+    hosts = (*LOOPBACK_HOSTS, *(allowed_host or ()))
+    if not is_loopback(host):
+        if host not in ("0.0.0.0", "::"):  # a concrete address is a name clients may use; no rebinding risk
+            hosts = (*hosts, host.strip("[]"))
+        typer.echo(f"warning: --host {host} exposes the gallery (biometric data) beyond this machine: put TLS in "
+                   f"front, keep reads keyed (no --public-reads) and name the hosts clients use with "
+                   f"--allowed-host (now: {', '.join(hosts)})", err=True)
+    listening = bind(host, port)
     opened = open_gallery(gallery, model=model, faces=faces, detector=detector, threshold=threshold, create=True)
-    if not api_key:
-        api_key = secrets.token_urlsafe(18)
-        typer.echo(f"API key for writes (X-API-Key header): {api_key}", err=True)
-    app = create_app(opened, api_key=api_key, protect_reads=protect_reads,
-                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_megapixels * 1e6))
-    typer.echo(f"serving {gallery} ({len(opened)} identities) on http://{host}:{port}  (pid {os.getpid()})", err=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        if not api_key:
+            api_key = secrets.token_urlsafe(18)
+            typer.echo(f"API key (X-API-Key header): {api_key}", err=True)
+        try:
+            app = create_app(opened, api_key=api_key, read_key=read_key or None, public_reads=public_reads,
+                             allowed_hosts=hosts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                             max_pixels=int(max_megapixels * 1e6), workers=workers, request_timeout=request_timeout,
+                             keep_photo_metadata=keep_photo_metadata)
+        except (TypeError, ValueError) as error:
+            _fail(str(error))
+        bound_port = listening.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        typer.echo(f"serving {gallery} ({len(opened)} identities) on http://{shown}:{bound_port}  "
+                   f"(pid {os.getpid()}; reads {'public' if public_reads else 'need a key'})", err=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+        server.run(sockets=[listening])
     finally:
+        listening.close()
         opened.close()
 
 
