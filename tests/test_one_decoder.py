@@ -113,9 +113,11 @@ def test_embed_command(model_dir, photos, upright_vector, tmp_path):
 def test_gallery_enrol_and_identify(model, photos, upright_vector, tmp_path):
     from deepmetric.gallery import Gallery
 
-    with Gallery.create(tmp_path / "gallery", model=model) as gallery:
+    with Gallery.create(tmp_path / "gallery", model=model) as gallery, Image.open(photos / "sideways.jpg") as opened:
         gallery.enroll("someone", images=[str(photos / "sideways.jpg")])
-        gallery.add("someone", images=[(photos / "sideways.jpg").read_bytes()])
+        gallery.add("someone", images=[(photos / "sideways.jpg").read_bytes(), opened])
+        # Re-embedding reads the stored photos back (the file's bytes, or a PNG of the pixels the model saw).
+        assert gallery.reembed(model)["reembedded"] == 3
         for template in gallery.store.templates():
             _same(template["vector"], upright_vector, "gallery template", atol=RENORMALISED)
         _same(gallery.embed_image(photos / "sideways.jpg"), upright_vector, "gallery probe", atol=RENORMALISED)

@@ -98,11 +98,10 @@ def _image_bytes(source: Any) -> tuple[bytes | None, str | None]:
         return path.read_bytes() if path.is_file() else None, str(path.resolve())
     from PIL import Image
 
-    if isinstance(source, np.ndarray):
-        source = Image.fromarray(load_image(source))
-    if isinstance(source, Image.Image):
+    if isinstance(source, (np.ndarray, Image.Image)):
+        # The upright pixels, as the model saw them: a PNG keeps no EXIF orientation to turn them by.
         buffer = io.BytesIO()
-        source.save(buffer, format="PNG")
+        Image.fromarray(load_image(source)).save(buffer, format="PNG")
         return buffer.getvalue(), None
     return None, None
 
