@@ -163,7 +163,9 @@ def load_image(source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         source: a file path, encoded bytes, a binary stream, a PIL image, or an array (H, W[, C]) of uint8,
             uint16 or float in [0, 1]; arrays are taken as already upright grey, RGB or RGBA.
         max_pixels: refuse images with more than this many pixels. For encoded images the size is read
-            from the header, before decoding, so a decompression bomb costs nothing.
+            from the header, before decoding, so a decompression bomb costs nothing. PIL's own guard
+            (twice ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels) still applies above this; it is
+            never changed here, since it is process-wide.
 
     Raises:
         TypeError: ``source`` is none of the kinds above.
