@@ -1,4 +1,12 @@
-"""Load test of ``deepmetric serve`` on loopback: concurrent identify + enrol against a large gallery.
+"""Load tests of ``deepmetric serve`` on loopback.
+
+``--scenario attack`` (issue 12): the p50/p99 latency of cheap requests (health, list, identify by embedding)
+while other clients post photos (decompression bombs: 4.9 kB 1-bit PNGs of 6300x6300 pixels, and ordinary
+face photos), for two versions of the code side by side in one run (``--before`` another checkout's ``src``,
+e.g. ``git worktree add /tmp/before <sha>``, against this one). Each version serves a copy of the same
+gallery, idle first and then under the photo load.
+
+``--scenario enrol`` (the default): concurrent identify + enrol against a large gallery.
 
 Bounded: a fixed number of requests, stopped early at a time limit. Seeds a gallery of ``--identities``
 synthetic identities (embeddings enrolled directly, stamped with dlib's face model so the real service
@@ -12,11 +20,14 @@ person about 0.96), so the 0.91 operating point separates them.
 
     .venv/bin/python bench/load.py                      # 100,000 identities, 3,000 requests
     .venv/bin/python bench/load.py --identities 5000 --requests 300   # quick check
+    .venv/bin/python bench/load.py --scenario attack --before /tmp/before/src --identities 5000 \
+        --output docs/benchmarks/load.md
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -95,7 +106,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="markdown report (docs/benchmarks/load.md)")
     parser.add_argument("--keep", action="store_true", help="keep the seeded gallery and server log")
+    parser.add_argument("--scenario", choices=("enrol", "attack"), default="enrol")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="attack: the src folder of the version to compare with (e.g. /tmp/before/src)")
+    parser.add_argument("--duration", type=float, default=30.0, help="attack: seconds of photo load per version")
+    parser.add_argument("--bomb-clients", type=int, default=2, help="attack: clients posting bombs")
+    parser.add_argument("--photo-clients", type=int, default=2, help="attack: clients posting face photos")
     args = parser.parse_args()
+    if args.scenario == "attack":
+        attack_main(args)
+        return
 
     population = Population(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="deepmetric-load-"))
@@ -197,6 +217,7 @@ def report_and_check(run: dict, args: argparse.Namespace, workdir: Path) -> None
     store.close()
 
     done = sum(len(v) for v in latencies.values())
+    every = [value for values in latencies.values() for value in values]
     rows = []
     for kind, values in latencies.items():
         rows.append(f"| {kind} | {len(values)} | {len(values) / wall:.1f} | {percentile(values, 50):.1f} | "
@@ -216,8 +237,8 @@ def report_and_check(run: dict, args: argparse.Namespace, workdir: Path) -> None
         "| request | count | throughput (req/s) | p50 (ms) | p99 (ms) |",
         "|---|---|---|---|---|",
         *rows,
-        f"| **all** | {done} | {done / wall:.1f} | {percentile(sum(latencies.values(), []), 50):.1f} | "
-        f"{percentile(sum(latencies.values(), []), 99):.1f} |",
+        f"| **all** | {done} | {done / wall:.1f} | {percentile(every, 50):.1f} | "
+        f"{percentile(every, 99):.1f} |",
         "",
         f"- wall time {wall:.1f} s for {done} of {args.requests} planned requests (time limit {args.time_limit:.0f} s)",
         f"- errors: **{len(errors)}**" + (f" (first: {errors[0]})" if errors else ""),
@@ -239,6 +260,182 @@ def report_and_check(run: dict, args: argparse.Namespace, workdir: Path) -> None
         shutil.rmtree(workdir, ignore_errors=True)
     if errors or lost or done < args.requests:
         sys.exit(1)
+
+
+CHEAP = ("health", "list", "identify_embedding")
+
+
+def bomb_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (6300, 6300)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_attack(url: str, args: argparse.Namespace, probes: np.ndarray, *, loaded: bool) -> dict:
+    """Cheap clients for ``args.duration`` seconds (a third of it when idle), with bomb and photo clients
+    posting to /api/identify meanwhile when ``loaded``; latencies of cheap requests, answers to photos."""
+    import httpx
+
+    from deepmetric.faces.samples import astronaut, encode
+
+    bomb, photo = bomb_png(), encode(astronaut(), "JPEG")
+    stop_at = time.monotonic() + (args.duration if loaded else args.duration / 3)
+    lock = threading.Lock()
+    latencies: dict[str, list[float]] = {kind: [] for kind in CHEAP}
+    photo_answers: dict[str, dict[str, int]] = {"bomb": {}, "photo": {}}
+    errors: list[str] = []
+
+    def cheap_client(seed: int) -> None:
+        with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
+            turn = seed
+            while time.monotonic() < stop_at:
+                kind = CHEAP[turn % len(CHEAP)]
+                started = time.perf_counter()
+                try:
+                    if kind == "health":
+                        response = client.get("/api/health")
+                    elif kind == "list":
+                        response = client.get("/api/identities", params={"limit": 20, "offset": turn % 1000})
+                    else:
+                        response = client.post("/api/identify/embedding",
+                                               json={"embedding": probes[turn % len(probes)].tolist(), "k": 5})
+                except httpx.HTTPError as error:
+                    with lock:
+                        errors.append(f"{kind}: {type(error).__name__}")
+                    continue
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if response.status_code == 200:
+                        latencies[kind].append(elapsed)
+                    else:
+                        errors.append(f"{kind}: {response.status_code}")
+                turn += 1
+
+    def photo_client(kind: str, data: bytes) -> None:
+        with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
+            while time.monotonic() < stop_at:
+                try:
+                    status = str(client.post("/api/identify", files={"image": ("p", data)},
+                                             data={"threshold": "0.6"}).status_code)
+                except httpx.HTTPError as error:
+                    status = type(error).__name__
+                with lock:
+                    photo_answers[kind][status] = photo_answers[kind].get(status, 0) + 1
+
+    threads = [threading.Thread(target=cheap_client, args=(i,)) for i in range(args.clients)]
+    if loaded:
+        threads += [threading.Thread(target=photo_client, args=("bomb", bomb)) for _ in range(args.bomb_clients)]
+        threads += [threading.Thread(target=photo_client, args=("photo", photo)) for _ in range(args.photo_clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "photos": photo_answers, "errors": errors}
+
+
+def warm_up(url: str, probe: np.ndarray) -> None:
+    """One untimed request of each kind: the first identify loads the index, the first photo the face model."""
+    import httpx
+
+    from deepmetric.faces.samples import astronaut, encode
+
+    with httpx.Client(base_url=url, timeout=600, headers={"X-API-Key": API_KEY}) as client:
+        client.get("/api/identities", params={"limit": 20})
+        client.post("/api/identify/embedding", json={"embedding": probe.tolist(), "k": 5})
+        client.post("/api/identify", files={"image": ("p", encode(astronaut(), "JPEG"))}, data={"threshold": "0.6"})
+
+
+def attack_main(args: argparse.Namespace) -> None:
+    if args.before is None or not (args.before / "deepmetric").is_dir():
+        sys.exit(f"--before must be the src folder of another checkout (holding deepmetric/), got {args.before}")
+    from deepmetric.service.process import serve_in_subprocess
+
+    population = Population(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="deepmetric-attack-"))
+    centres = seed_gallery(workdir / "seeded", population, args.identities)
+    probes = population.samples(centres[: min(len(centres), 500)])
+    versions = {"before": args.before.resolve(), "after": Path(__file__).resolve().parent.parent / "src"}
+    results: dict[str, dict[str, dict]] = {}
+    for label, source in versions.items():
+        shutil.copytree(workdir / "seeded", workdir / label)
+        with serve_in_subprocess(workdir / label, api_key=API_KEY, log_path=workdir / f"{label}.log",
+                                 source=source) as url:
+            warm_up(url, probes[0])
+            results[label] = {"idle": run_attack(url, args, probes, loaded=False),
+                              "loaded": run_attack(url, args, probes, loaded=True)}
+        print(f"{label}: done", flush=True)
+    report_attack(results, args, versions)
+    if args.keep:
+        print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, Path]) -> None:
+    rows = []
+    for kind in CHEAP:
+        cells = []
+        for label in versions:
+            for phase in ("idle", "loaded"):
+                values = results[label][phase]["latencies"][kind]
+                cells.append(f"{percentile(values, 50):.0f} / {percentile(values, 99):.0f} ({len(values)})")
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    photos = []
+    for label in versions:
+        loaded = results[label]["loaded"]
+        answers = "; ".join(f"{kind}: " + ", ".join(f"{count} x {status}" for status, count in sorted(by.items()))
+                            for kind, by in loaded["photos"].items())
+        errors = results[label]["idle"]["errors"] + loaded["errors"]
+        photos.append(f"- **{label}**: photo answers {answers}; cheap requests failed: {len(errors)}"
+                      + (f" (first: {errors[0]})" if errors else ""))
+    report = "\n".join([
+        "## Cheap requests while photos are posted: before and after the bounded photo pool (issue 12)",
+        "",
+        f"Command: `flock /tmp/bench.lock .venv/bin/python bench/load.py --scenario attack --before "
+        f"{versions['before']} --identities {args.identities} --clients {args.clients} --bomb-clients "
+        f"{args.bomb_clients} --photo-clients {args.photo_clients} --duration {args.duration:g}`; "
+        f"{os.cpu_count()} cores ({_cpu_model()}), load average at the end {os.getloadavg()[0]:.1f}, clients and "
+        f"server on the same machine.",
+        "",
+        f"Each version serves a copy of one gallery ({args.identities:,} synthetic identities, dlib's face model "
+        f"loaded) on loopback. {args.clients} clients send cheap requests in turn (health, a page of 20 "
+        f"identities, identify by a 128-d embedding), idle for {args.duration / 3:g} s, then for "
+        f"{args.duration:g} s while {args.bomb_clients} clients post a 4.9 kB 6300x6300 1-bit PNG and "
+        f"{args.photo_clients} clients a 512x512 face photo to `/api/identify`, each as fast as answered.",
+        "",
+        "Latency in ms, p50 / p99 (count of answers):",
+        "",
+        "| request | before, idle | before, under photo load | after, idle | after, under photo load |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        *photos,
+        "",
+        "Before: every photo is decoded and searched for faces in an unbounded thread pool, so two bomb "
+        "clients keep both cores busy for about 18 s of CPU a bomb, and cheap requests wait for a core. After: "
+        "a bomb is refused from its header (413) before decoding, photos run in a pool of as many workers as "
+        "cores with as many queue places, and a full pool answers 503 with Retry-After at once.",
+        "",
+    ])
+    print(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        previous = args.output.read_text() if args.output.exists() else ""
+        marker = "## Cheap requests while photos are posted"
+        kept = previous.split(marker)[0].rstrip() if marker in previous else previous.rstrip()
+        args.output.write_text((kept + "\n\n" if kept else "") + report)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_in_subprocess(gallery: str | Path, *, api_key: str, log_path: str | Path, port: int | None = None,
-                        extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0) -> Iterator[str]:
+                        extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0,
+                        source: str | Path | None = None) -> Iterator[str]:
     """Start the service on ``gallery`` (created when missing) on loopback; yields its base URL and stops
-    it (SIGTERM, then SIGKILL) on exit. Raises RuntimeError with the server log if it does not come up."""
+    it (SIGTERM, then SIGKILL) on exit. Raises RuntimeError with the server log if it does not come up.
+    ``source``: another checkout's ``src`` folder to run instead of this one (benchmarks compare versions)."""
     port = port or free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DEEPMETRIC_API_KEY": api_key,
+    path = [str(source)] if source is not None else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, *sys.path]), "DEEPMETRIC_API_KEY": api_key,
            "HF_HUB_OFFLINE": "1"}
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
