@@ -243,3 +243,23 @@ def test_a_crash_is_a_json_500(tmp_path, image_model):
         crashed = client.post("/api/embed", files={"image": ("a.png", _png(24))})
     assert crashed.status_code == 500 and crashed.json() == {
         "status": 500, "reason": "internal error (RuntimeError); the server log has the details"}
+
+
+def test_openapi_documents_the_keys_and_every_error_with_its_schema(vector_gallery):
+    spec = create_app(vector_gallery, api_key=API_KEY).openapi()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["APIKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                 "description": schemes["APIKey"]["description"]}
+    assert schemes["Bearer"]["scheme"] == "bearer"
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # 422 is {status, reason} like the rest
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    identify = spec["paths"]["/api/identify"]["post"]
+    assert {"APIKey": []} in identify["security"]
+    assert {"400", "401", "403", "409", "413", "415", "422", "500", "503"} <= set(identify["responses"])
+    assert "404" in spec["paths"]["/api/identities/{identity_id}"]["get"]["responses"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert response["content"]["application/json"]["schema"] == error_ref, (path, method, status)
+    assert "security" not in spec["paths"]["/api/health"]["get"]
