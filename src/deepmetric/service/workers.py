@@ -50,7 +50,8 @@ class WorkerPool:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError:
             future.cancel()  # still queued: it never runs; already running: it finishes, then frees its place
-            raise HTTPException(503, f"timed out: the photo took longer than the {self.timeout:g} s limit",
+            raise HTTPException(503, f"timed out: the photos took longer than the {self.timeout:g} s limit (an "
+                                     f"enrolment may still complete: check before sending it again)",
                                 headers={"Retry-After": self.retry_after}) from None
 
     def shutdown(self) -> None:
