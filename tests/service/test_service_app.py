@@ -4,10 +4,8 @@ JSON error format even for unknown paths, and settings checked up front."""
 
 from __future__ import annotations
 
-import io
 import threading
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -15,22 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deepmetric.gallery import Gallery
 from deepmetric.service.app import create_app
-from service_helpers import LOCAL
+from service_helpers import LOCAL, MODEL_CONFIG, GatedModel, png
 
 API_KEY = "app-test-key"
 KEY = {"X-API-Key": API_KEY}
 DIM = 4
-MODEL_CONFIG = {"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 16,
-                "preprocessing": {"image_size": [32, 32], "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}}
-
-
-def _png(side: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of a Prometheus text exposition, keyed by (name, labels); fails if it does not parse."""
     return {(sample.name, frozenset(sample.labels.items())): sample.value
@@ -95,7 +82,7 @@ def test_pixel_limit_is_an_argument_on_every_image_path_and_nothing_global_chang
     model = build_embedder(MODEL_CONFIG)  # a whole-image model: the service decodes, the model embeds
     pil_limit = Image.MAX_IMAGE_PIXELS
     with Gallery.create(tmp_path / "images", model=model) as gallery:
-        small, large = _png(40, seed=1), _png(120, seed=2)  # 1,600 and 14,400 pixels
+        small, large = png(40, seed=1), png(120, seed=2)  # 1,600 and 14,400 pixels
         with TestClient(create_app(gallery, api_key=API_KEY, max_pixels=10_000), base_url=LOCAL, headers=KEY) as client:
             assert pil_limit == Image.MAX_IMAGE_PIXELS
             assert not hasattr(model, "max_pixels")
@@ -122,30 +109,16 @@ def test_pixel_limit_is_an_argument_on_every_image_path_and_nothing_global_chang
             assert accepted.status_code == 200, accepted.text
 
 
-class _GatedModel:
-    """A real whole-image model whose ``encode`` says when it starts and then waits to be let go."""
-
-    def __init__(self, model) -> None:
-        self.model, self.embedding_dim, self.config = model, model.embedding_dim, model.config
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def encode(self, inputs, *, batch_size=256, device=None, progress=False):
-        self.entered.set()
-        if not self.release.wait(timeout=60):
-            raise RuntimeError("never released")
-        return self.model.encode(inputs, batch_size=batch_size, device=device, progress=progress)
-
-
 def test_the_event_loop_answers_while_a_photo_is_embedded(tmp_path):
     from deepmetric.models import build_embedder
 
-    model = _GatedModel(build_embedder(MODEL_CONFIG))
+    model = GatedModel(build_embedder(MODEL_CONFIG))
     with (Gallery.create(tmp_path / "gated", model=model) as gallery,
           TestClient(create_app(gallery), base_url=LOCAL) as client):
         answers: dict[str, int] = {}
 
         def embed() -> None:
-            answers["embed"] = client.post("/api/embed", files={"image": ("a.png", _png(40))}).status_code
+            answers["embed"] = client.post("/api/embed", files={"image": ("a.png", png(40))}).status_code
 
         def health_check() -> None:
             answers["health"] = client.get("/api/health").status_code

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from deepmetric.cli import app
 from deepmetric.gallery import Gallery
+from deepmetric.service.process import stop
 
 
 @pytest.fixture
@@ -85,9 +86,4 @@ def test_port_0_prints_the_real_port_and_a_network_bind_warns(vector_gallery_fol
                 assert process.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

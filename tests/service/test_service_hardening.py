@@ -15,22 +15,11 @@ from PIL import ExifTags, Image
 from deepmetric.data.images import load_image
 from deepmetric.gallery import Gallery
 from deepmetric.service.app import create_app
-from service_helpers import LOCAL
+from service_helpers import LOCAL, MODEL_CONFIG, GatedModel, png
 
 API_KEY = "hardening-key"
 KEY = {"X-API-Key": API_KEY}
 DIM = 4
-MODEL_CONFIG = {"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 16,
-                "preprocessing": {"image_size": [32, 32], "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}}
-
-
-def _png(side: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _jpeg_with_gps_and_orientation(side: int = 48) -> bytes:
     """A JPEG stored sideways (EXIF orientation 6) that says where it was taken (GPS) and with what camera."""
     pixels = np.random.default_rng(3).integers(0, 256, size=(side, side // 2, 3), dtype=np.uint8)
@@ -41,22 +30,6 @@ def _jpeg_with_gps_and_orientation(side: int = 48) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
     return buffer.getvalue()
-
-
-class _GatedModel:
-    """A real whole-image model whose ``encode`` says when it starts, then waits to be let go (or raises)."""
-
-    def __init__(self, model, *, crash: bool = False) -> None:
-        self.model, self.embedding_dim, self.config = model, model.embedding_dim, model.config
-        self.entered, self.release, self.crash = threading.Event(), threading.Event(), crash
-
-    def encode(self, inputs, *, batch_size=256, device=None, progress=False):
-        if self.crash:
-            raise RuntimeError("the model fell over")
-        self.entered.set()
-        if not self.release.wait(timeout=60):
-            raise RuntimeError("never released")
-        return self.model.encode(inputs, batch_size=batch_size, device=device, progress=progress)
 
 
 @pytest.fixture
@@ -85,7 +58,7 @@ def test_a_small_bomb_is_refused_from_its_header_with_the_default_limit(tmp_path
             assert refused.status_code == 413, refused.text
             assert "6300x6300" in refused.json()["reason"] and "max_pixels" in refused.json()["reason"]
         refused = client.post("/api/identities", data={"identity_id": "bomb"},
-                              files=[("images", ("a.png", _png(20))), ("images", ("bomb.png", bomb.getvalue()))])
+                              files=[("images", ("a.png", png(20))), ("images", ("bomb.png", bomb.getvalue()))])
         assert refused.status_code == 413 and "image 2 of 2" in refused.json()["reason"]
         assert len(gallery) == 0
 
@@ -103,19 +76,19 @@ def test_decode_cost_counts_bit_depth(tmp_path, image_model):
 
 
 def test_a_full_pool_answers_503_with_retry_after_and_health_keeps_answering(tmp_path, image_model):
-    model = _GatedModel(image_model)
+    model = GatedModel(image_model)
     with (Gallery.create(tmp_path / "g", model=model) as gallery,
           TestClient(create_app(gallery, workers=1, max_queued=0), base_url=LOCAL) as client):
         answers: dict[str, int] = {}
 
         def embed() -> None:
-            answers["first"] = client.post("/api/embed", files={"image": ("a.png", _png(24))}).status_code
+            answers["first"] = client.post("/api/embed", files={"image": ("a.png", png(24))}).status_code
 
         first = threading.Thread(target=embed)
         first.start()
         try:
             assert model.entered.wait(timeout=60)
-            busy = client.post("/api/identify", files={"image": ("b.png", _png(24))})
+            busy = client.post("/api/identify", files={"image": ("b.png", png(24))})
             assert busy.status_code == 503 and busy.json()["status"] == 503, busy.text
             assert int(busy.headers["Retry-After"]) >= 1 and "busy" in busy.json()["reason"]
             assert client.get("/api/health").status_code == 200
@@ -125,20 +98,20 @@ def test_a_full_pool_answers_503_with_retry_after_and_health_keeps_answering(tmp
             first.join(timeout=60)
         assert answers["first"] == 200
         # The place is free again once the photo is done.
-        assert client.post("/api/embed", files={"image": ("c.png", _png(24))}).status_code == 200
+        assert client.post("/api/embed", files={"image": ("c.png", png(24))}).status_code == 200
 
 
 def test_a_request_over_its_time_limit_gets_503_and_keeps_its_place_until_done(tmp_path, image_model):
-    model = _GatedModel(image_model)
+    model = GatedModel(image_model)
     with (Gallery.create(tmp_path / "g", model=model) as gallery,
           TestClient(create_app(gallery, workers=1, max_queued=0, request_timeout=0.2), base_url=LOCAL) as client):
         try:
-            late = client.post("/api/embed", files={"image": ("a.png", _png(24))})
+            late = client.post("/api/embed", files={"image": ("a.png", png(24))})
             assert late.status_code == 503 and "timed out" in late.json()["reason"], late.text
             assert "Retry-After" in late.headers
             assert model.entered.is_set()
             # The timed-out photo still runs on the one worker: a new one is refused, not queued without end.
-            assert client.post("/api/embed", files={"image": ("b.png", _png(24))}).status_code == 503
+            assert client.post("/api/embed", files={"image": ("b.png", png(24))}).status_code == 503
         finally:
             model.release.set()
 
@@ -173,13 +146,13 @@ def test_stored_photos_lose_their_metadata_but_stay_upright(tmp_path, image_mode
 def test_no_server_paths_in_answers(tmp_path, image_model):
     path = tmp_path / "private-user-folder" / "me.png"
     path.parent.mkdir()
-    path.write_bytes(_png(20))
+    path.write_bytes(png(20))
     with (Gallery.create(tmp_path / "g", model=image_model) as gallery,
           TestClient(create_app(gallery), base_url=LOCAL) as client):
         gallery.enroll("cli", images=[path])  # as `deepmetric gallery enroll` does
         assert gallery.get("cli").templates[0].image_path  # the gallery keeps it, for reembed
         for answer in (client.get("/api/identities/cli"), client.get("/api/identities"),
-                       client.post("/api/identities/cli/images", files=[("images", ("b.png", _png(20, 1)))])):
+                       client.post("/api/identities/cli/images", files=[("images", ("b.png", png(20, 1)))])):
             assert answer.is_success and "private-user-folder" not in answer.text and "image_path" not in answer.text
 
 
@@ -238,9 +211,9 @@ def test_every_error_has_the_json_format_and_chunked_oversize_is_413(tmp_path, i
 
 
 def test_a_crash_is_a_json_500(tmp_path, image_model):
-    with (Gallery.create(tmp_path / "g", model=_GatedModel(image_model, crash=True)) as gallery,
+    with (Gallery.create(tmp_path / "g", model=GatedModel(image_model, crash=True)) as gallery,
           TestClient(create_app(gallery), base_url=LOCAL, raise_server_exceptions=False) as client):
-        crashed = client.post("/api/embed", files={"image": ("a.png", _png(24))})
+        crashed = client.post("/api/embed", files={"image": ("a.png", png(24))})
     assert crashed.status_code == 500 and crashed.json() == {
         "status": 500, "reason": "internal error (RuntimeError); the server log has the details"}
 

@@ -21,10 +21,9 @@ from schemathesis.checks import (  # noqa: E402
 
 from deepmetric.gallery import Gallery  # noqa: E402
 from deepmetric.service.app import create_app  # noqa: E402
+from service_helpers import MODEL_CONFIG  # noqa: E402
 
 API_KEY = "schema-key"
-MODEL_CONFIG = {"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 16,
-                "preprocessing": {"image_size": [32, 32], "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 
