@@ -31,6 +31,7 @@ import contextlib
 import os
 import platform
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -111,6 +112,8 @@ def main() -> None:
                         help="attack: the src folder of the version to compare with (e.g. /tmp/before/src)")
     parser.add_argument("--duration", type=float, default=30.0, help="attack: seconds of photo load per version")
     parser.add_argument("--bomb-clients", type=int, default=2, help="attack: clients posting bombs")
+    parser.add_argument("--bomb-interval", type=float, default=0.5,
+                        help="attack: least seconds between two bombs of one attacker")
     parser.add_argument("--photo-clients", type=int, default=2, help="attack: clients posting face photos")
     args = parser.parse_args()
     if args.scenario == "attack":
@@ -275,17 +278,29 @@ def bomb_png() -> bytes:
     return buffer.getvalue()
 
 
-def run_attack(url: str, args: argparse.Namespace, probes: np.ndarray, *, loaded: bool) -> dict:
-    """Cheap clients for ``args.duration`` seconds (a third of it when idle), with bomb and photo clients
-    posting to /api/identify meanwhile when ``loaded``; latencies of cheap requests, answers to photos."""
+def server_usage(pid: int) -> dict[str, float]:
+    """CPU seconds used so far and peak resident memory (MB) of the server process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    peak_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    return {"cpu": (int(fields[11]) + int(fields[12])) / ticks, "peak_mb": peak_kb / 1024}
+
+
+def run_attack(url: str, args: argparse.Namespace, probes: np.ndarray, *, loaded: bool, pid: int) -> dict:
+    """Cheap clients for ``args.duration`` seconds (a third of it when idle), with bomb clients (one bomb each
+    per ``args.bomb_interval`` seconds at most) and photo clients (one after the other) posting to
+    /api/identify meanwhile when ``loaded``; latencies of cheap requests and photos, the server's CPU."""
     import httpx
 
     from deepmetric.faces.samples import astronaut, encode
 
     bomb, photo = bomb_png(), encode(astronaut(), "JPEG")
-    stop_at = time.monotonic() + (args.duration if loaded else args.duration / 3)
+    usage_at_start = server_usage(pid)
+    started_at = time.monotonic()
+    stop_at = started_at + (args.duration if loaded else args.duration / 3)
     lock = threading.Lock()
-    latencies: dict[str, list[float]] = {kind: [] for kind in CHEAP}
+    latencies: dict[str, list[float]] = {kind: [] for kind in (*CHEAP, "photo", "bomb")}
     photo_answers: dict[str, dict[str, int]] = {"bomb": {}, "photo": {}}
     errors: list[str] = []
 
@@ -303,38 +318,46 @@ def run_attack(url: str, args: argparse.Namespace, probes: np.ndarray, *, loaded
                     else:
                         response = client.post("/api/identify/embedding",
                                                json={"embedding": probes[turn % len(probes)].tolist(), "k": 5})
+                    status = response.status_code
                 except httpx.HTTPError as error:
-                    with lock:
-                        errors.append(f"{kind}: {type(error).__name__}")
-                    continue
+                    status = type(error).__name__
                 elapsed = time.perf_counter() - started
                 with lock:
-                    if response.status_code == 200:
+                    if status == 200:
                         latencies[kind].append(elapsed)
                     else:
-                        errors.append(f"{kind}: {response.status_code}")
+                        errors.append(f"{kind}: {status}")
                 turn += 1
 
-    def photo_client(kind: str, data: bytes) -> None:
+    def photo_client(kind: str, data: bytes, interval: float) -> None:
         with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": API_KEY}) as client:
             while time.monotonic() < stop_at:
+                started = time.perf_counter()
                 try:
                     status = str(client.post("/api/identify", files={"image": ("p", data)},
                                              data={"threshold": "0.6"}).status_code)
                 except httpx.HTTPError as error:
                     status = type(error).__name__
+                elapsed = time.perf_counter() - started
                 with lock:
                     photo_answers[kind][status] = photo_answers[kind].get(status, 0) + 1
+                    latencies[kind].append(elapsed)
+                time.sleep(max(0.0, interval - elapsed))
 
     threads = [threading.Thread(target=cheap_client, args=(i,)) for i in range(args.clients)]
     if loaded:
-        threads += [threading.Thread(target=photo_client, args=("bomb", bomb)) for _ in range(args.bomb_clients)]
-        threads += [threading.Thread(target=photo_client, args=("photo", photo)) for _ in range(args.photo_clients)]
+        threads += [threading.Thread(target=photo_client, args=("bomb", bomb, args.bomb_interval))
+                    for _ in range(args.bomb_clients)]
+        threads += [threading.Thread(target=photo_client, args=("photo", photo, 0.0))
+                    for _ in range(args.photo_clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return {"latencies": latencies, "photos": photo_answers, "errors": errors}
+    wall = time.monotonic() - started_at
+    usage = server_usage(pid)
+    return {"latencies": latencies, "photos": photo_answers, "errors": errors, "wall": wall,
+            "server_cpu": usage["cpu"] - usage_at_start["cpu"], "peak_mb": usage["peak_mb"]}
 
 
 def warm_up(url: str, probe: np.ndarray) -> None:
@@ -347,6 +370,14 @@ def warm_up(url: str, probe: np.ndarray) -> None:
         client.get("/api/identities", params={"limit": 20})
         client.post("/api/identify/embedding", json={"embedding": probe.tolist(), "k": 5})
         client.post("/api/identify", files={"image": ("p", encode(astronaut(), "JPEG"))}, data={"threshold": "0.6"})
+
+
+def server_pid(log_path: Path) -> int:
+    """The pid ``deepmetric serve`` prints when it starts (both versions print it)."""
+    found = re.search(r"\(pid (\d+)", log_path.read_text())
+    if found is None:
+        sys.exit(f"no pid in the server log {log_path}:\n{log_path.read_text()}")
+    return int(found.group(1))
 
 
 def attack_main(args: argparse.Namespace) -> None:
@@ -362,11 +393,12 @@ def attack_main(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, dict]] = {}
     for label, source in versions.items():
         shutil.copytree(workdir / "seeded", workdir / label)
-        with serve_in_subprocess(workdir / label, api_key=API_KEY, log_path=workdir / f"{label}.log",
-                                 source=source) as url:
+        log_path = workdir / f"{label}.log"
+        with serve_in_subprocess(workdir / label, api_key=API_KEY, log_path=log_path, source=source) as url:
+            pid = server_pid(log_path)
             warm_up(url, probes[0])
-            results[label] = {"idle": run_attack(url, args, probes, loaded=False),
-                              "loaded": run_attack(url, args, probes, loaded=True)}
+            results[label] = {"idle": run_attack(url, args, probes, loaded=False, pid=pid),
+                              "loaded": run_attack(url, args, probes, loaded=True, pid=pid)}
         print(f"{label}: done", flush=True)
     report_attack(results, args, versions)
     if args.keep:
@@ -383,50 +415,55 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cell(values: list[float]) -> str:
+    return f"{percentile(values, 50):.0f} / {percentile(values, 99):.0f} ({len(values)})" if values else "-"
+
+
 def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, Path]) -> None:
-    rows = []
-    for kind in CHEAP:
-        cells = []
-        for label in versions:
-            for phase in ("idle", "loaded"):
-                values = results[label][phase]["latencies"][kind]
-                cells.append(f"{percentile(values, 50):.0f} / {percentile(values, 99):.0f} ({len(values)})")
-        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
-    photos = []
+    phases = [(label, phase) for label in versions for phase in ("idle", "loaded")]
+    rows = [f"| {kind} | " + " | ".join(_cell(results[label][phase]["latencies"][kind]) for label, phase in phases)
+            + " |" for kind in (*CHEAP, "photo", "bomb")]
+    rows.append("| server CPU (s) / wall (s) | " + " | ".join(
+        f"{results[label][phase]['server_cpu']:.1f} / {results[label][phase]['wall']:.1f}" for label, phase in phases)
+        + " |")
+    rows.append("| server peak memory (MB) | " + " | ".join(
+        f"{results[label][phase]['peak_mb']:.0f}" for label, phase in phases) + " |")
+    answers = []
     for label in versions:
         loaded = results[label]["loaded"]
-        answers = "; ".join(f"{kind}: " + ", ".join(f"{count} x {status}" for status, count in sorted(by.items()))
+        by_kind = "; ".join(f"{kind}: " + ", ".join(f"{count} x {status}" for status, count in sorted(by.items()))
                             for kind, by in loaded["photos"].items())
         errors = results[label]["idle"]["errors"] + loaded["errors"]
-        photos.append(f"- **{label}**: photo answers {answers}; cheap requests failed: {len(errors)}"
-                      + (f" (first: {errors[0]})" if errors else ""))
+        answers.append(f"- **{label}**: answers under load {by_kind}; cheap requests failed: {len(errors)}"
+                       + (f" (first: {errors[0]})" if errors else ""))
     report = "\n".join([
         "## Cheap requests while photos are posted: before and after the bounded photo pool (issue 12)",
         "",
         f"Command: `flock /tmp/bench.lock .venv/bin/python bench/load.py --scenario attack --before "
         f"{versions['before']} --identities {args.identities} --clients {args.clients} --bomb-clients "
-        f"{args.bomb_clients} --photo-clients {args.photo_clients} --duration {args.duration:g}`; "
-        f"{os.cpu_count()} cores ({_cpu_model()}), load average at the end {os.getloadavg()[0]:.1f}, clients and "
-        f"server on the same machine.",
+        f"{args.bomb_clients} --bomb-interval {args.bomb_interval:g} --photo-clients {args.photo_clients} "
+        f"--duration {args.duration:g}`; {os.cpu_count()} cores ({_cpu_model()}), load average at the end "
+        f"{os.getloadavg()[0]:.1f}, clients and server on the same machine.",
         "",
         f"Each version serves a copy of one gallery ({args.identities:,} synthetic identities, dlib's face model "
         f"loaded) on loopback. {args.clients} clients send cheap requests in turn (health, a page of 20 "
         f"identities, identify by a 128-d embedding), idle for {args.duration / 3:g} s, then for "
-        f"{args.duration:g} s while {args.bomb_clients} clients post a 4.9 kB 6300x6300 1-bit PNG and "
-        f"{args.photo_clients} clients a 512x512 face photo to `/api/identify`, each as fast as answered.",
+        f"{args.duration:g} s while {args.bomb_clients} attackers each post a 4.9 kB 6300x6300 1-bit PNG to "
+        f"`/api/identify` (one every {args.bomb_interval:g} s at most, the next once answered) and "
+        f"{args.photo_clients} users each post a 512x512 face photo, the next as soon as answered.",
         "",
-        "Latency in ms, p50 / p99 (count of answers):",
+        "Latency in ms, p50 / p99 (count of answers); photo and bomb rows count every answer (413 and 503 too):",
         "",
         "| request | before, idle | before, under photo load | after, idle | after, under photo load |",
         "|---|---|---|---|---|",
         *rows,
         "",
-        *photos,
+        *answers,
         "",
-        "Before: every photo is decoded and searched for faces in an unbounded thread pool, so two bomb "
-        "clients keep both cores busy for about 18 s of CPU a bomb, and cheap requests wait for a core. After: "
-        "a bomb is refused from its header (413) before decoding, photos run in a pool of as many workers as "
-        "cores with as many queue places, and a full pool answers 503 with Retry-After at once.",
+        "Before: every photo is decoded in an unbounded thread pool and face detection is serialised, so a bomb "
+        "holds the face model for tens of seconds of CPU and about a gigabyte, and users' photos wait behind it. "
+        "After: a bomb is refused from its header (413) before decoding, photos run in a pool of as many "
+        "workers as cores with as many queue places, and a full pool answers 503 with Retry-After at once.",
         "",
     ])
     print(report)
