@@ -22,8 +22,7 @@ def test_fewshot_brute_force_episode():
         picks.append(picked)
         protos.append(xn[picked[:2]].mean(0))
     for pos, picked in enumerate(picks):
-        for q in picked[2:]:
-            correct.append(np.argmax(np.stack(protos) @ xn[q]) == pos)
+        correct.extend(np.argmax(np.stack(protos) @ xn[q]) == pos for q in picked[2:])
     assert result["accuracy"] == pytest.approx(np.mean(correct))
 
 

@@ -43,7 +43,10 @@ def test_distractor_curve_brute_force():
     labels = np.arange(10)
     distractors = rng.normal(size=(300, 8)).astype(np.float32)
     curve = distractor_curve(probes, labels, gallery, labels, distractors, counts=(0, 10, 100, 300), block_size=64)
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
     for n, value in curve.items():
         full = unit(np.r_[gallery, distractors[:n]])
         top1 = np.argmax(unit(probes) @ full.T, axis=1)

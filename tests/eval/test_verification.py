@@ -71,7 +71,7 @@ def test_best_threshold_and_kfold_hand_computed():
     assert result["accuracy"] == pytest.approx(np.mean([1, 1, 0.5, 1]))
     assert result["accuracy_std"] == pytest.approx(np.std([1, 1, 0.5, 1]))
     assert result["threshold"] == pytest.approx(np.mean([0.45, 0.4, 0.45, 0.5]))
-    threshold, accuracy = best_threshold(scores, same)
+    _, accuracy = best_threshold(scores, same)
     assert accuracy == pytest.approx(7 / 8)
 
 
