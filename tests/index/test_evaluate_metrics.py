@@ -40,7 +40,8 @@ def test_evaluate_every_metric_through_every_index(saved, tmp_path, metric, spec
     assert 0 <= next(value for key, value in metrics.items() if key.endswith("/map@r")) <= 1
 
 
-@pytest.mark.parametrize("spec,backend", [("Flat", None), ("HNSW32", "faiss"), ("HNSW16", "hnswlib"), ("Annoy10", None)])
+@pytest.mark.parametrize("spec,backend", [("Flat", None), ("HNSW32", "faiss"), ("HNSW16", "hnswlib"),
+                                          ("Annoy10", None)])
 @pytest.mark.parametrize("metric", METRICS)
 def test_retrieval_evaluator_through_every_backend(saved, metric, spec, backend):
     from deepmetric.eval.evaluators import RetrievalEvaluator

@@ -53,8 +53,7 @@ def test_backend_matches_brute_force(data, spec, backend, knobs, minimum, metric
     assert np.all(np.diff(result.scores, axis=1) <= 1e-5)
     exact_top = result.ids[:, 0] == ids[ref_positions[:, 0]]
     if "PQ" not in spec or "Refine" in spec:
-        tolerance = 1e-3
-        np.testing.assert_allclose(result.scores[exact_top, 0], ref_scores[exact_top, 0], rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(result.scores[exact_top, 0], ref_scores[exact_top, 0], rtol=1e-3, atol=1e-3)
     assert len(index) == database.shape[0]
 
 
@@ -102,7 +101,7 @@ def test_k_larger_than_index_pads_with_missing():
 
 @pytest.mark.parametrize("spec,backend", [("HNSW16", "faiss"), ("Annoy5", "annoy")])
 def test_compaction_after_many_removals_keeps_ids(data, spec, backend):
-    database, queries, ids = data
+    database, _, ids = data
     index = built(spec, backend, None, "cosine", database, ids)
     index.remove(ids[:1000])  # over the compaction threshold: the library index is rebuilt
     assert index.num_tombstones == 0 and len(index) == 1000

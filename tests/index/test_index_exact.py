@@ -6,12 +6,11 @@ arithmetic, ties going to the item added first; and a float64 brute force agrees
 import numpy as np
 import pytest
 
+from conftest import clustered
 from deepmetric.index import build_index, load_index
 from deepmetric.index.base import SMALL_SUBSET
 from deepmetric.index.exact import ExactIndex
 from index_reference import brute_force, lane_scores, ranked
-
-from conftest import clustered
 
 METRICS = ["cosine", "dot", "euclidean"]
 CANONICAL = {"ip": "dot", "l2": "euclidean"}

@@ -46,7 +46,7 @@ def test_memory_mapped_load(tmp_path, data, spec, backend):
     np.testing.assert_array_equal(mapped.search(queries, 3).ids, index.search(queries, 3).ids)
 
 
-@pytest.fixture()
+@pytest.fixture
 def saved(tmp_path, data):
     database, _, ids = data
     index = build_index("HNSW16", database.shape[1], backend="hnswlib")

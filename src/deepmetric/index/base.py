@@ -434,7 +434,8 @@ def read_manifest(path: str | os.PathLike, *, verify: bool = True) -> dict[str, 
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise IndexFormatError(f"{folder / MANIFEST} is corrupt: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{folder} is not a deepmetric index (format field {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise IndexFormatError(f"{folder} is not a deepmetric index (format field {found!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexFormatError(f"{folder} has index format version {manifest.get('format_version')!r}; "
                                f"this deepmetric reads version {FORMAT_VERSION}")
