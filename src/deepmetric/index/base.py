@@ -19,7 +19,7 @@ import numpy as np
 
 from deepmetric.distances import canonical_metric
 from deepmetric.types import SearchResult
-from deepmetric.validation import check_positive_int
+from deepmetric.validation import check_embeddings, check_positive_int
 
 FORMAT_NAME = "deepmetric-index"
 FORMAT_VERSION = 1
@@ -84,22 +84,24 @@ def negative_distance(squared_distances: np.ndarray) -> np.ndarray:
 
 
 def as_vectors(x: Any, dim: int, argument: str) -> np.ndarray:
-    """Validate a (N, dim) finite float matrix and return it as C-contiguous float32."""
+    """A (N, dim) finite floating-point matrix (one vector of length dim counts as one row) as C-contiguous
+    float32; the checks are ``deepmetric.validation.check_embeddings``'s."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{argument} must be a numpy array or torch tensor of shape (N, {dim}), got {type(x).__name__}")
-    if x.ndim == 1 and x.shape[0] == dim:
+    if isinstance(x, np.ndarray) and x.ndim == 1 and x.shape[0] == dim:
         x = x[None, :]
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"{argument} must have shape (N, {dim}), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{argument} must be a floating-point array, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise ValueError(f"{argument} contains NaN or infinite values (first in row {bad})")
-    return x
+    return as_embeddings(argument, x, dim=dim)
+
+
+def as_embeddings(name: str, value: Any, *, dim: int | None = None) -> np.ndarray:
+    """An (N, D) finite floating-point numpy array or torch tensor (``deepmetric.validation.check_embeddings``)
+    as C-contiguous float32 numpy."""
+    check_embeddings(name, value, dim=dim, finite=False)
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.ascontiguousarray(value, dtype=np.float32)
+    # checked after the cast: a float64 value beyond the float32 range becomes infinite
+    return check_embeddings(name, array, dim=dim)
 
 
 def as_ids(ids: Any, count: int | None, argument: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 
 from deepmetric.distances import canonical_metric
 from deepmetric.index import _scan
+from deepmetric.index.base import as_embeddings
 from deepmetric.types import SearchResult
 from deepmetric.validation import check_positive_int
 
@@ -33,23 +34,6 @@ _LOCALITY_MAX_CLUSTERS = 1024
 _BFLOAT16_MIN_WORK = 1 << 26  # queries x gallery below which the bfloat16 probe is not worth its few milliseconds
 _FLOAT32_UNIT = 2.0 ** -24  # unit roundoff
 _BFLOAT16_UNIT = 2.0 ** -8
-
-
-def as_embeddings(name: str, value, *, dim: int | None = None) -> np.ndarray:
-    """Validate a 2-D finite float array and return it as float32."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if dim is not None and array.shape[1] != dim:
-        raise ValueError(f"{name} must have {dim} columns like the queries, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
 
 
 def as_labels(name: str, value, length: int) -> np.ndarray:
