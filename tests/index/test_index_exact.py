@@ -3,6 +3,8 @@ every candidate-pass precision, subsets (small: the brute-force path; large: the
 and range search, its ids and scores equal an independent numpy computation of the engine's float32
 arithmetic, ties going to the item added first; and a float64 brute force agrees wherever scores are apart."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,14 @@ def test_bad_arguments_name_themselves():
         build_index("Flat,fp8", 4)
     with pytest.raises(TypeError, match="metric must be a string"):
         ExactIndex(dim=4, metric=None)
+
+
+def test_flat_needs_no_optional_library(monkeypatch):
+    # the gallery's exact path builds "Flat": it must work where faiss (the [index] extra) is not installed
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes "import faiss" raise ImportError
+    index = build_index("Flat", 4)
+    index.add(np.eye(4, dtype=np.float32), ids=[9, 8, 7, 6])
+    index.remove([8])
+    assert index.search(np.eye(4, dtype=np.float32)[1:2], k=2).ids.tolist() == [[9, 7]]
+    with pytest.raises(ImportError):
+        build_index("Flat", 4, backend="faiss")

@@ -41,7 +41,8 @@ class IdentityIndex:
     Args:
         store: the gallery store it mirrors.
         cache_dir: where the index is persisted between runs (None: memory only).
-        exact_limit: galleries up to this many identities use exact search (``exact_spec``); larger ones an
+        exact_limit: galleries up to this many identities use exact search (``exact_spec``; ``"Flat"`` is
+            deepmetric's own exact engine, so a small gallery needs no optional index library); larger ones an
             approximate graph index (``ann_spec``).
         exact_spec, ann_spec: ``deepmetric.index.build_index`` spec strings.
         ann_backend: library for ``ann_spec`` (None: faiss; removals become tombstones it compacts itself).
