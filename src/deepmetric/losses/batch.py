@@ -13,7 +13,13 @@ from torch import nn
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import BaseLoss, MetricLoss
-from deepmetric.losses.tuples import as_dissimilarity, distance_matrix, farther_than, masked_logsumexp, pair_masks
+from deepmetric.losses.tuples import (
+    as_dissimilarity,
+    farther_than,
+    masked_logsumexp,
+    masks_and_distances,
+    pair_masks,
+)
 from deepmetric.reducers import reduce
 from deepmetric.registry import register
 from deepmetric.validation import (
@@ -70,9 +76,8 @@ class LiftedStructureLoss(MetricLoss):
         self.pos_margin = check_number("pos_margin", pos_margin)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
-        refs = embeddings if ref_embeddings is None else ref_embeddings
-        positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = distance_matrix(self.distance, embeddings, ref_embeddings)
+        positive, negative, values = masks_and_distances(self.distance, embeddings, labels, mined, ref_embeddings,
+                                                         ref_labels)
         pos_exponent = farther_than(self.distance, values, self.pos_margin)
         neg_exponent = farther_than(self.distance, values, self.neg_margin, scale=-1.0)
         if self.form == "generalized":
@@ -183,9 +188,8 @@ class NTXentLoss(MetricLoss):
         self.supervised = check_bool("supervised", supervised)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
-        refs = embeddings if ref_embeddings is None else ref_embeddings
-        positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = distance_matrix(self.distance, embeddings, ref_embeddings)
+        positive, negative, values = masks_and_distances(self.distance, embeddings, labels, mined, ref_embeddings,
+                                                         ref_labels)
         logits = -as_dissimilarity(self.distance, values) / self.temperature
         if self.supervised:
             denominator = masked_logsumexp(logits, positive | negative)
@@ -238,9 +242,8 @@ class MultiSimilarityLoss(MetricLoss):
         self.mining_epsilon = None if mining_epsilon is None else check_number("mining_epsilon", mining_epsilon)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
-        refs = embeddings if ref_embeddings is None else ref_embeddings
-        positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = distance_matrix(self.distance, embeddings, ref_embeddings)
+        positive, negative, values = masks_and_distances(self.distance, embeddings, labels, mined, ref_embeddings,
+                                                         ref_labels)
         if self.mining_epsilon is not None:
             positive, negative = self._mine(as_dissimilarity(self.distance, values.detach()), positive, negative)
         pos_exponent = farther_than(self.distance, values, self.base, scale=self.alpha)

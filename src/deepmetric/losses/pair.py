@@ -15,6 +15,7 @@ from deepmetric.losses.tuples import (
     distance_matrix,
     farther_than,
     hinge_sums,
+    masks_and_distances,
     pair_masks,
     pair_values,
     reduce_masked,
@@ -79,9 +80,8 @@ class ContrastiveLoss(MetricLoss):
         return self._hinge(farther_than(self.distance, values, self.neg_margin, scale=-1.0))
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
-        refs = embeddings if ref_embeddings is None else ref_embeddings
-        positive, negative = pair_masks(labels, ref_labels, mined, refs.shape[0])
-        values = distance_matrix(self.distance, embeddings, ref_embeddings)
+        positive, negative, values = masks_and_distances(self.distance, embeddings, labels, mined, ref_embeddings,
+                                                         ref_labels)
         pos_part = reduce_masked(self._positive_loss, values, positive, self.reduction, like=values)
         neg_part = reduce_masked(self._negative_loss, values, negative, self.reduction, like=values)
         return torch.cat([pos_part, neg_part]) if self.reduction == "none" else pos_part + neg_part

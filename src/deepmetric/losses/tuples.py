@@ -88,6 +88,16 @@ def distance_matrix(distance: Distance, embeddings: torch.Tensor, ref_embeddings
     return distance(embeddings, ref_embeddings)
 
 
+def masks_and_distances(distance: Distance, embeddings: torch.Tensor, labels: torch.Tensor | None,
+                        mined: Pairs | Triplets | None, ref_embeddings: torch.Tensor | None,
+                        ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The start of every loss over a whole (B, R) matrix: the positive and negative masks of the pairs that
+    take part (see ``pair_masks``) and the values of ``distance`` between all of them (``distance_matrix``)."""
+    num_refs = (embeddings if ref_embeddings is None else ref_embeddings).shape[0]
+    positive, negative = pair_masks(labels, ref_labels, mined, num_refs)
+    return positive, negative, distance_matrix(distance, embeddings, ref_embeddings)
+
+
 def pair_values(distance: Distance, embeddings: torch.Tensor, ref_embeddings: torch.Tensor | None,
                 rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Dissimilarities (larger = farther) of the pairs ``(embeddings[rows], refs[cols])``.
