@@ -72,7 +72,7 @@ def lifted_song_reference(embeddings, labels, neg_margin, pos_margin=0.0, ref=No
     losses = []
     for i, j in positives:
         terms = [neg_margin - d[a, k] for a, k in negatives if a == i]
-        terms += [neg_margin - d[l, b] for l, b in negatives if b == j]
+        terms += [neg_margin - d[other, b] for other, b in negatives if b == j]
         losses.append(0.5 * relu(logsumexp(terms) + d[i, j] - pos_margin) ** 2)
     return float(np.mean(losses))
 
@@ -246,7 +246,7 @@ def test_multi_similarity_gradcheck():
 def proxy_anchor_reference(embeddings, labels, proxies, margin, alpha):
     s = normalized(embeddings) @ normalized(proxies).T
     num_classes = proxies.shape[0]
-    present = sorted(set(int(y) for y in labels))
+    present = sorted({int(y) for y in labels})
     pos = sum(math.log1p(sum(math.exp(-alpha * (s[i, c] - margin)) for i in range(len(labels)) if labels[i] == c))
               for c in present) / len(present)
     neg = sum(math.log1p(sum(math.exp(alpha * (s[i, c] + margin)) for i in range(len(labels)) if labels[i] != c))

@@ -233,8 +233,8 @@ def quadruplet_reference(embeddings, labels, form, margin, second_margin, reduct
     positives, negatives = pairs(labels)
     if form == "chen":
         first = [relu(values[a, p] - values[a, n] + margin) for a, p, n in triplets(labels)]
-        second = [relu(values[i, j] - values[k, l] + second_margin) for i, j in positives for k, l in negatives
-                  if labels[k] != labels[i] and labels[l] != labels[i]]
+        second = [relu(values[i, j] - values[k, q] + second_margin) for i, j in positives for k, q in negatives
+                  if labels[k] != labels[i] and labels[q] != labels[i]]
         return reduce(first, reduction) + reduce(second, reduction)
     ranking = [relu(values[a, p] - values[a, s] + margin) for a, p in positives for b, s in positives
                if a == b and p != s]
@@ -264,8 +264,8 @@ def test_quadruplet_with_mined_triplets_and_one_class():
     mined = Triplets(torch.tensor([0, 3]), torch.tensor([1, 4]), torch.tensor([6, 9]))
     values = euclidean(embeddings) ** 2
     first = np.mean([relu(values[0, 1] - values[0, 6] + 0.5), relu(values[3, 4] - values[3, 9] + 0.5)])
-    second = np.mean([relu(values[i, j] - values[k, l] + 0.2) for i, j in [(0, 1), (3, 4)]
-                      for k, l in [(0, 6), (3, 9)] if labels[k] != labels[i] and labels[l] != labels[i]])
+    second = np.mean([relu(values[i, j] - values[k, q] + 0.2) for i, j in [(0, 1), (3, 4)]
+                      for k, q in [(0, 6), (3, 9)] if labels[k] != labels[i] and labels[q] != labels[i]])
     value = QuadrupletLoss(margin=0.5, second_margin=0.2)(embeddings, labels, mined=mined)
     assert value.item() == pytest.approx(first + second, rel=1e-10)
     one_class = torch.zeros(12, dtype=torch.long)

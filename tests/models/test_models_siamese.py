@@ -65,7 +65,7 @@ def test_siamese_shares_weights_and_trains_from_pair_labels_alone():
 
     initial_loss, initial_gap = step()
     for _ in range(12):
-        loss, gap = step()
+        loss, _ = step()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

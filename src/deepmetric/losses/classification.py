@@ -301,7 +301,9 @@ class _ScaledMarginLoss(ClassCentreLoss):
 class CosFaceLoss(_ScaledMarginLoss):
     r"""Large Margin Cosine Loss / CosFace (Wang et al., CVPR 2018).
 
-    .. math:: L_i = -\log \frac{e^{s(\cos\theta_{i,y_i} - m)}}{e^{s(\cos\theta_{i,y_i} - m)} + \sum_{j \ne y_i} e^{s\cos\theta_{i,j}}}
+    .. math::
+        L_i = -\log \frac{e^{s(\cos\theta_{i,y_i} - m)}}
+                         {e^{s(\cos\theta_{i,y_i} - m)} + \sum_{j \ne y_i} e^{s\cos\theta_{i,j}}}
 
     Args:
         margin: cosine margin ``m >= 0`` (paper: 0.35); scale: ``s > 0`` (paper: 64).
@@ -331,7 +333,9 @@ def _angular_margin(name: str, value: float) -> float:
 class ArcFaceLoss(_ScaledMarginLoss):
     r"""Additive Angular Margin Loss / ArcFace (Deng et al., CVPR 2019).
 
-    .. math:: L_i = -\log \frac{e^{s\cos(\theta_{i,y_i} + m)}}{e^{s\cos(\theta_{i,y_i} + m)} + \sum_{j \ne y_i} e^{s\cos\theta_{i,j}}}
+    .. math::
+        L_i = -\log \frac{e^{s\cos(\theta_{i,y_i} + m)}}
+                         {e^{s\cos(\theta_{i,y_i} + m)} + \sum_{j \ne y_i} e^{s\cos\theta_{i,j}}}
 
     Where ``theta + m > pi`` the target uses ``cos(theta) - m sin(m)`` so it keeps decreasing in
     ``theta`` (see ``deepmetric.losses.margins.arc_margin``); the gradient is the exact derivative

@@ -321,12 +321,9 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
                 probs = products
             probs.exp2_()
             targets.fill(probs.T, chunk.start, 0.0)
-            if k > 1:
-                # Only the winning sub-centre of each class receives gradient (exactly tied sub-centres
-                # each receive it).
-                probs_rows = slabs.mul_(probs.unsqueeze(1)).view(-1, batch)
-            else:
-                probs_rows = probs
+            # Only the winning sub-centre of each class receives gradient (exactly tied sub-centres each
+            # receive it).
+            probs_rows = slabs.mul_(probs.unsqueeze(1)).view(-1, batch) if k > 1 else probs
             sum_p_centres.addmm_(probs_rows.T, chunk.centres)
             if need_weight:
                 rows = slice(chunk.start * k, chunk.stop * k)
