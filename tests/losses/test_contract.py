@@ -1,5 +1,6 @@
 """The loss contract, checked over every registry entry of kind "loss" (built from its registered example)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,5 +98,12 @@ def test_bad_input_is_a_clear_error(name):
     loss = build(name)
     with pytest.raises(ValueError, match=r"^embeddings must be a matrix of shape \(N, D\), got shape \(4,\)$"):
         loss(torch.randn(4), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"^labels must be an integer torch.Tensor, got dtype torch.float32$"):
+    with pytest.raises(TypeError, match=r"^labels must be an integer torch\.Tensor, got dtype torch\.float32$"):
         loss(torch.randn(4, EMBEDDING_DIM), torch.zeros(4))
+    with pytest.raises(TypeError, match=r"^embeddings must be a floating-point torch\.Tensor of shape \(N, D\), "
+                                        r"got ndarray: "):
+        loss(np.zeros((4, EMBEDDING_DIM), np.float32), torch.zeros(4, dtype=torch.long))
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^ref_labels must have shape \(3,\), one label per row of ref_embeddings, "
+                                         r"got shape \(4,\)$"):
+        loss(torch.randn(4, EMBEDDING_DIM), labels, ref_embeddings=torch.randn(3, EMBEDDING_DIM), ref_labels=labels)

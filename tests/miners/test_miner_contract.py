@@ -121,3 +121,7 @@ def test_input_errors_name_the_problem(name):
         miner(torch.randn(4, 3), torch.tensor([0, 0, 1]))
     with pytest.raises(TypeError, match=r"^labels must be an integer torch\.Tensor, got dtype torch\.float32$"):
         miner(torch.randn(4, 3), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(TypeError, match=r"^labels must be an integer torch\.Tensor, got NoneType: None$"):
+        miner(torch.randn(4, 3), None)
+    with pytest.raises(ValueError, match=r"^ref_embeddings must be a matrix of shape \(N, 3\), got shape \(4, 5\)$"):
+        miner(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(4, 5), torch.tensor([0, 0, 1, 1]))
