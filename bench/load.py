@@ -462,8 +462,9 @@ def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, P
         "",
         "Before: every photo is decoded in an unbounded thread pool and face detection is serialised, so a bomb "
         "holds the face model for tens of seconds of CPU and about a gigabyte, and users' photos wait behind it. "
-        "After: a bomb is refused from its header (413) before decoding, photos run in a pool of as many "
-        "workers as cores with as many queue places, and a full pool answers 503 with Retry-After at once.",
+        "After: a bomb is refused from its header (413) before decoding, photos run in a pool of one worker "
+        "less than the cores (at least one) with as many queue places, and a full pool answers 503 with "
+        "Retry-After at once.",
         "",
     ])
     print(report)

@@ -18,8 +18,9 @@ DEFAULT_MAX_FILES = 20
 #: Face detection costs about 0.3 s of CPU per megapixel (dlib's HOG on a 2 GHz core), so 3 megapixels keeps one
 #: photo under a second; the header is checked before decoding. Larger photos are refused with 413.
 DEFAULT_MAX_PIXELS = 3_000_000
-#: Threads that decode and embed photos; more would only make each photo slower on a small machine.
-DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: Threads that decode and embed photos: one core is left to the event loop (health, listing, embedding routes),
+#: and more than 4 would only make each photo slower while it waits for the face model.
+DEFAULT_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
 DEFAULT_REQUEST_TIMEOUT = 30.0
 API_KEY_HEADER = "X-API-Key"
 #: Host header values a loopback service answers to: a page on another site that rebinds its own name to
