@@ -227,7 +227,7 @@ def report_and_check(run: dict, args: argparse.Namespace, workdir: Path) -> None
                     f"{percentile(values, 99):.1f} |")
     genuine_done, impostor_done = len(latencies["identify_genuine"]), len(latencies["identify_impostor"])
     report = "\n".join([
-        "# Load test: `deepmetric serve`, concurrent identify + enrol",
+        "## Concurrent identify + enrol",
         "",
         f"Command: `.venv/bin/python bench/load.py --identities {args.identities} --requests {args.requests} "
         f"--clients {args.clients}` (loopback, one uvicorn process, {args.clients} client threads in the same "
@@ -255,8 +255,7 @@ def report_and_check(run: dict, args: argparse.Namespace, workdir: Path) -> None
     ])
     print(report)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
+        write_section(args.output, "## Concurrent identify + enrol", report)
     if args.keep:
         print(f"kept {workdir}")
     else:
@@ -266,6 +265,20 @@ def report_and_check(run: dict, args: argparse.Namespace, workdir: Path) -> None
 
 
 CHEAP = ("health", "list", "identify_embedding")
+ATTACK_TITLE = "## Cheap requests while photos are posted"
+FILE_TITLE = "# Load tests: `deepmetric serve`"
+
+
+def write_section(path: Path, title: str, section: str) -> None:
+    """Replace the section starting with ``title`` in the report at ``path`` (each scenario keeps the other's)."""
+    text = path.read_text() if path.exists() else FILE_TITLE + "\n"
+    sections = {}
+    for part in text.split("\n## ")[1:]:
+        sections["## " + part.split(":", 1)[0].split("(", 1)[0].strip()] = "## " + part.rstrip()
+    key = next((name for name in sections if name.startswith(title) or title.startswith(name)), title)
+    sections[key] = section.rstrip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(FILE_TITLE + "\n\n" + "\n\n".join(sections.values()) + "\n")
 
 
 def bomb_png() -> bytes:
@@ -437,7 +450,7 @@ def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, P
         answers.append(f"- **{label}**: answers under load {by_kind}; cheap requests failed: {len(errors)}"
                        + (f" (first: {errors[0]})" if errors else ""))
     report = "\n".join([
-        "## Cheap requests while photos are posted: before and after the bounded photo pool (issue 12)",
+        ATTACK_TITLE + ": before and after the bounded photo pool (issue 12)",
         "",
         f"Command: `flock /tmp/bench.lock .venv/bin/python bench/load.py --scenario attack --before "
         f"{versions['before']} --identities {args.identities} --clients {args.clients} --bomb-clients "
@@ -469,11 +482,7 @@ def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, P
     ])
     print(report)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        previous = args.output.read_text() if args.output.exists() else ""
-        marker = "## Cheap requests while photos are posted"
-        kept = previous.split(marker)[0].rstrip() if marker in previous else previous.rstrip()
-        args.output.write_text((kept + "\n\n" if kept else "") + report)
+        write_section(args.output, ATTACK_TITLE, report)
 
 
 if __name__ == "__main__":
