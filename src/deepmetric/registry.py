@@ -5,11 +5,12 @@ Unknown names and unknown arguments are errors with a did-you-mean hint; nothing
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from deepmetric.validation import did_you_mean
 
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
 _EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {}
@@ -74,11 +75,6 @@ def example(kind: str, name: str) -> dict[str, Any]:
     return dict(_EXAMPLES[(kind, name)])
 
 
-def _hint(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def get(name: str, kind: str | None = None) -> Callable[..., Any]:
     """The class registered as ``name`` (of ``kind`` when given)."""
     _load(kind)
@@ -87,15 +83,15 @@ def get(name: str, kind: str | None = None) -> Callable[..., Any]:
     if kind is not None:
         if kind not in _REGISTRY:
             raise ValueError(f"unknown component kind {kind!r}; known kinds: {sorted(_REGISTRY)}."
-                             f"{_hint(kind, list(_REGISTRY))}")
+                             f"{did_you_mean(kind, _REGISTRY)}")
         entries = _REGISTRY[kind]
         if name not in entries:
-            raise ValueError(f"unknown {kind} {name!r}; known: {sorted(entries)}.{_hint(name, list(entries))}")
+            raise ValueError(f"unknown {kind} {name!r}; known: {sorted(entries)}.{did_you_mean(name, entries)}")
         return entries[name]
     found = [(k, entries[name]) for k, entries in _REGISTRY.items() if name in entries]
     if not found:
         every = names()
-        raise ValueError(f"unknown component {name!r}.{_hint(name, every)} Known: {every}")
+        raise ValueError(f"unknown component {name!r}.{did_you_mean(name, every)} Known: {every}")
     if len(found) > 1:
         raise ValueError(f"component name {name!r} is ambiguous between kinds {[k for k, _ in found]}; pass kind=")
     return found[0][1]
@@ -125,7 +121,7 @@ def build(node: Mapping[str, Any] | None, kind: str | None = None, **extra: Any)
     if unknown:
         key = sorted(unknown)[0]
         raise ValueError(f"unknown key {key!r} in component node {dict(node)!r}; only 'name' and 'args' are "
-                         f"allowed.{_hint(key, ['name', 'args'])}")
+                         f"allowed.{did_you_mean(key, ['name', 'args'])}")
     if "name" not in node:
         raise ValueError(f"component node {dict(node)!r} has no 'name'")
     cls = get(node["name"], kind)
@@ -136,7 +132,7 @@ def build(node: Mapping[str, Any] | None, kind: str | None = None, **extra: Any)
         for key in args:
             if key not in accepted:
                 raise ValueError(
-                    f"{node['name']!r} has no argument {key!r}.{_hint(key, accepted)} Accepted: {accepted}")
+                    f"{node['name']!r} has no argument {key!r}.{did_you_mean(key, accepted)} Accepted: {accepted}")
     for key, value in extra.items():
         if key not in args and (has_var_kw or key in accepted):
             args[key] = value

@@ -99,6 +99,62 @@ def test_bad_input_is_refused_and_changes_nothing(gallery):
     assert (gallery.store.generation, len(gallery)) == (generation, size)
 
 
+def test_decision_arguments_are_checked_with_the_shared_policy(gallery):
+    # A wrong value is a GalleryError (the service answers 422, its health check reads "no threshold"); a
+    # wrong type is a TypeError, a programming mistake the service's request models already rule out.
+    _enroll_random(gallery, 3)
+    probe = np.ones(gallery.embedding_dim)
+    assert gallery.identify(probe, k=np.int64(2), threshold=np.float32(-1.0)).threshold == -1.0
+    assert gallery.verify(probe, "id000", threshold=1).threshold == 1.0
+    for k, error, message in [(0, GalleryError, "k must be a positive integer, got 0"),
+                              (True, TypeError, "k must be a positive integer, got bool: True"),
+                              (2.0, TypeError, "k must be a positive integer, got float: 2.0")]:
+        with pytest.raises(error, match=message):
+            gallery.identify(probe, k=k, threshold=0.5)
+    for threshold, error, message in [(1.5, GalleryError, r"threshold must be a finite number in \[-1, 1\], got 1.5"),
+                                      (float("nan"), GalleryError, "got nan"),
+                                      ("0.5", TypeError, "threshold must be a finite number in .*got str: '0.5'"),
+                                      (True, TypeError, "got bool: True")]:
+        with pytest.raises(error, match=message):
+            gallery.verify(probe, "id000", threshold=threshold)
+    with pytest.raises(GalleryError, match=r"probe embedding must be a matrix of shape \(N, 16\), got shape \(1, 17\)"):
+        gallery.identify(np.ones(17), threshold=0.5)
+    with pytest.raises(GalleryError, match="embeddings must hold at least one row"):
+        gallery.enroll("new", embeddings=np.ones((0, gallery.embedding_dim)))
+    with pytest.raises(GalleryError, match="embeddings must hold finite values, got 1 NaN"):
+        gallery.enroll("new", embeddings=[[np.inf] + [1.0] * (gallery.embedding_dim - 1)])
+
+
+def test_listing_bounds_are_checked(gallery):
+    _enroll_random(gallery, 3)
+    assert [r.identity_id for r in gallery.list(offset=np.int64(1), limit=1)] == ["id001"]
+    assert len(gallery.list(limit=0)) == 0
+    with pytest.raises(GalleryError, match="offset must be a non-negative integer, got -1"):
+        gallery.list(offset=-1)
+    with pytest.raises(GalleryError, match=r"limit must be an integer >= 0 or None, got -2"):
+        gallery.list(limit=-2)
+    with pytest.raises(TypeError, match=r"limit must be an integer >= 0 or None, got float: 1\.5"):
+        gallery.list(limit=1.5)
+
+
+@pytest.mark.parametrize("embedding_dim, error, message", [
+    (0, GalleryError, "embedding_dim must be a positive integer, got 0"),
+    (True, TypeError, "embedding_dim must be a positive integer, got bool: True"),
+    (None, TypeError, "embedding_dim must be a positive integer, got NoneType: None"),
+])
+def test_creating_a_gallery_checks_embedding_dim(tmp_path, embedding_dim, error, message):
+    with pytest.raises(error, match=message):
+        Gallery.create(tmp_path / "gallery", embedding_dim=embedding_dim, model_stamp="test-model")
+
+
+def test_creating_a_gallery_accepts_a_numpy_embedding_dim(tmp_path):
+    gallery = Gallery.create(tmp_path / "gallery", embedding_dim=np.int64(4), model_stamp="test-model")
+    try:
+        assert gallery.embedding_dim == 4 and type(gallery.embedding_dim) is int
+    finally:
+        gallery.close()
+
+
 def test_templates_rename_remove_and_list(gallery):
     dim = gallery.embedding_dim
     gallery.enroll("alice", embeddings=np.eye(dim)[:1], metadata={"team": "a"})

@@ -61,6 +61,15 @@ def test_encode_paths_pil_arrays_tensors_and_datasets_agree(model, images, tmp_p
     np.testing.assert_allclose(model.encode(dataset, batch_size=3, progress=True), from_array, atol=1e-6)
 
 
+def test_encode_checks_batch_size(model, images):
+    np.testing.assert_allclose(model.encode(images, batch_size=np.int64(2)), model.encode(images), atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        model.encode(images, batch_size=0)
+    for wrong in (True, 2.0, "2"):
+        with pytest.raises(TypeError, match=f"batch_size must be a positive integer, got {type(wrong).__name__}"):
+            model.encode(images, batch_size=wrong)
+
+
 def test_encode_restores_training_mode_and_matches_eval_forward(model, images):
     model.train()
     embeddings = model.encode(images)

@@ -19,8 +19,9 @@ from deepmetric.data.images import load_image
 from deepmetric.gallery.cache import IdentityIndex
 from deepmetric.gallery.model import describe, threshold_from_config
 from deepmetric.gallery.store import (DuplicateIdentityError, GalleryError, GalleryStore, IdentityRecord,
-                                      TemplateInput, UnknownIdentityError, check_identity_id, unit_vectors)
+                                      TemplateInput, UnknownIdentityError, check_identity_id, refused, unit_vectors)
 from deepmetric.models.protocol import EmbeddingModel, model_fingerprint
+from deepmetric.validation import check_in_range, check_positive_int
 
 DATABASE_FILE = "gallery.sqlite3"
 INDEX_FOLDER = "index"
@@ -289,9 +290,8 @@ class Gallery:
     # -- decisions -----------------------------------------------------------------------------------------
     @staticmethod
     def _check_threshold(threshold: Any) -> float:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
-            raise GalleryError(f"threshold must be a cosine similarity in [-1, 1], got {threshold!r}")
-        return float(threshold)
+        with refused():  # a cosine similarity
+            return check_in_range("threshold", threshold, -1, 1)
 
     def resolve_threshold(self, threshold: float | None = None) -> float:
         """Explicit threshold, else the gallery's, else the model's calibrated one (config.json
@@ -325,8 +325,8 @@ class Gallery:
     def identify(self, probe: Any, *, k: int = 5, threshold: float | None = None) -> Decision:
         """Who is this? The top ``k`` identities for ``probe`` (image or embedding); accepted when the best
         scores at least the threshold, otherwise ``identity_id`` is None (unknown person)."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise GalleryError(f"k must be a positive int, got {k!r}")
+        with refused():
+            k = check_positive_int("k", k)
         threshold = self.resolve_threshold(threshold)
         query = self._probe(probe)
         matches = self._candidates(query, k)

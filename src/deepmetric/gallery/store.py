@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.validation import check_embeddings, check_int, check_non_negative_int, check_positive_int
+
 SCHEMA_VERSION = 1
 IDENTITY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}")  # the whole id must match (fullmatch)
 MAX_NAME_LENGTH = 256
@@ -55,6 +57,19 @@ CREATE TABLE IF NOT EXISTS changes (generation INTEGER PRIMARY KEY, identity_num
 
 class GalleryError(ValueError):
     """A gallery operation was refused: unknown or duplicate identity, bad vector, wrong database."""
+
+
+@contextlib.contextmanager
+def refused() -> Iterator[None]:
+    """Re-raise a shared check's ValueError (``deepmetric.validation``) as a GalleryError, the one error a
+    gallery's users (the service's health check, the CLI) catch for a refused operation; a TypeError, a
+    programming mistake, passes unchanged."""
+    try:
+        yield
+    except GalleryError:
+        raise
+    except ValueError as error:
+        raise GalleryError(str(error)) from error
 
 
 class UnknownIdentityError(GalleryError, KeyError):
@@ -142,10 +157,8 @@ def unit_vectors(vectors: Any, embedding_dim: int, *, name: str = "embeddings") 
         raise GalleryError(f"{name} must be numeric, got {type(vectors).__name__}") from error
     if array.ndim == 1:
         array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != embedding_dim or array.shape[0] == 0:
-        raise GalleryError(f"{name} must have shape (N >= 1, {embedding_dim}), got {np.shape(vectors)}")
-    if not np.all(np.isfinite(array)):
-        raise GalleryError(f"{name} contain NaN or infinite values")
+    with refused():
+        check_embeddings(name, array, dim=embedding_dim, allow_empty=False)
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     if np.any(norms < 1e-12):
         raise GalleryError(f"{name} contain an all-zero vector, which has no direction")
@@ -199,8 +212,8 @@ class GalleryStore:
         if create:
             if self.path.exists():
                 raise GalleryError(f"a gallery already exists at {str(self.path)!r}")
-            if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim <= 0:
-                raise GalleryError(f"embedding_dim must be a positive int to create a gallery, got {embedding_dim!r}")
+            with refused():
+                embedding_dim = check_positive_int("embedding_dim", embedding_dim)
             if not isinstance(model_stamp, str) or not model_stamp:
                 raise GalleryError(f"model_stamp must be a non-empty string, got {model_stamp!r}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,15 +357,16 @@ class GalleryStore:
 
     def list(self, *, offset: int = 0, limit: int | None = None, prefix: str | None = None) -> list[IdentityRecord]:
         """Identities ordered by id, ``limit`` at a time from ``offset``; ``prefix`` filters ids."""
-        if offset < 0 or (limit is not None and limit < 0):
-            raise GalleryError(f"offset and limit must be >= 0, got offset={offset!r}, limit={limit!r}")
+        with refused():
+            offset = check_non_negative_int("offset", offset)
+            limit = check_int("limit", limit, low=0, allow_none=True)
         query = f"SELECT {self._IDENTITY_COLUMNS} FROM identities"
         params: list[Any] = []
         if prefix:
             query += " WHERE identity_id >= ? AND identity_id < ?"
             params += [prefix, prefix + "\U0010ffff"]
         query += " ORDER BY identity_id LIMIT ? OFFSET ?"
-        params += [-1 if limit is None else int(limit), int(offset)]
+        params += [-1 if limit is None else limit, offset]
         return [self._identity(row) for row in self._connection().execute(query, params)]
 
     def identities_by_num(self, nums: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -226,8 +226,7 @@ class Embedder(nn.Module):
         Returns:
             float32 array (N, embedding_dim) of unit-length rows.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = check_positive_int("batch_size", batch_size)
         was_training = self.training
         original = next(self.parameters()).device
         if device is not None:
