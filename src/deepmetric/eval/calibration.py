@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmetric.eval.verification import as_pairs, bootstrap_ci, far_supported, threshold_at_far
+from deepmetric.eval.verification import as_pairs, bootstrap_ci, check_rate, far_supported, threshold_at_far
 
 
 def calibrate_threshold(scores, same, *, target_far: float = 1e-3, metric: str = "cosine",
@@ -36,8 +36,7 @@ def calibrate_threshold(scores, same, *, target_far: float = 1e-3, metric: str =
     """
     scores, same = as_pairs(scores, same)
     num_impostor, num_genuine = int((~same).sum()), int(same.sum())
-    if not isinstance(target_far, (int, float)) or not 0 < target_far < 1:
-        raise ValueError(f"target_far must be a rate in (0, 1), got {target_far!r}")
+    target_far = check_rate("target_far", target_far)
     if not far_supported(num_impostor, target_far):
         raise ValueError(f"target_far={target_far} needs at least {math.ceil(1 / target_far)} impostor pairs, "
                          f"got {num_impostor}")

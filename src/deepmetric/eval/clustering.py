@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from deepmetric.index.topk import as_embeddings, as_labels
+from deepmetric.validation import check_int
 
 
 def kmeans_assignments(embeddings, num_clusters: int, *, seed: int = 0, normalize: bool = True) -> np.ndarray:
@@ -14,12 +15,10 @@ def kmeans_assignments(embeddings, num_clusters: int, *, seed: int = 0, normaliz
     from sklearn.cluster import KMeans
 
     x = as_embeddings("embeddings", embeddings)
-    if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or \
-            not 1 <= num_clusters <= len(x):
-        raise ValueError(f"num_clusters must be an integer in [1, {len(x)}], got {num_clusters!r}")
+    num_clusters = check_int("num_clusters", num_clusters, low=1, high=len(x))  # high: the number of rows
     if normalize:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return KMeans(n_clusters=int(num_clusters), n_init=1, random_state=seed).fit_predict(x)
+    return KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(x)
 
 
 def _assignments(embeddings, labels, num_clusters, seed, cluster_assignments):

@@ -17,6 +17,7 @@ from deepmetric.eval import retrieval as R
 from deepmetric.eval import verification as V
 from deepmetric.index.topk import as_embeddings, as_labels
 from deepmetric.registry import register
+from deepmetric.validation import check_in_range, check_int, check_positive_int
 
 
 class Evaluator:
@@ -39,9 +40,13 @@ class Evaluator:
 
 
 def _check_ks(name: str, values) -> tuple[int, ...]:
-    values = tuple(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {values!r}")
+    """Cut-offs (``ks``, ``ranks``): a non-empty sequence of positive integers, returned as a tuple."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a non-empty sequence of positive integers, got {type(values).__name__}: "
+                        f"{values!r}")
+    values = tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+    if not values:
+        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got ()")
     return values
 
 
@@ -89,7 +94,7 @@ class RetrievalEvaluator(Evaluator):
                  gallery_block_size: int = 65536) -> None:
         super().__init__()
         self.ks = _check_ks("ks", ks)
-        self.map_at_k = None if map_at_k is None else _check_ks("map_at_k", [map_at_k])[0]
+        self.map_at_k = check_positive_int("map_at_k", map_at_k, allow_none=True)
         self.full_map, self.metric, self.index = full_map, metric, index
         self.query_block_size, self.gallery_block_size = query_block_size, gallery_block_size
 
@@ -233,10 +238,11 @@ class VerificationEvaluator(Evaluator):
                  max_impostor_pairs: int = 1_000_000, num_bootstrap: int = 100, metric: str = "cosine",
                  seed: int = 0) -> None:
         super().__init__()
-        self.fars = tuple(float(f) for f in fars)
-        for far in self.fars:
-            V._check_far(far)
-        self.folds, self.num_bootstrap, self.metric, self.seed = folds, num_bootstrap, metric, seed
+        self.fars = tuple(V.check_rate(f"fars[{i}]", far) for i, far in enumerate(fars))
+        # The upper bound of folds (the number of pairs) is checked once the pairs are drawn.
+        self.folds = check_int("folds", folds, low=2)
+        self.num_bootstrap = check_positive_int("num_bootstrap", num_bootstrap)
+        self.metric, self.seed = metric, seed
         self.max_genuine_pairs, self.max_impostor_pairs = max_genuine_pairs, max_impostor_pairs
 
     def evaluate(self, embeddings, labels) -> dict[str, float]:
@@ -302,8 +308,7 @@ class IdentificationEvaluator(Evaluator):
         super().__init__()
         self.ranks = _check_ks("ranks", ranks)
         self.fpirs = tuple(float(f) for f in fpirs)
-        if not 0 <= unknown_fraction < 1:
-            raise ValueError(f"unknown_fraction must be in [0, 1), got {unknown_fraction!r}")
+        unknown_fraction = check_in_range("unknown_fraction", unknown_fraction, 0, 1, high_inclusive=False)
         self.unknown_fraction, self.enroll_per_identity = unknown_fraction, enroll_per_identity
         self.distractor_counts = None if distractor_counts is None else tuple(distractor_counts)
         self.metric, self.seed = metric, seed
@@ -391,7 +396,7 @@ class ClusteringEvaluator(Evaluator):
 
     def __init__(self, *, num_clusters: int | None = None, seed: int = 0) -> None:
         super().__init__()
-        self.num_clusters, self.seed = num_clusters, seed
+        self.num_clusters, self.seed = check_positive_int("num_clusters", num_clusters, allow_none=True), seed
 
     def evaluate(self, embeddings, labels) -> dict[str, float]:
         from deepmetric.eval.clustering import ami, kmeans_assignments, nmi

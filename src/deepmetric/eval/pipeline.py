@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from deepmetric.config import ConfigError, _check_component, _check_section, _Component, _Passthrough, _Value
+from deepmetric.validation import check_embeddings
 
 _PATH = (str, os.PathLike)
 
@@ -203,10 +204,8 @@ def load_evaluation_data(config: Mapping[str, Any]) -> EvaluationData:
         return _embed_dataset(config)
     from deepmetric.io import load_array
 
-    embeddings = load_array(config["embeddings"], what="embeddings")
-    if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array (N, D), got shape {embeddings.shape} from "
-                         f"{config['embeddings']}")
+    embeddings = check_embeddings(f"the embeddings in {config['embeddings']}",
+                                  load_array(config["embeddings"], what="embeddings"))
     labels_path = Path(config["labels"])
     if labels_path.suffix == ".npy":
         labels = load_array(labels_path, what="labels")

@@ -16,6 +16,7 @@ import numpy as np
 
 from deepmetric.index.topk import as_embeddings, as_labels, knn
 from deepmetric.types import SearchResult
+from deepmetric.validation import check_positive_int
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,11 @@ def _mean(values: np.ndarray, valid: np.ndarray) -> float:
 
 
 def _check_k(k: int, available: int, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    k = check_positive_int(name, k)
+    # Not a bound on the argument but on the search behind the neighbour lists, hence its own message.
     if k > available:
         raise ValueError(f"{name}={k} needs {k} neighbours but only {available} were searched")
-    return int(k)
+    return k
 
 
 # -- metrics from neighbour lists ------------------------------------------------------------------

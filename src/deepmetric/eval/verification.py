@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from deepmetric.validation import check_embeddings, check_in_range, check_int, check_positive_int, check_probability
+
 FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
@@ -37,9 +39,11 @@ def _require_both(same: np.ndarray) -> None:
 def pair_scores(embeddings_a, embeddings_b, *, metric: str = "cosine") -> np.ndarray:
     """Similarity of row i of ``embeddings_a`` (P, D) with row i of ``embeddings_b`` (P, D): cosine, dot or
     negative Euclidean distance."""
-    a, b = np.asarray(embeddings_a, np.float64), np.asarray(embeddings_b, np.float64)
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"embeddings_a {a.shape} and embeddings_b {b.shape} must be 2-D and the same shape")
+    # The scores are checked for NaN by ``as_pairs``, so the rows are not scanned here.
+    a = check_embeddings("embeddings_a", np.asarray(embeddings_a, np.float64), finite=False)
+    b = check_embeddings("embeddings_b", np.asarray(embeddings_b, np.float64), dim=a.shape[1], finite=False)
+    if len(a) != len(b):
+        raise ValueError(f"embeddings_b must have one row per row of embeddings_a ({len(a)}), got {len(b)}")
     if metric == "cosine":
         a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -107,7 +111,7 @@ def threshold_at_far(scores, same, far: float) -> float:
     accepts, the threshold is the next float above :math:`s_{(a+1)}` (NaN when ``far`` is not supported:
     fewer than 1/far impostor pairs)."""
     scores, same = as_pairs(scores, same)
-    _check_far(far)
+    far = check_rate("far", far)
     impostor = np.sort(scores[~same])[::-1]
     if impostor.size < math.ceil(1.0 / far - 1e-9):
         return float("nan")
@@ -117,9 +121,9 @@ def threshold_at_far(scores, same, far: float) -> float:
     return float(np.nextafter(impostor[allowed], np.inf))
 
 
-def _check_far(far: float) -> None:
-    if not isinstance(far, (int, float)) or not 0 < far < 1:
-        raise ValueError(f"far must be a rate in (0, 1), got {far!r}")
+def check_rate(name: str, value: object) -> float:
+    """A false accept (or false positive identification) rate: a number strictly between 0 and 1."""
+    return check_probability(name, value, allow_zero=False, allow_one=False)
 
 
 def tar_at_far(scores, same, far: float) -> float:
@@ -174,8 +178,7 @@ def verification_kfold(scores, same, *, folds: int = 10, fold_ids=None) -> dict[
         if fold_ids.shape != scores.shape:
             raise ValueError(f"fold_ids must have one fold per pair ({scores.shape}), got shape {fold_ids.shape}")
         return _kfold([fold_ids == f for f in np.unique(fold_ids)], scores, same)
-    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= len(scores):
-        raise ValueError(f"folds must be an integer in [2, number of pairs={len(scores)}], got {folds!r}")
+    folds = check_int("folds", folds, low=2, high=len(scores))  # high: the number of pairs
     bounds = np.linspace(0, len(scores), folds + 1).round().astype(int)
     positions = np.arange(len(scores))
     return _kfold([(positions >= bounds[f]) & (positions < bounds[f + 1]) for f in range(folds)], scores, same)
@@ -198,8 +201,8 @@ def bootstrap_ci(scores, same, statistic, *, num_bootstrap: int = 200, confidenc
     """Percentile bootstrap interval (Efron & Tibshirani 1993) of ``statistic(scores, same)``: genuine and
     impostor pairs are resampled with replacement separately (stratified), ``num_bootstrap`` times."""
     scores, same = as_pairs(scores, same)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    confidence = check_in_range("confidence", confidence, 0, 1, low_inclusive=False, high_inclusive=False)
+    num_bootstrap = check_positive_int("num_bootstrap", num_bootstrap)
     rng = np.random.default_rng(seed)
     genuine, impostor = np.nonzero(same)[0], np.nonzero(~same)[0]
     values = []
