@@ -108,6 +108,21 @@ def test_too_few_fonts_is_a_clear_error(tmp_path):
                progress=False)
 
 
+@pytest.mark.parametrize("args, error, message", [
+    ({"split": "dev"}, ValueError, r"split must be one of \['train', 'test', 'all'\], got 'dev'"),
+    ({"image_size": 4}, ValueError, r"image_size must be an integer in \[8, 256\], got 4"),
+    ({"image_size": 32.0}, TypeError, "image_size must be an integer in .*got float: 32.0"),
+    ({"test_class_fraction": 1.0}, ValueError, r"test_class_fraction must be a finite number in \(0, 1\), got 1.0"),
+    ({"test_font_fraction": "0.3"}, TypeError, "test_font_fraction must be a finite number .*got str: '0.3'"),
+    ({"min_designs": 0}, ValueError, "min_designs must be a positive integer, got 0"),
+    ({"max_fonts": 0}, ValueError, "max_fonts must be a positive integer or None, got 0"),
+    ({"max_fonts": True}, TypeError, "max_fonts must be a positive integer or None, got bool: True"),
+])
+def test_arguments_are_refused_before_any_font_is_read(tmp_path, args, error, message):
+    with pytest.raises(error, match=message):
+        Glyphs(**{"characters": "AB", "cache_dir": str(tmp_path), "progress": False, **args})
+
+
 def test_charset_ranges_cover_exactly_the_listed_code_points():
     from deepmetric.data.glyphs import FontFace, _parse_charset
 

@@ -83,6 +83,12 @@ def test_image_folder_to_table_and_class_split(folder):
     test_labels = set(split.labels[split.split == "test"].tolist())
     train_labels = set(split.labels[split.split == "train"].tolist())
     assert len(test_labels) == 1 and not test_labels & train_labels
+    for fraction in (0, 1):
+        message = rf"test_class_fraction must be a finite number in \(0, 1\), got {fraction}$"
+        with pytest.raises(ValueError, match=message):
+            image_folder_to_table(folder, test_class_fraction=fraction)
+    with pytest.raises(TypeError, match=r"test_class_fraction must be .*got str: '0\.3'"):
+        image_folder_to_table(folder, test_class_fraction="0.3")
     (folder / "dave").mkdir()
     with pytest.raises(ValueError, match=r"without images .*\['dave'\]"):
         image_folder_to_table(folder)

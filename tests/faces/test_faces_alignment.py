@@ -45,8 +45,14 @@ def test_templates_for_other_sizes():
 def test_bad_landmarks_are_refused():
     with pytest.raises(ValueError, match="coincide"):
         estimate_similarity(np.ones((3, 2)), np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"source must hold at least 2 points, got shape \(1, 2\)"):
         estimate_similarity(np.ones((1, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"source must be a matrix of shape \(N, 2\), got shape \(3, 3\)"):
+        estimate_similarity(np.ones((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"target must have the shape of source \(3, 2\), got \(4, 2\)"):
+        estimate_similarity(np.eye(3, 2), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="target must hold finite values, got 1 NaN"):
+        estimate_similarity(np.eye(3, 2), [[0.0, 0.0], [1.0, np.nan], [2.0, 2.0]])
     with pytest.raises(ValueError, match="unknown names"):
         align_face(np.zeros((50, 50, 3), np.uint8), np.ones((1, 2)), point_names=("chin",))
 

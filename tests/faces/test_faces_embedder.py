@@ -113,3 +113,28 @@ def test_mmod_detector_agrees_with_hog(face_embedder):
     assert np.abs(cnn.landmarks - hog.landmarks).max() < 6  # same 5-point predictor, similar boxes
     with pytest.raises(ValueError, match="detector"):
         FaceDetector(detector="haar")
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ({"detector": "haar"}, ValueError, r"detector must be one of \['hog', 'mmod'\], got 'haar'"),
+    ({"detector": None}, TypeError, "detector must be one of .*got NoneType: None"),
+    ({"upsample": 4}, ValueError, r"upsample must be an integer in \[0, 3\], got 4"),
+    ({"upsample": True}, TypeError, "upsample must be an integer .*got bool: True"),
+    ({"min_score": float("inf")}, ValueError, "min_score must be a finite number, got inf"),
+    ({"min_score": "0.3"}, TypeError, "min_score must be a finite number, got str: '0.3'"),
+    ({"num_jitters": 101}, ValueError, r"num_jitters must be an integer in \[0, 100\], got 101"),
+    ({"num_jitters": 1.0}, TypeError, "num_jitters must be an integer .*got float: 1.0"),
+])
+def test_face_pipeline_arguments_are_checked_before_dlib_loads(args, error, message):
+    # The checks run first, so they hold (and this test runs) without dlib installed.
+    from deepmetric.faces import DlibFaceEmbedder
+
+    with pytest.raises(error, match=message):
+        DlibFaceEmbedder(**args)
+
+
+def test_face_detector_accepts_numpy_arguments(face_embedder):
+    from deepmetric.faces import FaceDetector
+
+    detector = FaceDetector(upsample=np.int64(0), min_score=np.float32(0.5))
+    assert (detector.upsample, detector.min_score) == (0, 0.5) and type(detector.upsample) is int

@@ -11,29 +11,26 @@ import torch
 from torch.utils.data import Dataset
 
 from deepmetric.data.transforms import build_transforms
+from deepmetric.validation import check_choice, check_int, check_positive_int
 
 SPLITS = ("train", "test", "all")
 
 
 def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
-    if split not in allowed:
-        raise ValueError(f"split must be one of {list(allowed)}, got {split!r}")
-    return split
+    return check_choice("split", split, allowed)
 
 
 def as_image_size(image_size: int | Sequence[int] | None, default: int) -> list[int]:
     """``32`` or ``[32, 32]`` -> ``[32, 32]``; None -> the default square size."""
     if image_size is None:
         return [default, default]
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = [image_size, image_size]
-    elif isinstance(image_size, Sequence) and len(image_size) == 2:
+    if isinstance(image_size, Sequence) and not isinstance(image_size, str):
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be an integer or [height, width], got {image_size!r}")
         size = list(image_size)
-    else:
-        raise ValueError(f"image_size must be an int or [height, width], got {image_size!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in size):
-        raise ValueError(f"image_size must hold ints >= 4, got {image_size!r}")
-    return size
+    else:  # one side of a square; check_int names the type when it is neither
+        size = [image_size, image_size]
+    return [check_int("image_size", side, low=4) for side in size]
 
 
 def parse_classes(classes: Sequence[int] | str | None, available: Sequence[int], *, name: str = "classes") -> list[int]:
@@ -71,8 +68,7 @@ def limit_per_class(labels: np.ndarray, max_per_class: int | None, seed: int = 0
     """Indices keeping at most ``max_per_class`` items of each label (a fixed random choice), in order."""
     if max_per_class is None:
         return np.arange(len(labels))
-    if not isinstance(max_per_class, int) or max_per_class < 1:
-        raise ValueError(f"max_per_class must be a positive int or None, got {max_per_class!r}")
+    max_per_class = check_positive_int("max_per_class", max_per_class)
     rng = np.random.default_rng(seed)
     keep = []
     for label in np.unique(labels):

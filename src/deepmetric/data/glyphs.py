@@ -25,6 +25,7 @@ import numpy as np
 from deepmetric.data.base import LabelledImages, check_split
 from deepmetric.io import atomic_path
 from deepmetric.registry import register
+from deepmetric.validation import check_in_range, check_int, check_positive_int
 
 RENDER_VERSION = 5
 SCRIPTS = ("latin", "greek", "cyrillic", "digits", "cjk")
@@ -509,20 +510,16 @@ class Glyphs(LabelledImages):
                  cache_dir: str | None = None, cache: bool = True, augment: bool | None = None,
                  progress: bool = True) -> None:
         check_split(split)
-        if not isinstance(image_size, int) or not 8 <= image_size <= 256:
-            raise ValueError(f"image_size must be an int in [8, 256], got {image_size!r}")
+        image_size = check_int("image_size", image_size, low=8, high=256)
         for name, value in (("test_class_fraction", test_class_fraction), ("test_font_fraction", test_font_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-        if not isinstance(min_designs, int) or min_designs < 1:
-            raise ValueError(f"min_designs must be a positive int, got {min_designs!r}")
+            check_in_range(name, value, 0, 1, low_inclusive=False, high_inclusive=False)
+        min_designs = check_positive_int("min_designs", min_designs)
+        max_fonts = check_positive_int("max_fonts", max_fonts, allow_none=True)
         chars = list(dict.fromkeys(characters)) if characters is not None else character_set(scripts, max_cjk=max_cjk)
         if not chars:
             raise ValueError("no characters selected")
         faces = [f for f in representative_faces(enumerate_fonts(font_files)) if f.covers(chars).any()]
         if max_fonts is not None:
-            if not isinstance(max_fonts, int) or max_fonts < 1:
-                raise ValueError(f"max_fonts must be a positive int, got {max_fonts!r}")
             picks = np.unique(np.linspace(0, len(faces) - 1, min(max_fonts, len(faces))).round().astype(int))
             faces = [faces[i] for i in picks] if faces else []
         if len(faces) < 2:

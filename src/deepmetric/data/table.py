@@ -22,6 +22,7 @@ from deepmetric.data.images import load_image
 from deepmetric.data.transforms import build_transforms
 from deepmetric.io import atomic_write_text
 from deepmetric.registry import register
+from deepmetric.validation import check_in_range
 
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("split", "is_query", "is_gallery", "category")
@@ -214,8 +215,7 @@ def image_folder_to_table(folder: str | os.PathLike, *, extensions: Sequence[str
     labels_array = np.asarray(labels, np.int64)
     split = np.full(len(paths), "", dtype=object)
     if test_class_fraction is not None:
-        if not 0 < test_class_fraction < 1:
-            raise ValueError(f"test_class_fraction must be in (0, 1), got {test_class_fraction!r}")
+        check_in_range("test_class_fraction", test_class_fraction, 0, 1, low_inclusive=False, high_inclusive=False)
         classes = np.unique(labels_array)
         count = min(max(1, int(round(len(classes) * test_class_fraction))), len(classes) - 1)
         test = np.random.default_rng(seed).permutation(classes)[:count]

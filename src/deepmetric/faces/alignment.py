@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deepmetric.validation import check_embeddings
+
 #: ArcFace 112 x 112 template: left eye, right eye, nose tip, left mouth corner, right mouth corner (x, y),
 #: "left" meaning the left side of the image.
 ARCFACE_TEMPLATE_112 = np.array(
@@ -54,14 +56,13 @@ def estimate_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
         source: (N, 2) points, N >= 2, not all equal.
         target: (N, 2) points.
     """
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    if source.ndim != 2 or source.shape[1] != 2 or source.shape[0] < 2:
-        raise ValueError(f"source must have shape (N >= 2, 2), got {source.shape}")
+    # Points are (N, 2) matrices, so the shared matrix check words the shape and NaN mistakes.
+    source = check_embeddings("source", np.asarray(source, dtype=np.float64), dim=2)
+    target = check_embeddings("target", np.asarray(target, dtype=np.float64), dim=2)
+    if source.shape[0] < 2:
+        raise ValueError(f"source must hold at least 2 points, got shape {source.shape}")
     if target.shape != source.shape:
         raise ValueError(f"target must have the shape of source {source.shape}, got {target.shape}")
-    if not (np.all(np.isfinite(source)) and np.all(np.isfinite(target))):
-        raise ValueError("landmarks must be finite")
     source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
     source_centred, target_centred = source - source_mean, target - target_mean
     source_variance = float(np.mean(np.sum(source_centred**2, axis=1)))

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.validation import check_choice, check_int, check_number
+
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 MMOD_DETECTOR_FILE = "mmod_human_face_detector.dat"
@@ -82,15 +84,9 @@ class FaceDetector:
     """
 
     def __init__(self, *, detector: str = "hog", upsample: int = 1, min_score: float = 0.3) -> None:
-        if detector not in DETECTORS:
-            raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
-        if isinstance(upsample, bool) or not isinstance(upsample, int) or not 0 <= upsample <= 3:
-            raise ValueError(f"upsample must be an int in [0, 3], got {upsample!r}")
-        if not np.isfinite(min_score):
-            raise ValueError(f"min_score must be finite, got {min_score!r}")
-        self.detector_name = detector
-        self.upsample = upsample
-        self.min_score = float(min_score)
+        self.detector_name = check_choice("detector", detector, DETECTORS)
+        self.upsample = check_int("upsample", upsample, low=0, high=3)
+        self.min_score = check_number("min_score", min_score)
         dlib = import_dlib()
         if detector == "hog":
             self._detector = dlib.get_frontal_face_detector()

@@ -30,6 +30,7 @@ from deepmetric.faces.detection import (
 )
 from deepmetric.models.protocol import FACE_MODEL_KIND, FACE_PIPELINE_KIND, EmbeddingModel, model_fingerprint
 from deepmetric.registry import register
+from deepmetric.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,7 @@ class DlibFaceEmbedder(FaceEmbedder):
 
     def __init__(self, *, detector: str = "hog", upsample: int = 1, min_score: float = 0.3,
                  num_jitters: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        if isinstance(num_jitters, bool) or not isinstance(num_jitters, int) or not 0 <= num_jitters <= 100:
-            raise ValueError(f"num_jitters must be an int in [0, 100], got {num_jitters!r}")
+        num_jitters = check_int("num_jitters", num_jitters, low=0, high=100)
         super().__init__(detector=FaceDetector(detector=detector, upsample=upsample, min_score=min_score),
                          max_pixels=max_pixels)
         self.num_jitters = num_jitters
