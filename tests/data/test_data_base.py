@@ -38,3 +38,14 @@ def test_limit_per_class_keeps_at_most_that_many_of_each_label():
         limit_per_class(labels, 0)
     with pytest.raises(TypeError, match=r"max_per_class must be a positive integer, got float: 2.0"):
         limit_per_class(labels, 2.0)
+
+
+def test_channels_are_greyscale_or_rgb():
+    from deepmetric.data.base import check_channels
+
+    assert check_channels(1) == 1 and check_channels(np.int64(3)) == 3
+    for wrong in (0, 2, 4):
+        with pytest.raises(ValueError, match=rf"channels must be 1 \(greyscale\) or 3 \(RGB\), got {wrong}"):
+            check_channels(wrong)
+    with pytest.raises(TypeError, match=r"channels must be an integer, got str: '3'"):
+        check_channels("3")

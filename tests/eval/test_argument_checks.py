@@ -122,3 +122,42 @@ def test_saved_embeddings_must_be_a_finite_float_matrix(saved, tmp_path):
         with pytest.raises(error, match=f"the embeddings in .*{stem}.npy {message}"):
             evaluate({"embeddings": str(path), "labels": str(folder / "labels.npy"),
                       "output_dir": str(tmp_path / "out"), "embedding_map": False})
+
+
+def test_fewshot_ways_and_metric_aliases():
+    from deepmetric.eval import fewshot_accuracy
+
+    labels = np.repeat(np.arange(6), 5)
+    x = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+    args = dict(shots=1, queries_per_class=4, episodes=20)
+    assert fewshot_accuracy(x, labels, ways=3, metric="l2", **args) == fewshot_accuracy(
+        x, labels, ways=np.int64(3), metric="euclidean", **args)
+    with pytest.raises(ValueError, match=r"ways must be an integer >= 2, got 1"):
+        fewshot_accuracy(x, labels, ways=1, **args)
+    with pytest.raises(TypeError, match=r"ways must be an integer >= 2, got float: 3.0"):
+        fewshot_accuracy(x, labels, ways=3.0, **args)
+    with pytest.raises(ValueError, match=r"metric must be one of .*got 'cosin'"):
+        fewshot_accuracy(x, labels, ways=3, metric="cosin", **args)
+
+
+def test_pair_scores_read_the_metric_aliases():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    np.testing.assert_array_equal(pair_scores(a, b, metric="ip"), pair_scores(a, b, metric="dot"))
+    np.testing.assert_array_equal(pair_scores(a, b, metric="L2"), -np.linalg.norm(a - b, axis=1))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        pair_scores(a, b, metric="manhattan")
+
+
+def test_distractor_counts_are_non_negative_integers():
+    from deepmetric.eval import distractor_curve
+
+    rng = np.random.default_rng(1)
+    gallery, labels = rng.normal(size=(5, 4)).astype(np.float32), np.arange(5)
+    distractors = rng.normal(size=(20, 4)).astype(np.float32)
+    assert list(distractor_curve(gallery, labels, gallery, labels, distractors, counts=[np.int64(3), 0])) == [0, 3]
+    for counts, error, message in [((), ValueError, "counts must name at least one distractor count"),
+                                   ((0, -1), ValueError, r"counts\[1\] must be a non-negative integer, got -1"),
+                                   ((1.5,), TypeError, r"counts\[0\] must be a non-negative integer, got float")]:
+        with pytest.raises(error, match=message):
+            distractor_curve(gallery, labels, gallery, labels, distractors, counts=counts)

@@ -20,6 +20,14 @@ def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
     return check_choice("split", split, allowed)
 
 
+def check_channels(channels: object) -> int:
+    """Images are read as greyscale (1 channel) or RGB (3): return ``channels`` as an int if it is one of them."""
+    channels = check_int("channels", channels)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+    return channels
+
+
 def as_image_size(image_size: int | Sequence[int] | None, default: int) -> list[int]:
     """``32`` or ``[32, 32]`` -> ``[32, 32]``; None -> the default square size."""
     if image_size is None:

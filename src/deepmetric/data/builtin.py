@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmetric.data.base import LabelledImages, as_image_size, check_split, limit_per_class, parse_classes
+from deepmetric.data.base import (
+    LabelledImages,
+    as_image_size,
+    check_channels,
+    check_split,
+    limit_per_class,
+    parse_classes,
+)
 from deepmetric.registry import register
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -113,8 +120,7 @@ class FashionMNIST(LabelledImages):
 
 
 def _grey_preprocessing(image_size: list[int], channels: int) -> dict:
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    channels = check_channels(channels)
     return {"image_size": image_size, "channels": channels, "mean": [0.5] * channels, "std": [0.5] * channels}
 
 

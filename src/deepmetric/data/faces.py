@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmetric.data.base import TransformedDataset, as_image_size
+from deepmetric.data.base import TransformedDataset, as_image_size, check_channels
 from deepmetric.data.images import ImageError, load_image
 from deepmetric.data.transforms import build_transforms
 from deepmetric.registry import register
@@ -26,8 +26,7 @@ _IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2 (mxnet.recordio.IRHea
 
 
 def _face_preprocessing(image_size: int | Sequence[int], channels: int) -> dict[str, Any]:
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    channels = check_channels(channels)
     # insightface normalises faces with (x - 127.5) / 127.5, i.e. mean = std = 0.5 on [0, 1] pixels.
     return {"image_size": as_image_size(image_size, 112), "channels": channels, "mean": [0.5] * channels,
             "std": [0.5] * channels}

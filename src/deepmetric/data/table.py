@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmetric.data.base import TransformedDataset, as_image_size
+from deepmetric.data.base import TransformedDataset, as_image_size, check_channels, check_split
 from deepmetric.data.images import load_image
 from deepmetric.data.transforms import build_transforms
 from deepmetric.io import atomic_write_text
@@ -241,8 +241,7 @@ class TableDataset(TransformedDataset):
     def __init__(self, table: DataTable, *, image_size: int | Sequence[int] = 112, channels: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, augment: bool = False,
                  hflip: bool = True) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        channels = check_channels(channels)
         self.table = table
         self.paths = list(table.paths)
         kept = np.unique(table.labels)
@@ -308,8 +307,7 @@ class ImageFolderDataset(TableDataset):
     def __init__(self, *, root: str, split: str = "all", test_class_fraction: float = 0.3, seed: int = 0,
                  image_size: int | Sequence[int] = 112, channels: int = 3, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, augment: bool | None = None, hflip: bool = True) -> None:
-        if split not in ("all", "train", "test"):
-            raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+        check_split(split)
         table = image_folder_to_table(root, test_class_fraction=None if split == "all" else test_class_fraction,
                                       seed=seed)
         super().__init__(table.select(None if split == "all" else split), image_size=image_size, channels=channels,

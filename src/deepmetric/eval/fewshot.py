@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from deepmetric.distances import canonical_metric
 from deepmetric.index.topk import as_embeddings, as_labels
-from deepmetric.validation import check_positive_int
+from deepmetric.validation import check_int, check_positive_int
 
 
 def fewshot_accuracy(embeddings, labels, *, ways: int = 5, shots: int = 1, queries_per_class: int = 15,
@@ -31,15 +32,12 @@ def fewshot_accuracy(embeddings, labels, *, ways: int = 5, shots: int = 1, queri
     """
     x = as_embeddings("embeddings", embeddings).astype(np.float64)
     labels = as_labels("labels", labels, len(x))
-    for name, value in (("ways", ways), ("shots", shots), ("queries_per_class", queries_per_class),
-                        ("episodes", episodes)):
+    ways = check_int("ways", ways, low=2)  # one way is no choice
+    for name, value in (("shots", shots), ("queries_per_class", queries_per_class), ("episodes", episodes)):
         check_positive_int(name, value)
-    if ways < 2:
-        raise ValueError(f"ways must be at least 2, got {ways}")
+    metric = canonical_metric(metric)
     if metric == "cosine":
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    elif metric not in ("dot", "euclidean"):
-        raise ValueError(f"metric must be 'cosine', 'dot' or 'euclidean', got {metric!r}")
     unique, counts = np.unique(labels, return_counts=True)
     eligible = unique[counts >= shots + queries_per_class]
     if len(eligible) < ways:

@@ -9,6 +9,7 @@ import torch
 
 from deepmetric.index.topk import as_embeddings, as_labels, knn
 from deepmetric.eval.verification import threshold_at_far
+from deepmetric.validation import check_non_negative_int
 
 DISTRACTOR_COUNTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
@@ -146,9 +147,9 @@ def distractor_curve(probe_embeddings, probe_labels, gallery_embeddings, gallery
     Returns:
         {n: rank-1 rate}; counts above the number of distractors available are left out.
     """
-    counts = sorted({int(c) for c in counts})
-    if not counts or counts[0] < 0:
-        raise ValueError(f"counts must be non-negative integers, got {counts!r}")
+    counts = sorted({check_non_negative_int(f"counts[{i}]", count) for i, count in enumerate(counts)})
+    if not counts:
+        raise ValueError("counts must name at least one distractor count, got none")
     first, mate_score, _, has_mate = _mate_ranks(probe_embeddings, probe_labels, gallery_embeddings,
                                                  gallery_labels, max_rank=1, metric=metric)
     probes = as_embeddings("probe_embeddings", probe_embeddings)[has_mate]

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from deepmetric.distances import canonical_metric
 from deepmetric.validation import check_embeddings, check_in_range, check_int, check_positive_int, check_probability
 
 FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -44,15 +45,14 @@ def pair_scores(embeddings_a, embeddings_b, *, metric: str = "cosine") -> np.nda
     b = check_embeddings("embeddings_b", np.asarray(embeddings_b, np.float64), dim=a.shape[1], finite=False)
     if len(a) != len(b):
         raise ValueError(f"embeddings_b must have one row per row of embeddings_a ({len(a)}), got {len(b)}")
+    metric = canonical_metric(metric)
     if metric == "cosine":
         a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         return (a * b).sum(1)
     if metric == "dot":
         return (a * b).sum(1)
-    if metric == "euclidean":
-        return -np.linalg.norm(a - b, axis=1)
-    raise ValueError(f"metric must be 'cosine', 'dot' or 'euclidean', got {metric!r}")
+    return -np.linalg.norm(a - b, axis=1)  # euclidean
 
 
 def roc(scores, same) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
