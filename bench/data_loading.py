@@ -9,7 +9,7 @@ docs/benchmarks/data.md.
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import os
 import sys
 import tempfile
@@ -130,11 +130,9 @@ def main() -> None:
     torch.set_num_threads(1)  # the model gets one core, the two workers share the machine
     rows = []
     datasets = [("glyphs train, 32 px", train)]
-    try:
+    with contextlib.suppress(FileNotFoundError):  # the Debian data set may be absent
         datasets.append(("fashion_mnist train, 28 px", registry.build(
             {"name": "fashion_mnist", "args": {"split": "train"}}, "dataset")))
-    except FileNotFoundError:
-        pass
     for label, dataset in datasets:
         model = build_embedder({"backbone": {"name": "small_cnn", "args": {"width": 32, "stages": 3}},
                                 "embedding_dim": 128, "preprocessing": dataset.preprocessing})

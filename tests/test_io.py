@@ -5,8 +5,17 @@ import sys
 import pytest
 import torch
 
-from deepmetric.io import (FOLDER_MARKER, FolderInUseError, atomic_directory, atomic_write_text, load_weights,
-                           read_json, recover_directory, save_weights, write_json)
+from deepmetric.io import (
+    FOLDER_MARKER,
+    FolderInUseError,
+    atomic_directory,
+    atomic_write_text,
+    load_weights,
+    read_json,
+    recover_directory,
+    save_weights,
+    write_json,
+)
 
 
 def test_weights_round_trip(tmp_path):
@@ -36,11 +45,15 @@ def test_json_round_trip_and_errors(tmp_path):
 def test_failed_write_keeps_old_file(tmp_path):
     target = tmp_path / "f.txt"
     atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError):
-        from deepmetric.io import atomic_path
+    from deepmetric.io import atomic_path
+
+    def crash() -> None:
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        crash()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
@@ -59,20 +72,18 @@ def test_atomic_directory_never_replaces_what_it_did_not_write(tmp_path):
     user = tmp_path / "photos"
     user.mkdir()
     (user / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(FolderInUseError, match="did not write"):
-        with atomic_directory(user, kind="model") as tmp:
-            (tmp / "a").write_text("1")
+    with pytest.raises(FolderInUseError, match="did not write"), atomic_directory(user, kind="model") as tmp:
+        (tmp / "a").write_text("1")
     assert [p.name for p in user.iterdir()] == ["holiday.jpg"]
     (tmp_path / "file").write_text("keep")
-    with pytest.raises(FolderInUseError, match="not a folder"):
-        with atomic_directory(tmp_path / "file", kind="model"):
-            pass
+    with pytest.raises(FolderInUseError, match="not a folder"), atomic_directory(tmp_path / "file", kind="model"):
+        pass
     assert (tmp_path / "file").read_text() == "keep"
     with atomic_directory(tmp_path / "index", kind="index") as tmp:
         (tmp / "x").write_text("1")
-    with pytest.raises(FolderInUseError, match="deepmetric index folder"):
-        with atomic_directory(tmp_path / "index", kind="model"):
-            pass
+    with pytest.raises(FolderInUseError, match="deepmetric index folder"), \
+            atomic_directory(tmp_path / "index", kind="model"):
+        pass
     (tmp_path / "empty").mkdir()
     with atomic_directory(tmp_path / "empty", kind="model") as tmp:
         (tmp / "x").write_text("1")
@@ -130,7 +141,7 @@ def test_kill_at_every_step_of_a_folder_replacement_keeps_a_whole_version(tmp_pa
     die_at, seen = 1, {"0": 0, "1": 0}
     while True:
         run = subprocess.run([sys.executable, "-c", _DYING_WRITER, str(target), "1", str(die_at),
-                              "1" if exchange else "0"], capture_output=True, text=True)
+                              "1" if exchange else "0"], capture_output=True, text=True, check=False)
         if run.returncode == 0:
             assert run.stdout.startswith("finished")
             break

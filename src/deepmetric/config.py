@@ -16,7 +16,13 @@ from typing import Any
 from deepmetric.validation import did_you_mean
 
 __all__ = [
-    "ConfigError", "DEFAULTS", "load_config", "resolve_config", "apply_overrides", "save_config", "dump_config",
+    "DEFAULTS",
+    "ConfigError",
+    "apply_overrides",
+    "dump_config",
+    "load_config",
+    "resolve_config",
+    "save_config",
 ]
 
 
@@ -127,7 +133,8 @@ def _check_component(path: str, node: Any, spec: _Component) -> dict[str, Any]:
     if isinstance(node, str):  # shorthand ``loss: triplet`` for a node without args
         node = {"name": node}
     if not isinstance(node, Mapping):
-        raise ConfigError(f"{path} must be a component {{name: ..., args: {{...}}}}, got {type(node).__name__}: {node!r}")
+        raise ConfigError(f"{path} must be a component {{name: ..., args: {{...}}}}, "
+                          f"got {type(node).__name__}: {node!r}")
     unknown = sorted(set(node) - {"name", "args"})
     if unknown:
         raise ConfigError(f"unknown key {_join(path, unknown[0])!r}; a component has only 'name' and 'args'."

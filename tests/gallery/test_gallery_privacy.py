@@ -37,7 +37,8 @@ def test_removed_identity_leaves_no_vector_bytes_in_database_or_wal(tmp_path):
     secret, other = rng.normal(size=(2, 32)).astype(np.float32)
     gallery.enroll("secret", embeddings=secret[None])
     gallery.enroll("other", embeddings=other[None])
-    needle = next(t["vector"] for t in gallery.store.templates() if t["identity_id"] == "secret").astype("<f4").tobytes()
+    stored = next(t["vector"] for t in gallery.store.templates() if t["identity_id"] == "secret")
+    needle = stored.astype("<f4").tobytes()
     assert any(needle in data for data in _file_bytes(gallery.folder).values())  # the search can find it
     gallery.remove("secret")
     for name, data in _file_bytes(gallery.folder).items():
