@@ -10,6 +10,7 @@ _EXPORTS = {
     "ARCFACE_TEMPLATE_112": "alignment", "face_template": "alignment", "estimate_similarity": "alignment",
     "warp_affine": "alignment", "align_face": "alignment",
     "Face": "detection", "FaceDetector": "detection", "NoFaceError": "detection", "model_file": "detection",
+    "MultipleFacesError": "detection", "check_face_choice": "detection", "choose_face": "detection",
     "FaceEmbedder": "embedder", "DlibFaceEmbedder": "embedder", "AlignedFaceEmbedder": "embedder",
     "FaceEmbeddings": "embedder",
 }

@@ -26,6 +26,47 @@ class NoFaceError(ValueError):
     """No face was found in an image that needed one."""
 
 
+class MultipleFacesError(ValueError):
+    """An image holds several faces and the caller did not say which one to use."""
+
+
+#: ``face=`` values: the only face (None: several are refused), the largest one, or an index largest first.
+LARGEST_FACE = "largest"
+
+
+def check_face_choice(face: Any) -> str | int | None:
+    """``face`` as given when it is None, ``"largest"`` or a face index >= 0 (faces are ordered largest first);
+    the text ``"largest"`` or ``"2"`` of a command line or form field is read the same way."""
+    if isinstance(face, str) and face.strip().isdigit():
+        face = int(face)
+    if face is None or face == LARGEST_FACE:
+        return face
+    if isinstance(face, bool) or not isinstance(face, (int, str)):
+        raise TypeError(f"face must be None, 'largest' or a face index (int >= 0), got {type(face).__name__}")
+    if isinstance(face, str) or face < 0:
+        raise ValueError(f"face must be 'largest' or a face index >= 0 (faces are ordered largest first), "
+                         f"got {face!r}")
+    return face
+
+
+def choose_face(faces: list[Face], face: str | int | None) -> Face:
+    """The face ``face`` picks among ``faces`` (largest first, as ``FaceDetector.detect`` gives them)."""
+    face = check_face_choice(face)
+    if not faces:
+        raise NoFaceError("no face found")
+    if face is None:
+        if len(faces) > 1:
+            raise MultipleFacesError(f"{len(faces)} faces found; say which one to use: face='largest' or a face "
+                                     f"index 0-{len(faces) - 1} (largest first)")
+        return faces[0]
+    if face == LARGEST_FACE:
+        return faces[0]
+    if face >= len(faces):
+        raise ValueError(f"face index {face} is out of range: {len(faces)} face{'s' if len(faces) > 1 else ''} "
+                         f"found (indexes 0-{len(faces) - 1}, largest first)")
+    return faces[face]
+
+
 def model_file(name: str) -> Path:
     """Path of a model file shipped by ``face_recognition_models`` (found without importing it)."""
     spec = importlib.util.find_spec("face_recognition_models")

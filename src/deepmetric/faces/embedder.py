@@ -25,6 +25,8 @@ from deepmetric.faces.detection import (
     Face,
     FaceDetector,
     NoFaceError,
+    check_face_choice,
+    choose_face,
     import_dlib,
     model_file,
 )
@@ -93,6 +95,20 @@ class FaceEmbedder:
                       else np.zeros((0, self.embedding_dim), dtype=np.float32))
         return FaceEmbeddings(image=image, faces=faces, embeddings=embeddings)
 
+    def embed_one(self, source: Any, *, face: str | int | None = None) -> tuple[np.ndarray, int]:
+        """The unit embedding (D,) of one face of an image, and how many faces the image holds.
+
+        ``face``: None takes the only face and refuses a group photo (``MultipleFacesError``), ``"largest"``
+        the largest face, an int the face at that index, largest first (the order of ``detect``).
+
+        Raises:
+            NoFaceError: no face in the image.
+        """
+        face = check_face_choice(face)  # a wrong choice fails before decoding
+        image = self.load(source)
+        faces = self.detector.detect(image)
+        return self.embed_faces(image, [choose_face(faces, face)])[0], len(faces)
+
     def encode(self, inputs: Any, *, batch_size: int = 256, device: Any = None,
                progress: bool = False) -> np.ndarray:
         """One embedding per input image, from its largest face: ``(N, embedding_dim)`` float32.
@@ -107,11 +123,13 @@ class FaceEmbedder:
         if is_image_source(inputs) or (isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3)) \
                 or not isinstance(inputs, Iterable):
             inputs = [inputs]
+        inputs = list(inputs)
         rows = []
         for position, source in enumerate(inputs):
             found = self.embed(source)
             if not found.faces:
-                label = source if isinstance(source, str) else f"input {position}"
+                label = (repr(source) if isinstance(source, str) else "the image" if len(inputs) == 1
+                         else f"image {position + 1} of {len(inputs)}")
                 raise NoFaceError(f"no face found in {label}")
             rows.append(found.embeddings[0])
         if not rows:

@@ -96,16 +96,19 @@ def enroll(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(..., h
            images: list[Path] = typer.Argument(None, help="photos of the person"),
            name: Optional[str] = typer.Option(None, help="display name (default: the id)"),
            embeddings: Optional[Path] = typer.Option(None, help=".npy (N, D) embeddings instead of photos"),
-           model: Optional[str] = MODEL_OPTION, faces: bool = FACES_OPTION) -> None:
-    """Enrol a new identity from photos (or embeddings); prints it once the write is durable."""
+           model: Optional[str] = MODEL_OPTION, faces: bool = FACES_OPTION,
+           face: Optional[str] = typer.Option(None, help="which face of a group photo: 'largest' or an index, "
+                                              "largest face first (a group photo is refused without it)")) -> None:
+    """Enrol a new identity from photos (or embeddings); prints it, with the faces seen in each photo, once the
+    write is durable."""
     from deepmetric.io import load_array
 
     opened = open_gallery(gallery, model=model, faces=faces, need_model=embeddings is None)
     try:
         vectors = load_array(embeddings, what="embeddings") if embeddings is not None else None
         record = opened.enroll(identity_id, images=[str(p) for p in images] if images else None,
-                               embeddings=vectors, name=name)
-    except (ValueError, FileNotFoundError) as error:
+                               embeddings=vectors, name=name, face=face)
+    except (ValueError, TypeError, FileNotFoundError) as error:
         _fail(error)
     finally:
         opened.close()

@@ -6,6 +6,7 @@ Layout on disk: ``<folder>/gallery.sqlite3`` (the truth) and ``<folder>/index/``
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from deepmetric.data.images import load_image
+from deepmetric.faces.detection import check_face_choice
 from deepmetric.gallery.cache import IdentityIndex
 from deepmetric.gallery.model import describe, threshold_from_config
 from deepmetric.gallery.store import (DuplicateIdentityError, GalleryError, GalleryStore, IdentityRecord,
@@ -207,25 +209,45 @@ class Gallery:
         """One unit embedding (D,) for an image (path, bytes, PIL image, array) with the gallery's model."""
         return encode_image(self._require_model(), image, self.embedding_dim)
 
-    def _templates(self, images: Sequence[Any] | None, embeddings: Any) -> list[TemplateInput]:
+    def _enrol_face(self, image: Any, face: str | int | None) -> tuple[np.ndarray, int | None]:
+        """The vector of one enrolment photo and how many faces it holds (None for a whole-image model).
+        A face model refuses a group photo unless ``face`` says which face (see ``FaceEmbedder.embed_one``)."""
+        model = self._require_model()
+        if callable(getattr(model, "embed_one", None)):
+            vector, faces_seen = model.embed_one(image, face=face)
+            return unit_vectors(vector, self.embedding_dim, name="model output")[0], faces_seen
+        if face is not None:
+            raise GalleryError(f"face={face!r} picks a face in a group photo, but this gallery's model embeds "
+                               f"whole images ({type(model).__name__}); leave face out")
+        return self.embed_image(image), None
+
+    def _templates(self, images: Sequence[Any] | None, embeddings: Any,
+                   face: str | int | None = None) -> tuple[list[TemplateInput], list[int | None] | None]:
+        """Templates to store, and the faces seen in each image (None for embeddings)."""
         if (images is None) == (embeddings is None):
             raise GalleryError("give exactly one of images= or embeddings=")
+        with refused():
+            face = check_face_choice(face)
         if embeddings is not None:
-            return [TemplateInput(vector=v) for v in unit_vectors(embeddings, self.embedding_dim)]
+            if face is not None:
+                raise GalleryError("face= picks a face in a photo; it does not apply to embeddings=")
+            return [TemplateInput(vector=v) for v in unit_vectors(embeddings, self.embedding_dim)], None
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence) or not images:
             raise GalleryError(f"images must be a non-empty list of images, got {type(images).__name__}")
-        templates = []
+        templates, faces_seen = [], []
         for position, image in enumerate(images):
             try:
-                vector = self.embed_image(image)
-            except ValueError as error:  # ImageError, NoFaceError: say which image, keep the type
-                if len(images) == 1:
-                    raise
-                raise type(error)(f"image {position + 1} of {len(images)}: {error}") from error
+                vector, seen = self._enrol_face(image, face)
+            except ValueError as error:  # ImageError, NoFaceError, MultipleFacesError: say which image
+                where = f"image {position + 1} of {len(images)}" if len(images) > 1 else "the image"
+                if isinstance(image, (str, os.PathLike)):
+                    where += f" ({Path(image).name})"
+                raise type(error)(f"{where}: {error}") from error
             data, path = _image_bytes(image)
             templates.append(TemplateInput(vector=vector, source="image", image_path=path,
                                            image=data if self.store.store_images else None))
-        return templates
+            faces_seen.append(seen)
+        return templates, faces_seen
 
     def _probe(self, probe: Any) -> np.ndarray:
         """A probe is an embedding (1-D numbers of length D) or an image."""
@@ -237,22 +259,28 @@ class Gallery:
 
     # -- writes ------------------------------------------------------------------------------------------
     def enroll(self, identity_id: str, *, images: Sequence[Any] | None = None, embeddings: Any = None,
-               name: str | None = None, metadata: dict[str, Any] | None = None) -> IdentityRecord:
+               name: str | None = None, metadata: dict[str, Any] | None = None,
+               face: str | int | None = None) -> IdentityRecord:
         """Create ``identity_id`` from one or more images or embeddings (one template each). Returns after
-        the write is durable; a duplicate id is refused."""
+        the write is durable; a duplicate id is refused.
+
+        With a face model, a photo holding several faces is refused unless ``face`` says which one:
+        ``"largest"`` or a face index, faces ordered largest first. The record's ``faces_seen`` gives the
+        number of faces found in each photo (None for a whole-image model)."""
         check_identity_id(identity_id)
         if self.store.contains(identity_id):  # fail before spending time on embedding images
             raise DuplicateIdentityError(f"identity {identity_id!r} already exists")
-        templates = self._templates(images, embeddings)
+        templates, faces_seen = self._templates(images, embeddings, face)
         self.store.add_identity(identity_id, name=name, metadata=metadata, templates=templates)
         self.index.sync()
-        return self.store.get(identity_id)
+        return dataclasses.replace(self.store.get(identity_id), faces_seen=faces_seen)
 
-    def add(self, identity_id: str, *, images: Sequence[Any] | None = None, embeddings: Any = None) -> list[int]:
-        """Add templates to an existing identity; returns their template ids."""
+    def add(self, identity_id: str, *, images: Sequence[Any] | None = None, embeddings: Any = None,
+            face: str | int | None = None) -> list[int]:
+        """Add templates to an existing identity; returns their template ids. ``face`` as in ``enroll``."""
         if not self.store.contains(identity_id):
             raise UnknownIdentityError(f"unknown identity {identity_id!r}")
-        template_ids = self.store.add_templates(identity_id, self._templates(images, embeddings))
+        template_ids = self.store.add_templates(identity_id, self._templates(images, embeddings, face)[0])
         self.index.sync()
         return template_ids
 

@@ -113,12 +113,16 @@ class IdentityRecord:
     created_at: float
     updated_at: float
     templates: list[TemplateRecord] = field(default_factory=list)
+    #: Set by an enrolment from photos: the faces found in each photo (None per photo for whole-image models).
+    faces_seen: list[int | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"identity_id": self.identity_id, "name": self.name, "metadata": self.metadata,
                "num_templates": self.num_templates, "created_at": self.created_at, "updated_at": self.updated_at}
         if self.templates:
             out["templates"] = [t.to_dict() for t in self.templates]
+        if self.faces_seen is not None:
+            out["faces_seen"] = list(self.faces_seen)
         return out
 
 

@@ -61,8 +61,9 @@ def public(record: IdentityRecord) -> dict[str, Any]:
 
 
 def _enroll_photos(gallery: Gallery, settings: ServiceSettings, identity_id: str, blobs: list[bytes],
-                   name: str | None, metadata: dict[str, Any] | None) -> IdentityRecord:
-    return gallery.enroll(identity_id, images=photos_to_store(blobs, settings), name=name, metadata=metadata)
+                   name: str | None, metadata: dict[str, Any] | None, face: str | None) -> IdentityRecord:
+    return gallery.enroll(identity_id, images=photos_to_store(blobs, settings), name=name, metadata=metadata,
+                          face=face)
 
 
 def _add_photos(gallery: Gallery, settings: ServiceSettings, identity_id: str, blobs: list[bytes]) -> None:
@@ -84,8 +85,11 @@ def _media_type(data: bytes) -> str | None:
 @router.post("", dependencies=[*WRITE, Depends(require_model)], status_code=201, responses=_PHOTO_ERRORS)
 async def enroll(gallery: GalleryDep, settings: SettingsDep, workers: WorkersDep, identity_id: Annotated[str, Form()],
                  images: Annotated[list[UploadFile], File()], name: Annotated[str | None, Form()] = None,
-                 metadata: Annotated[str | None, Form()] = None) -> dict[str, Any]:
-    """Enrol a new identity from one or more photos (the largest face of each)."""
+                 metadata: Annotated[str | None, Form()] = None,
+                 face: Annotated[str | None, Form(max_length=20, pattern=r"^(largest|[0-9]{1,6})$")] = None,
+                 ) -> dict[str, Any]:
+    """Enrol a new identity from one or more photos. A group photo is refused unless ``face`` says which face:
+    ``largest`` or an index, largest face first; the answer's ``faces_seen`` counts the faces in each photo."""
     check_upload_count(images, settings)
     try:
         parsed = json.loads(metadata) if metadata else None
@@ -95,7 +99,7 @@ async def enroll(gallery: GalleryDep, settings: SettingsDep, workers: WorkersDep
         raise DuplicateIdentityError(f"identity {identity_id!r} already exists")
     blobs = await read_uploads(images, settings)
     # Decoding and embedding run in the photo workers, so the event loop keeps answering meanwhile.
-    return public(await workers.run(_enroll_photos, gallery, settings, identity_id, blobs, name, parsed))
+    return public(await workers.run(_enroll_photos, gallery, settings, identity_id, blobs, name, parsed, face))
 
 
 @router.post("/embeddings", dependencies=WRITE, status_code=201, responses=error_responses(409))
