@@ -17,7 +17,7 @@ from deepmetric.eval import retrieval as R
 from deepmetric.eval import verification as V
 from deepmetric.index.topk import as_embeddings, as_labels
 from deepmetric.registry import register
-from deepmetric.validation import check_in_range, check_int, check_positive_int
+from deepmetric.validation import check_in_range, check_int, check_non_negative_int, check_positive_int
 
 
 class Evaluator:
@@ -241,7 +241,7 @@ class VerificationEvaluator(Evaluator):
         self.fars = tuple(V.check_rate(f"fars[{i}]", far) for i, far in enumerate(fars))
         # The upper bound of folds (the number of pairs) is checked once the pairs are drawn.
         self.folds = check_int("folds", folds, low=2)
-        self.num_bootstrap = check_positive_int("num_bootstrap", num_bootstrap)
+        self.num_bootstrap = check_non_negative_int("num_bootstrap", num_bootstrap)  # 0: no confidence intervals
         self.metric, self.seed = metric, seed
         self.max_genuine_pairs, self.max_impostor_pairs = max_genuine_pairs, max_impostor_pairs
 

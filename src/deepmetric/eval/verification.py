@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from deepmetric.distances import canonical_metric
-from deepmetric.validation import check_embeddings, check_in_range, check_int, check_positive_int, check_probability
+from deepmetric.validation import check_embeddings, check_in_range, check_int, check_non_negative_int, check_probability
 
 FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -202,7 +202,7 @@ def bootstrap_ci(scores, same, statistic, *, num_bootstrap: int = 200, confidenc
     impostor pairs are resampled with replacement separately (stratified), ``num_bootstrap`` times."""
     scores, same = as_pairs(scores, same)
     confidence = check_in_range("confidence", confidence, 0, 1, low_inclusive=False, high_inclusive=False)
-    num_bootstrap = check_positive_int("num_bootstrap", num_bootstrap)
+    num_bootstrap = check_non_negative_int("num_bootstrap", num_bootstrap)  # 0: no interval, (NaN, NaN)
     rng = np.random.default_rng(seed)
     genuine, impostor = np.nonzero(same)[0], np.nonzero(~same)[0]
     values = []
