@@ -3,7 +3,11 @@ serve). Each sub-command's ``--help`` explains its options."""
 
 from __future__ import annotations
 
+import sys
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from deepmetric.data import cli as data_cli
 from deepmetric.eval import cli as eval_cli
@@ -12,7 +16,30 @@ from deepmetric.index import cli as index_cli
 from deepmetric.service import cli as service_cli
 from deepmetric.train import cli as train_cli
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
+REPORT_HINT = ("this is a bug in deepmetric, not in how it was called: please report it with the traceback that "
+               "follows and the command line")
+
+
+class _UserErrorGroup(TyperGroup):
+    """The one place that turns errors a user can fix (a wrong value or type, a missing or unreadable path) into
+    one line ``error: <message>`` and exit code 2, so no command shows a traceback for them; any other exception
+    stays visible, traceback included, with a hint to report it."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except (ValueError, TypeError, OSError) as error:
+            typer.echo(f"error: {error or type(error).__name__}", err=True)
+            raise typer.Exit(code=2) from None
+        except Exception:
+            print(f"error: unexpected failure; {REPORT_HINT}", file=sys.stderr)
+            raise
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False,
+                  cls=_UserErrorGroup)
 
 
 @app.callback()

@@ -12,11 +12,12 @@ index_app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def _load_matrix(path: Path, argument: str):
-    import numpy as np
+    from deepmetric.io import load_array
 
-    if not path.is_file():
-        raise typer.BadParameter(f"no such file: {path}", param_hint=argument)
-    return np.load(path, allow_pickle=False)
+    try:  # a missing file, another format or pickled objects: one line that says which
+        return load_array(path, what=argument.lower())
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint=argument) from error
 
 
 @index_app.command("build")
