@@ -419,7 +419,7 @@ class Gallery:
 
     def import_from(self, folder: str | Path) -> int:
         """Add every identity of an export (same model only) in one transaction; returns how many."""
-        from deepmetric.io import read_json, recover_directory
+        from deepmetric.io import load_array, read_json, recover_directory
 
         folder = recover_directory(folder)
         info = read_json(folder / "identities.json")
@@ -429,7 +429,7 @@ class Gallery:
             raise GalleryModelMismatch(f"export {str(folder)!r} was embedded with another model (stamp "
                                        f"{str(info.get('model_stamp'))[:12]}) than this gallery "
                                        f"({self.store.model_stamp[:12]})")
-        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        vectors = load_array(folder / "vectors.npy", what="export vectors")
         vectors = unit_vectors(vectors, self.embedding_dim, name="vectors.npy") if len(vectors) else vectors
         records = []
         for identity in info["identities"]:
