@@ -197,3 +197,15 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path, digits_config):
     published = load_weights(tmp_path / "run" / "model" / "model.safetensors")  # output_dir/model is the best
     best_weights = weights(tmp_path / "run" / "checkpoints" / "best")
     assert torch.equal(published["neck.linear.weight"], best_weights["neck.linear.weight"])
+
+
+def test_loss_computation_mode_is_one_of_the_three_batch_kinds():
+    from deepmetric.losses import ContrastiveLoss
+    from deepmetric.train.computation import LossComputation
+
+    model, loss = torch.nn.Linear(2, 2), ContrastiveLoss()
+    assert LossComputation(model, loss, mode="pairs").mode == "pairs"
+    with pytest.raises(ValueError, match=r"mode must be one of \[.*\], got 'pair'\. Did you mean 'pairs'"):
+        LossComputation(model, loss, mode="pair")
+    with pytest.raises(TypeError, match=r"mode must be one of .*got NoneType: None"):
+        LossComputation(model, loss, mode=None)

@@ -10,6 +10,7 @@ from torch import nn
 
 from deepmetric.train.distributed import gather_with_grad
 from deepmetric.types import Pairs, Triplets
+from deepmetric.validation import check_choice
 
 
 class LossComputation(nn.Module):
@@ -31,8 +32,7 @@ class LossComputation(nn.Module):
     def __init__(self, model: nn.Module, loss: nn.Module, *, miner: nn.Module | None = None, mode: str = "labels",
                  mixed_precision: bool = True, world_size: int = 1, memory_weight: float = 1.0) -> None:
         super().__init__()
-        if mode not in ("labels", "pairs", "triplets"):
-            raise ValueError(f"mode must be 'labels', 'pairs' or 'triplets', got {mode!r}")
+        mode = check_choice("mode", mode, ("labels", "pairs", "triplets"))
         self.model = model
         self.loss = loss
         self.miner = miner
