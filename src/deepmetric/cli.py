@@ -28,8 +28,8 @@ class _UserErrorGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit, typer.Abort):
+            raise  # typer's own Exit/Abort are not click's: a command that already reported its error
         except (ValueError, TypeError, OSError) as error:
             typer.echo(f"error: {error or type(error).__name__}", err=True)
             raise typer.Exit(code=2) from None
