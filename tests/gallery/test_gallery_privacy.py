@@ -45,3 +45,59 @@ def test_removed_identity_leaves_no_vector_bytes_in_database_or_wal(tmp_path):
         assert needle not in data, f"the removed vector is still in {name}"
     assert gallery.identify(other, threshold=-1).identity_id == "other"
     gallery.close()
+
+
+def _tree_bytes(folder):
+    """Every file under ``folder``, recursively: the database, its WAL and the index cache."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _holds(data: bytes, vector: np.ndarray) -> bool:
+    """Whether ``data`` holds ``vector`` as float32 at any byte offset, up to the last bits: an index stores its
+    own float32 normalisation of a vector, which may differ from the store's in the last place."""
+    for start in range(4):
+        usable = (len(data) - start) // 4 * 4
+        if usable < 4 * len(vector):
+            continue
+        floats = np.frombuffer(data, dtype="<f4", offset=start, count=usable // 4)
+        windows = np.lib.stride_tricks.sliding_window_view(floats, len(vector))
+        with np.errstate(invalid="ignore", over="ignore"):
+            if (np.abs(windows - vector) <= 1e-6).all(axis=1).any():
+                return True
+    return False
+
+
+@pytest.mark.parametrize("exact_limit", [20_000, 500], ids=["exact-cache", "graph-cache"])
+def test_removed_identity_leaves_no_vector_bytes_in_the_saved_index_cache(tmp_path, exact_limit):
+    from deepmetric.gallery.store import TemplateInput
+
+    if exact_limit < 1200:
+        pytest.importorskip("faiss")
+    folder = tmp_path / "g"
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(1200, 32)).astype(np.float32)
+    gallery = Gallery.create(folder, embedding_dim=32, model_stamp="test-model", exact_limit=exact_limit)
+    gallery.store.add_identities([(f"p{i:04d}", None, None, [TemplateInput(vector=v)]) for i, v in enumerate(vectors)])
+    gallery.index.sync()  # >= 1000 identities: the cache folder is saved
+    gallery.close()
+    gallery = Gallery.open(folder, exact_limit=exact_limit)
+    assert gallery.identify(vectors[7], threshold=-1).identity_id == "p0007"
+    assert gallery.index.rebuilds == 0  # served from the saved cache
+    num = gallery.store.num_of("p0007")
+    record = gallery.store.identities_by_num([num])[num]
+    needles = [record["centroid"], *(vector for _, vector in record["templates"])]
+    in_cache = [name for name, data in _tree_bytes(folder).items()
+                if name.startswith("index") and any(_holds(data, needle) for needle in needles)]
+    assert in_cache, "the search must be able to find the vector in the saved cache"
+    gallery.remove("p0007")
+    for name, data in _tree_bytes(folder).items():  # right after the removal, before any close
+        assert not any(_holds(data, needle) for needle in needles), f"the removed vector is still in {name}"
+    gallery.close()
+    for name, data in _tree_bytes(folder).items():
+        assert not any(_holds(data, needle) for needle in needles), f"the removed vector is still in {name}"
+    assert (folder / "index" / "cache.json").is_file()  # a cache was written again, without it
+    with Gallery.open(folder, exact_limit=exact_limit) as reopened:
+        reopened.index.sync()
+        assert "p0007" not in reopened and len(reopened.index) == 1199
+        assert reopened.index.rebuilds == 0  # the rewritten cache is valid and used
+        assert reopened.identify(vectors[8], threshold=-1).identity_id == "p0008"

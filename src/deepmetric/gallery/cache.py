@@ -97,7 +97,7 @@ class IdentityIndex:
         self.last_rebuild_reason = reason
         log.info("gallery index rebuilt (%s): %d identities, %s", reason, len(nums), spec)
         if self.cache_dir is not None and len(nums) >= 1000:
-            self.save()
+            self._write()
 
     def _use(self, index: Any, spec: str) -> None:
         if spec == self.ann_spec and self.ann_knobs and hasattr(index, "set_params"):
@@ -106,21 +106,39 @@ class IdentityIndex:
 
     def save(self) -> None:
         """Persist the index, its members, generation, model stamp and checksum as one folder, replaced
-        atomically (a kill leaves the old cache or the new one)."""
-        from deepmetric.io import atomic_directory, write_json
-
+        atomically (a kill leaves the old cache or the new one). The vectors of removed or changed identities
+        are purged first: an index keeps them as tombstones in memory, a file on disk must not (privacy)."""
         with self._lock:
             if self.cache_dir is None or self._index is None:
                 return
-            with atomic_directory(self.cache_dir, kind="index-cache",
-                                  legacy=lambda folder: (folder / "cache.json").is_file()) as tmp:
-                self._index.save(tmp / "index")
-                with open(tmp / "members.npy", "wb") as handle:
-                    np.save(handle, np.fromiter(self._members, dtype=np.int64, count=len(self._members)))
-                write_json(tmp / "cache.json", {
-                    "format": CACHE_FORMAT, "generation": self._generation, "spec": self._spec,
-                    "model_stamp": self.store.model_stamp, "stale": self._stale,
-                    "sha256": _digest(tmp / "index"), "members_sha256": _digest(tmp / "members.npy")})
+            if self._stale:  # entries the index could not delete: only a rebuild from the store drops them
+                self._rebuild("purging removed vectors before saving")
+                if len(self._members) >= 1000:
+                    return  # the rebuild wrote the cache
+            elif getattr(self._index, "num_tombstones", 0):
+                self._index.compact()
+            self._write()
+
+    def _drop_saved(self) -> None:
+        """Delete the persisted cache: it holds vectors of an identity just removed or changed, and is rebuilt
+        from the store (or rewritten by ``save``) without them."""
+        import shutil
+
+        if self.cache_dir is not None and self.cache_dir.exists():
+            shutil.rmtree(self.cache_dir)
+
+    def _write(self) -> None:
+        from deepmetric.io import atomic_directory, write_json
+
+        with self._lock, atomic_directory(self.cache_dir, kind="index-cache",
+                                          legacy=lambda folder: (folder / "cache.json").is_file()) as tmp:
+            self._index.save(tmp / "index")
+            with open(tmp / "members.npy", "wb") as handle:
+                np.save(handle, np.fromiter(self._members, dtype=np.int64, count=len(self._members)))
+            write_json(tmp / "cache.json", {
+                "format": CACHE_FORMAT, "generation": self._generation, "spec": self._spec,
+                "model_stamp": self.store.model_stamp, "stale": self._stale,
+                "sha256": _digest(tmp / "index"), "members_sha256": _digest(tmp / "members.npy")})
 
     def _load(self) -> str | None:
         """Load the persisted index; returns None on success or the reason it cannot be used."""
@@ -186,6 +204,8 @@ class IdentityIndex:
 
     def _apply(self, nums: list[int]) -> None:
         current = self.store.identities_by_num(nums)
+        if self._members.intersection(nums):
+            self._drop_saved()
         for num in nums:
             if num in self._members:
                 self._remove(num)
