@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from deepmetric import registry
-from deepmetric.data.faces import (RECORDIO_MAGIC, RecordIOReader, read_lfw_pairs, read_verification_bin,
-                                   unpack_record)
+from deepmetric.data.faces import RECORDIO_MAGIC, RecordIOReader, read_lfw_pairs, read_verification_bin, unpack_record
 
 
 def png_bytes(value, size=(6, 5)):
@@ -53,7 +52,7 @@ def test_lfw_dataset_items_and_errors(tmp_path):
     assert data.class_names == ["Ann_Lee", "Cy_Dee", "Bo_Chu"]
     assert data[0][0].shape == (3, 16, 16)
     (root / "pairs.txt").write_text("1\t1\nAnn_Lee\t1\t9\n")
-    with pytest.raises(FileNotFoundError, match="pairs.txt:2: image .*Ann_Lee_0009.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"pairs\.txt:2: image .*Ann_Lee_0009\.jpg"):
         read_lfw_pairs(root / "pairs.txt", root / "lfw")
     (root / "pairs.txt").write_text("1\t2\nAnn_Lee\t1\t2\n")
     with pytest.raises(ValueError, match="announces 1 fold"):
@@ -84,7 +83,7 @@ class Payload:
 def test_verification_bin_refuses_pickles_with_callables(tmp_path):
     path = tmp_path / "evil.bin"
     path.write_bytes(pickle.dumps(([b"x", Payload()], [True])))
-    with pytest.raises(ValueError, match="refusing to load posix.system"):
+    with pytest.raises(ValueError, match=r"refusing to load posix\.system"):
         read_verification_bin(path)
     path.write_bytes(pickle.dumps(([b"a", b"b"], np.array([True]))))
     with pytest.raises(ValueError, match="refusing to load numpy"):
@@ -93,10 +92,10 @@ def test_verification_bin_refuses_pickles_with_callables(tmp_path):
     with pytest.raises(ValueError, match="3 images for 1 pairs"):
         read_verification_bin(path)
     path.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(ValueError, match="evil.bin"):
+    with pytest.raises(ValueError, match=r"evil\.bin"):
         read_verification_bin(path)
     path.write_bytes(pickle.dumps(([b"a", b"b"], [True]), protocol=2).replace(b"latin1", b"rot_13"))
-    with pytest.raises(ValueError, match="refusing _codecs.encode"):
+    with pytest.raises(ValueError, match=r"refusing _codecs\.encode"):
         read_verification_bin(path)
 
 

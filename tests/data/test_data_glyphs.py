@@ -4,16 +4,24 @@ import subprocess
 import numpy as np
 import pytest
 
-from deepmetric.data.glyphs import (CONFUSABLES, Glyphs, _render_face, character_set, drop_duplicates_and_lookalikes,
-                                    enumerate_fonts, gb2312_level1, representative_faces)
+from deepmetric.data.glyphs import (
+    CONFUSABLES,
+    Glyphs,
+    _render_face,
+    character_set,
+    drop_duplicates_and_lookalikes,
+    enumerate_fonts,
+    gb2312_level1,
+    representative_faces,
+)
 
 
 def latin_font_files(limit=8):
     if shutil.which("fc-list") is None:
         return []
     out = subprocess.run(["fc-list", "--format", "%{file}\n", ":lang=en:scalable=true"], capture_output=True,
-                         text=True).stdout.split()
-    return sorted(set(f for f in out if f.endswith((".ttf", ".otf"))))[:limit]
+                         text=True, check=False).stdout.split()
+    return sorted({f for f in out if f.endswith((".ttf", ".otf"))})[:limit]
 
 
 FONTS = latin_font_files()

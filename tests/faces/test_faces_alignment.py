@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepmetric.faces.alignment import (ARCFACE_TEMPLATE_112, align_face, estimate_similarity, face_template,
-                                        warp_affine)
+from deepmetric.faces.alignment import ARCFACE_TEMPLATE_112, align_face, estimate_similarity, face_template, warp_affine
 
 
 def test_estimate_similarity_recovers_a_known_transform():

@@ -6,7 +6,6 @@ from PIL import Image
 
 from deepmetric.faces import AlignedFaceEmbedder, NoFaceError
 from deepmetric.faces.detection import model_file
-
 from deepmetric.faces.samples import astronaut, encode, no_face, rotated_with_exif, two_faces
 
 

@@ -5,9 +5,14 @@ import threading
 import numpy as np
 import pytest
 
-from deepmetric.gallery import (DuplicateIdentityError, Gallery, GalleryError, GalleryModelMismatch,
-                                TemplateInput, UnknownIdentityError)
-
+from deepmetric.gallery import (
+    DuplicateIdentityError,
+    Gallery,
+    GalleryError,
+    GalleryModelMismatch,
+    TemplateInput,
+    UnknownIdentityError,
+)
 from gallery_helpers import PixelProjectionModel, png_bytes, random_unit
 
 
@@ -261,7 +266,7 @@ def test_concurrent_readers_and_writer(gallery):
                 decision = gallery.identify(rng.normal(size=gallery.embedding_dim), k=3, threshold=0)
                 assert len(decision.matches) == 3
                 gallery.list(limit=5)
-            except BaseException as error:  # collected and re-raised in the main thread
+            except BaseException as error:  # noqa: BLE001 - collected and re-raised in the main thread
                 errors.append(error)
                 return
 

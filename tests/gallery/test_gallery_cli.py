@@ -88,5 +88,5 @@ def test_bad_arguments_and_paths_give_one_line_errors(tmp_path):
     for args, message in cases:
         result = CliRunner().invoke(app, list(args))
         assert result.exit_code == 2 and message in result.output, (args, result.output)
-        assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception,
+        assert ("Traceback" not in result.output and result.exception is None) or isinstance(result.exception,
                                                                                           SystemExit)

@@ -12,7 +12,6 @@ from PIL import Image
 from deepmetric.gallery import Gallery, GalleryModelMismatch
 from deepmetric.models import build_embedder, update_model_config
 from deepmetric.models.protocol import load_model, model_fingerprint
-
 from gallery_helpers import png_bytes
 
 MODEL_CONFIG = {"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 16,

@@ -86,10 +86,10 @@ def test_encode_rejects_wrong_inputs(model, tmp_path):
         model.encode(torch.zeros(2, 3, 16, 16))
     with pytest.raises(ValueError, match="NaN"):
         model.encode(torch.full((1, 1, 16, 16), float("nan")))
-    with pytest.raises(FileNotFoundError, match="missing.png"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         model.encode([tmp_path / "missing.png"])
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="bad.png"):
+    with pytest.raises(ValueError, match=r"bad\.png"):
         model.encode([tmp_path / "bad.png"])
     with pytest.raises(TypeError, match="inputs must be"):
         model.encode(42)
@@ -118,7 +118,7 @@ def test_load_refuses_unknown_architecture_and_mismatched_weights(model, tmp_pat
     config = json.loads((folder / "config.json").read_text())
     config["backbone"]["name"] = "os.system"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="unknown backbone 'os.system'"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'os\.system'"):
         Embedder.load(folder)
     config["backbone"]["name"] = "small_cnn"
     config["embedding_dim"] = 16

@@ -43,7 +43,7 @@ def as_image_size(image_size: int | Sequence[int] | None, default: int) -> list[
 
 def parse_classes(classes: Sequence[int] | str | None, available: Sequence[int], *, name: str = "classes") -> list[int]:
     """Select classes: None (all), a list of ints, or a string of ranges ``"0-4"``, ``"0-4,7"``."""
-    available_set = set(int(c) for c in available)
+    available_set = {int(c) for c in available}
     if classes is None:
         return sorted(available_set)
     if isinstance(classes, str):

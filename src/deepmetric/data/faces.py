@@ -322,7 +322,7 @@ class RecordIOReader:
 
     def _file(self) -> Any:
         if self._handle is None or self._pid != os.getpid():
-            self._handle = open(self.rec_path, "rb")
+            self._handle = open(self.rec_path, "rb")  # noqa: SIM115 - kept open for random reads, one per process
             self._pid = os.getpid()
         return self._handle
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric.index.topk import as_embeddings, as_labels, knn
 from deepmetric.eval.verification import threshold_at_far
+from deepmetric.index.topk import as_embeddings, as_labels, knn
 from deepmetric.validation import check_non_negative_int
 
 DISTRACTOR_COUNTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
@@ -85,7 +85,7 @@ def open_set_scores(query_embeddings, query_labels, gallery_embeddings, gallery_
                     metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
     """(mated: score of the mate when it is within ``rank`` else -inf, one per mated probe;
     non-mated: top-1 score of each probe whose identity is not enrolled)."""
-    first, mate_score, top_score, has_mate = _mate_ranks(query_embeddings, query_labels, gallery_embeddings,
+    _, mate_score, top_score, has_mate = _mate_ranks(query_embeddings, query_labels, gallery_embeddings,
                                                          gallery_labels, max_rank=rank, metric=metric)
     return mate_score[has_mate], top_score[~has_mate]
 
@@ -150,7 +150,7 @@ def distractor_curve(probe_embeddings, probe_labels, gallery_embeddings, gallery
     counts = sorted({check_non_negative_int(f"counts[{i}]", count) for i, count in enumerate(counts)})
     if not counts:
         raise ValueError("counts must name at least one distractor count, got none")
-    first, mate_score, _, has_mate = _mate_ranks(probe_embeddings, probe_labels, gallery_embeddings,
+    _, mate_score, _, has_mate = _mate_ranks(probe_embeddings, probe_labels, gallery_embeddings,
                                                  gallery_labels, max_rank=1, metric=metric)
     probes = as_embeddings("probe_embeddings", probe_embeddings)[has_mate]
     mate_score = mate_score[has_mate]

@@ -153,7 +153,8 @@ def plot_embedding_map(embeddings, labels, path, *, max_points: int = 3000, seed
         pick = rng.choice(len(embeddings), max_points, replace=False)
         embeddings, labels = embeddings[pick], labels[pick]
     perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
-    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(embeddings)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500)
+    points = tsne.fit_transform(embeddings)
     _, codes = np.unique(labels, return_inverse=True)
     fig, ax = _figure(6, 5.5)
     ax.scatter(points[:, 0], points[:, 1], c=codes % 20, cmap="tab20", s=6, alpha=0.8)

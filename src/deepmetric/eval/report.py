@@ -72,6 +72,7 @@ def _html(title: str, protocol: str, metrics: dict, primary: str, figures) -> st
     images = "\n".join(f'<figure><a href="{p.name}"><img src="{p.name}" alt="{html.escape(name)}"></a>'
                        f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, p in figures)
     links = " · ".join(f'<a href="{p.name}">{html.escape(name)}</a>' for name, p in figures)
+    numbers = {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in metrics.items()}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
@@ -82,6 +83,6 @@ img{{max-width:540px;border:1px solid #ccc}}</style></head>
 Raw numbers: <a href="../metrics.json">metrics.json</a>. Figures: {links}</p>
 <table>{''.join(rows)}</table>
 {images}
-<script type="application/json" id="metrics">{html.escape(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}))}</script>
+<script type="application/json" id="metrics">{html.escape(json.dumps(numbers))}</script>
 </body></html>
 """

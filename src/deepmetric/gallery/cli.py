@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -25,7 +25,7 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def load_gallery_model(spec: Optional[str], *, faces: bool, detector: str, stored: dict[str, Any]) -> Any:
+def load_gallery_model(spec: str | None, *, faces: bool, detector: str, stored: dict[str, Any]) -> Any:
     """The model named on the command line, else the one the gallery was created with (recorded in its
     config under ``loaded_from``)."""
     from deepmetric.models.protocol import load_model
@@ -38,8 +38,8 @@ def load_gallery_model(spec: Optional[str], *, faces: bool, detector: str, store
     return load_model(spec, faces=faces, detector=detector)
 
 
-def open_gallery(folder: Path, *, model: Optional[str] = None, faces: bool = False, detector: str = "hog",
-                 threshold: Optional[float] = None, need_model: bool = True, create: bool = False) -> Any:
+def open_gallery(folder: Path, *, model: str | None = None, faces: bool = False, detector: str = "hog",
+                 threshold: float | None = None, need_model: bool = True, create: bool = False) -> Any:
     """Open (or, with ``create``, make when missing) a gallery with its model; errors exit with a message."""
     from deepmetric.gallery import Gallery
     from deepmetric.gallery.gallery import DATABASE_FILE
@@ -66,7 +66,7 @@ def _origin(model: str, faces: bool, detector: str) -> dict[str, Any]:
             "detector": detector}
 
 
-def create_gallery(folder: Path, *, model: str, faces: bool, detector: str, threshold: Optional[float] = None,
+def create_gallery(folder: Path, *, model: str, faces: bool, detector: str, threshold: float | None = None,
                    store_images: bool = True) -> Any:
     from deepmetric.gallery import Gallery
     from deepmetric.models.protocol import load_model
@@ -94,10 +94,10 @@ def create(gallery: Path = GALLERY_ARG,
 @gallery_app.command("enroll")
 def enroll(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(..., help="new identity id"),
            images: list[Path] = typer.Argument(None, help="photos of the person"),
-           name: Optional[str] = typer.Option(None, help="display name (default: the id)"),
-           embeddings: Optional[Path] = typer.Option(None, help=".npy (N, D) embeddings instead of photos"),
-           model: Optional[str] = MODEL_OPTION, faces: bool = FACES_OPTION,
-           face: Optional[str] = typer.Option(None, help="which face of a group photo: 'largest' or an index, "
+           name: str | None = typer.Option(None, help="display name (default: the id)"),
+           embeddings: Path | None = typer.Option(None, help=".npy (N, D) embeddings instead of photos"),
+           model: str | None = MODEL_OPTION, faces: bool = FACES_OPTION,
+           face: str | None = typer.Option(None, help="which face of a group photo: 'largest' or an index, "
                                               "largest face first (a group photo is refused without it)")) -> None:
     """Enrol a new identity from photos (or embeddings); prints it, with the faces seen in each photo, once the
     write is durable."""
@@ -117,7 +117,7 @@ def enroll(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(..., h
 
 @gallery_app.command("remove")
 def remove(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(...),
-           template: Optional[int] = typer.Option(None, help="remove only this template of the identity")) -> None:
+           template: int | None = typer.Option(None, help="remove only this template of the identity")) -> None:
     """Remove an identity, or one of its templates."""
     opened = open_gallery(gallery, need_model=False)
     try:
@@ -150,7 +150,7 @@ def rename(gallery: Path = GALLERY_ARG, identity_id: str = typer.Argument(...),
 @gallery_app.command("list")
 def list_identities(gallery: Path = GALLERY_ARG,
                     limit: int = typer.Option(100, min=0, max=1_000_000, help="at most this many"),
-                    offset: int = typer.Option(0, min=0, max=2**62), prefix: Optional[str] = typer.Option(None),
+                    offset: int = typer.Option(0, min=0, max=2**62), prefix: str | None = typer.Option(None),
                     check: bool = typer.Option(False, help="also run the consistency checks")) -> None:
     """List identities (id, name, template count)."""
     opened = open_gallery(gallery, need_model=False)
@@ -167,8 +167,8 @@ def list_identities(gallery: Path = GALLERY_ARG,
 @gallery_app.command("verify")
 def verify(gallery: Path = GALLERY_ARG, image: Path = typer.Argument(..., help="probe photo"),
            identity_id: str = typer.Argument(..., help="claimed identity"),
-           threshold: Optional[float] = typer.Option(None, help="override the calibrated threshold"),
-           model: Optional[str] = MODEL_OPTION, faces: bool = FACES_OPTION) -> None:
+           threshold: float | None = typer.Option(None, help="override the calibrated threshold"),
+           model: str | None = MODEL_OPTION, faces: bool = FACES_OPTION) -> None:
     """Is this photo that identity? Prints the decision with score, threshold and margin."""
     opened = open_gallery(gallery, model=model, faces=faces, threshold=threshold)
     try:
@@ -182,8 +182,8 @@ def verify(gallery: Path = GALLERY_ARG, image: Path = typer.Argument(..., help="
 @gallery_app.command("identify")
 def identify(gallery: Path = GALLERY_ARG, image: Path = typer.Argument(..., help="probe photo"),
              k: int = typer.Option(5, "-k", help="top identities to show"),
-             threshold: Optional[float] = typer.Option(None, help="override the calibrated threshold"),
-             model: Optional[str] = MODEL_OPTION, faces: bool = FACES_OPTION) -> None:
+             threshold: float | None = typer.Option(None, help="override the calibrated threshold"),
+             model: str | None = MODEL_OPTION, faces: bool = FACES_OPTION) -> None:
     """Who is in this photo? Prints the decision (identity or unknown) and the top matches."""
     opened = open_gallery(gallery, model=model, faces=faces, threshold=threshold)
     try:

@@ -20,8 +20,17 @@ from deepmetric.data.images import load_image
 from deepmetric.faces.detection import check_face_choice
 from deepmetric.gallery.cache import IdentityIndex
 from deepmetric.gallery.model import describe, threshold_from_config
-from deepmetric.gallery.store import (DuplicateIdentityError, GalleryError, GalleryStore, IdentityRecord,
-                                      TemplateInput, UnknownIdentityError, check_identity_id, refused, unit_vectors)
+from deepmetric.gallery.store import (
+    DuplicateIdentityError,
+    GalleryError,
+    GalleryStore,
+    IdentityRecord,
+    TemplateInput,
+    UnknownIdentityError,
+    check_identity_id,
+    refused,
+    unit_vectors,
+)
 from deepmetric.models.protocol import EmbeddingModel, model_fingerprint
 from deepmetric.validation import check_in_range, check_positive_int
 
@@ -148,7 +157,7 @@ class Gallery:
     @classmethod
     def create(cls, folder: str | Path, *, model: Any = None, embedding_dim: int | None = None,
                model_stamp: str | None = None, model_config: dict[str, Any] | None = None,
-               store_images: bool = True, threshold: float | None = None, exact_limit: int = 20_000) -> "Gallery":
+               store_images: bool = True, threshold: float | None = None, exact_limit: int = 20_000) -> Gallery:
         """Make a new empty gallery in ``folder`` stamped with ``model`` (or with an explicit
         ``embedding_dim`` + ``model_stamp`` for embeddings made elsewhere). ``model_config`` entries are
         stored with (and over) the model's own config."""
@@ -166,7 +175,7 @@ class Gallery:
 
     @classmethod
     def open(cls, folder: str | Path, *, model: Any = None, threshold: float | None = None,
-             exact_limit: int = 20_000) -> "Gallery":
+             exact_limit: int = 20_000) -> Gallery:
         """Open an existing gallery. With ``model``, refuses (``GalleryModelMismatch``) if the gallery was
         embedded by a different model."""
         folder = Path(folder)
@@ -188,7 +197,7 @@ class Gallery:
         self.index.save()
         self.store.close()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -22,8 +22,15 @@ from torch import nn
 
 from deepmetric import registry
 from deepmetric.data.images import is_image_source, load_image
-from deepmetric.io import (FOLDER_MARKER, atomic_directory, load_weights, read_json, recover_directory, save_weights,
-                          write_json)
+from deepmetric.io import (
+    FOLDER_MARKER,
+    atomic_directory,
+    load_weights,
+    read_json,
+    recover_directory,
+    save_weights,
+    write_json,
+)
 from deepmetric.models.neck import EmbeddingNeck, validate_neck
 from deepmetric.validation import check_positive_int
 
@@ -54,7 +61,7 @@ def _check_node(config: Mapping[str, Any], key: str, kind: str) -> dict[str, Any
         raise ValueError(f"model config {key!r} has unknown key {unknown[0]!r}; only 'name' and 'args'")
     args = node.get("args") or {}
     if not isinstance(args, Mapping):
-        raise ValueError(f"model config {key}.args must be a mapping, got {args!r}")
+        raise TypeError(f"model config {key}.args must be a mapping, got {args!r}")
     if node["name"] not in registry.names(kind):
         hint = " (install the optional extra: pip install 'deepmetric[timm]')" if node["name"] == "timm" else ""
         raise ValueError(f"unknown {kind} {node['name']!r} in model config{hint}; known: {registry.names(kind)}")
@@ -258,7 +265,7 @@ class Embedder(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` into ``model_dir`` atomically. Other files already in
         the folder (metrics, plots) are kept."""
         model_dir = Path(model_dir)
-        state = {name: tensor for name, tensor in self.state_dict().items()}
+        state = dict(self.state_dict())
         with atomic_directory(model_dir, kind="model", legacy=is_model_folder) as tmp:
             if model_dir.is_dir():
                 for child in model_dir.iterdir():
@@ -273,7 +280,7 @@ class Embedder(nn.Module):
         return model_dir
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> "Embedder":
+    def load(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> Embedder:
         """Rebuild the model from ``config.json`` and its weights; returned in eval mode on ``device``
         (default: CUDA when available)."""
         model_dir = recover_directory(model_dir)
