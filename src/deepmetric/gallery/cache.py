@@ -162,7 +162,7 @@ class IdentityIndex:
                 return "corrupt (checksum mismatch)"
             index = load_index(index_path)
             members = np.load(members_file, allow_pickle=False)
-        except Exception as error:  # any failure to read a cache means: rebuild it from the truth
+        except Exception as error:  # noqa: BLE001 - any failure to read a cache means: rebuild it from the truth
             return f"corrupt ({type(error).__name__}: {error})"
         self._use(index, info["spec"])
         self._generation, self._stale = int(info["generation"]), int(info.get("stale", 0))
