@@ -14,9 +14,9 @@ def _run(*args: str):
     return CliRunner().invoke(app, [str(arg) for arg in args])
 
 
-def _refused(result) -> str:
+def _refused(result, where: str = "") -> str:
     """The one-line reason of a refused command (its message may be wrapped in click's box)."""
-    assert result.exit_code != 0, result.output
+    assert result.exit_code != 0, (where, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     return " ".join(result.output.replace("│", " ").split())
@@ -47,3 +47,107 @@ def test_npy_arguments_say_what_is_wrong_with_the_file(npy_files, kind, expected
         if command[:2] == ("index", "search") and command[2].name == "no-index":
             continue  # the missing index is reported first
         assert expected in message and "pickled" not in message, (command, message)
+
+
+# -- every command, walked from the command tree ---------------------------------------------------------------
+
+def _commands():
+    import typer.main
+
+    def walk(command, path):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield path, command
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+#: Not walked yet: with one bad value these may start real work (a benchmark, training, a server) before
+#: checking it; ``index bench`` runs a 1M-vector benchmark before it checks --k, --queries and --dim.
+UNCHECKED = {"index bench", "train", "embed", "evaluate", "serve"}
+COMMANDS = [(path, command) for path, command in _commands() if " ".join(path) not in UNCHECKED]
+#: Options that write where they are told (they are not inputs, so a bad-input case leaves them valid).
+OUTPUTS = {"output", "out", "report", "plot", "folder"}
+#: Paths a command creates.
+CREATED = {"gallery create": {"gallery"}}
+#: Numeric options for which a negative number is a valid value.
+NEGATIVE_OK = {"threshold"}  # a cosine similarity: -1 is valid, -2 is not
+
+
+def _annotation(param) -> str:
+    return str(param.type_descriptor.annotation)
+
+
+def _is_path(param) -> bool:
+    return "Path" in _annotation(param)
+
+
+def _is_number(param) -> bool:
+    return _annotation(param) in (str(int), str(float))
+
+
+def _invocation(path, command, values) -> list[str]:
+    """The command line of ``path`` with ``values`` (param name -> text) for its params: every required one
+    and the optional ones given."""
+    args = list(path)
+    for param in command.params:
+        if param.name not in values:
+            continue
+        value = values[param.name]
+        if param.param_type_name == "argument":
+            args.append(value)
+        else:
+            args += [param.opts[0], value]
+    return args
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Good inputs (so one bad value at a time is what fails) and bad ones."""
+    from deepmetric.gallery import Gallery
+
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "text.npy").write_text("hello, not numbers\n")
+    (folder / "a_folder").mkdir()
+    np.save(folder / "x.npy", np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
+    np.save(folder / "labels.npy", np.arange(20) % 4)
+    Gallery.create(folder / "gallery", embedding_dim=4, model_stamp="cli-test").close()
+    assert _run("index", "build", folder / "x.npy", "-o", folder / "index").exit_code == 0
+    return folder
+
+
+def _good(name: str, folder) -> str:
+    known = {"gallery": folder / "gallery", "index_path": folder / "index", "labels": folder / "labels.npy",
+             "identity_id": "someone", "name": "someone", "model": "dlib-face"}
+    if name in OUTPUTS:
+        return str(folder / f"out-{name}")
+    return str(known.get(name, folder / "x.npy"))
+
+
+BAD_PATHS = {"missing file": "missing/nothing.npy", "folder for a file": "a_folder", "text for .npy": "text.npy"}
+
+
+@pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
+def test_every_command_refuses_bad_paths_and_negative_numbers_in_one_line(inputs, path, command):
+    required = {p.name: _good(p.name, inputs) for p in command.params if p.required}
+    outputs = OUTPUTS | CREATED.get(" ".join(path), set())
+    cases = []
+    for param in command.params:
+        if _is_path(param) and param.name not in outputs:
+            cases += [(f"{param.name}: {kind}", {**required, param.name: str(inputs / bad)})
+                      for kind, bad in BAD_PATHS.items()]
+        elif _is_number(param) and param.name not in NEGATIVE_OK:
+            cases.append((f"{param.name} = -2", {**required, param.name: "-2"}))
+    if required:
+        cases.append(("nothing given", {}))
+    for case, values in cases:
+        args = _invocation(path, command, values)
+        result = _run(*args)
+        where = f"deepmetric {' '.join(map(str, args))} ({case})"
+        message = _refused(result, where)
+        assert "error:" in message or "Error" in message or "Usage:" in message, (where, message)
+        if "error:" in message:
+            line = result.output.strip().splitlines()[-1]
+            assert line.startswith("error: ") and len(result.output.strip().splitlines()) <= 3, (where, message)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -25,11 +24,11 @@ class _UserErrorGroup(TyperGroup):
     one line ``error: <message>`` and exit code 2, so no command shows a traceback for them; any other exception
     stays visible, traceback included, with a hint to report it."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit, typer.Abort):
-            raise  # typer's own Exit/Abort are not click's: a command that already reported its error
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # a command that already reported its error, or click's usage error (typer ships its own click)
         except (ValueError, TypeError, OSError) as error:
             typer.echo(f"error: {error or type(error).__name__}", err=True)
             raise typer.Exit(code=2) from None

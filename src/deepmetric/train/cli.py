@@ -114,10 +114,11 @@ def register(app: typer.Typer) -> None:
     @app.command("quickstart")
     def quickstart_command(
         out: Path = typer.Option(Path("runs/quickstart"), "--out", help="where the model, plot and report go"),
-        minutes: float = typer.Option(4.5, help="total time budget for the three models, in minutes"),
+        minutes: float = typer.Option(4.5, min=0, help="total time budget for the three models, in minutes"),
         dataset: str = typer.Option("auto", help="glyphs, fashion_mnist or digits (auto: glyphs when fonts exist)"),
-        seed: int = typer.Option(0, help="random seed"),
-        min_steps: int = typer.Option(100, help="train each model at least this many steps, even past the budget"),
+        seed: int = typer.Option(0, min=0, help="random seed"),
+        min_steps: int = typer.Option(100, min=0,
+                                      help="train each model at least this many steps, even past the budget"),
     ) -> None:
         """The main job: train an embedding model on the seen classes of a built-in data set, evaluate
         retrieval and verification on classes it never saw against the untrained network and a softmax
