@@ -312,6 +312,7 @@ def atomic_directory(path: str | os.PathLike, *, kind: str,
             _check_replaceable(target, kind, legacy)  # it may have changed while we were writing
             if not target.exists():
                 os.replace(tmp, target)
+                _fsync_dir(target.parent)
             elif _exchange(tmp, target):
                 _fsync_dir(target.parent)
                 shutil.rmtree(tmp)  # now the old version
@@ -322,7 +323,6 @@ def atomic_directory(path: str | os.PathLike, *, kind: str,
                 os.replace(tmp, target)
                 _fsync_dir(target.parent)
                 shutil.rmtree(old)
-            _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
