@@ -78,5 +78,11 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group. Every rank first waits for the others: a rank that tears gloo down while a
+    peer is still mid-collective (or still writing its results) can abort the peer's transport thread
+    ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
