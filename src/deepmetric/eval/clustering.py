@@ -39,6 +39,12 @@ def nmi(embeddings, labels, *, num_clusters: int | None = None, seed: int = 0,
         embeddings: (N, D). labels: (N,).
         num_clusters: k for k-means (default: the number of distinct labels).
         cluster_assignments: (N,) precomputed clusters, skipping k-means.
+
+    Example: NMI ignores how clusters are numbered, and is 0 when clusters say nothing about the labels:
+
+    >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0], [10.0, 11.0]])
+    >>> nmi(x, [0, 0, 1, 1], cluster_assignments=[1, 1, 0, 0]), nmi(x, [0, 1, 0, 1], cluster_assignments=[0, 0, 1, 1])
+    (1.0, 0.0)
     """
     from sklearn.metrics import normalized_mutual_info_score
 

@@ -24,6 +24,12 @@ def make_templates(embeddings, labels, *, weights=None) -> tuple[np.ndarray, np.
 
     Returns:
         (templates (C, D) float32, template_labels (C,)) with labels sorted.
+
+    Example: identity 7 has images along x and y, so its template is the diagonal; 9 has one image:
+
+    >>> templates, ids = make_templates(np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]), [7, 7, 9])
+    >>> templates.astype(float).round(4).tolist(), ids.tolist()
+    ([[0.7071, 0.7071], [0.0, 1.0]], [7, 9])
     """
     x = as_embeddings("embeddings", embeddings).astype(np.float64)
     labels = as_labels("labels", labels, len(x))
@@ -72,6 +78,14 @@ def cmc(query_embeddings, query_labels, gallery_embeddings=None, gallery_labels=
 
     Returns:
         (max_rank,) array, entry r-1 = identification rate at rank r (NaN when no probe has a mate).
+
+    Example: three enrolled identities 0, 1, 2; the first probe's mate is ranked first, the third's second
+    (behind identity 2) and the second's last:
+
+    >>> gallery = np.array([[1.0, 0.1], [0.1, 1.0], [-1.0, 0.0]])
+    >>> probes = np.array([[1.0, 0.0], [0.2, 1.0], [-0.9, 0.1]])
+    >>> cmc(probes, [0, 2, 1], gallery, [0, 1, 2], max_rank=3).round(4).tolist()
+    [0.3333, 0.6667, 1.0]
     """
     first, _, _, has_mate = _mate_ranks(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                                         max_rank=max_rank, metric=metric)
@@ -101,6 +115,14 @@ def dir_at_far(query_embeddings, query_labels, gallery_embeddings, gallery_label
               \qquad \mathrm{FNIR} = 1 - \mathrm{DIR}.
 
     NaN when there are fewer than 1/far non-mated probes (the rate cannot be measured) or no mated probes.
+
+    Example: two unknown probes (8, 9) score 0.74 and 0.63 against their nearest enrolled identity; FPIR <= 0.5
+    allows one of them through, so t lies just above 0.63 and all three mated probes (scores >= 0.99) pass:
+
+    >>> gallery = np.array([[1.0, 0.1], [0.1, 1.0], [-1.0, 0.0]])
+    >>> probes = np.array([[1.0, 0.0], [0.2, 1.0], [0.9, 0.1], [-0.6, 0.8], [0.7, -0.7]])
+    >>> dir_at_far(probes, [0, 1, 0, 8, 9], gallery, [0, 1, 2], far=0.5)
+    1.0
     """
     mated, non_mated = open_set_scores(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                                        rank=rank, metric=metric)

@@ -39,7 +39,13 @@ def _require_both(same: np.ndarray) -> None:
 
 def pair_scores(embeddings_a, embeddings_b, *, metric: str = "cosine") -> np.ndarray:
     """Similarity of row i of ``embeddings_a`` (P, D) with row i of ``embeddings_b`` (P, D): cosine, dot or
-    negative Euclidean distance."""
+    negative Euclidean distance.
+
+    >>> pair_scores([[1.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [0.0, 1.0]]).round(4).tolist()
+    [0.7071, 1.0]
+    >>> pair_scores([[1.0, 0.0]], [[4.0, 4.0]], metric="euclidean").tolist()
+    [-5.0]
+    """
     # The scores are checked for NaN by ``as_pairs``, so the rows are not scanned here.
     a = check_embeddings("embeddings_a", np.asarray(embeddings_a, np.float64), finite=False)
     b = check_embeddings("embeddings_b", np.asarray(embeddings_b, np.float64), dim=a.shape[1], finite=False)
@@ -64,6 +70,12 @@ def roc(scores, same) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Returns:
         (far, tar, thresholds), each (T,).
+
+    Example: three genuine pairs (0.9, 0.8, 0.6) and three impostors (0.7, 0.4, 0.3):
+
+    >>> far, tar, thresholds = roc([0.9, 0.8, 0.7, 0.6, 0.4, 0.3], [1, 1, 0, 1, 0, 0])
+    >>> [round(float(x), 3) for x in far], [round(float(x), 3) for x in tar]
+    ([0.0, 0.0, 0.0, 0.333, 0.333, 0.667, 1.0], [0.0, 0.333, 0.667, 0.667, 1.0, 1.0, 1.0])
     """
     scores, same = as_pairs(scores, same)
     _require_both(same)
@@ -80,7 +92,13 @@ def roc(scores, same) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def auc(scores, same) -> float:
     """Area under the ROC curve (trapezoid rule over ``roc``), equal to the probability that a random
-    genuine pair outscores a random impostor pair (ties count one half)."""
+    genuine pair outscores a random impostor pair (ties count one half).
+
+    Example: of the 3 x 3 genuine-impostor pairings only 0.6 < 0.7 is out of order, so AUC = 8/9:
+
+    >>> round(auc([0.9, 0.8, 0.7, 0.6, 0.4, 0.3], [1, 1, 0, 1, 0, 0]), 4)
+    0.8889
+    """
     far, tar, _ = roc(scores, same)
     return float(np.trapezoid(tar, far) if hasattr(np, "trapezoid") else np.trapz(tar, far))
 
@@ -91,6 +109,12 @@ def eer(scores, same) -> tuple[float, float]:
 
     Returns:
         (eer, threshold) -- the threshold is interpolated the same way.
+
+    Example: at t = 0.7 one impostor of three is accepted and one genuine pair of three rejected:
+
+    >>> rate, threshold = eer([0.9, 0.8, 0.7, 0.6, 0.4, 0.3], [1, 1, 0, 1, 0, 0])
+    >>> round(rate, 4), threshold
+    (0.3333, 0.7)
     """
     far, tar, thresholds = roc(scores, same)
     frr = 1.0 - tar
@@ -129,7 +153,14 @@ def check_rate(name: str, value: object) -> float:
 def tar_at_far(scores, same, far: float) -> float:
     r"""True accept rate at the threshold from ``threshold_at_far``:
     :math:`\mathrm{TAR} = |\{\text{genuine} \ge t\}| / N_{gen}`. NaN (unavailable) when there are fewer than
-    1/far impostor pairs, since such a FAR cannot be measured (one false accept already exceeds it)."""
+    1/far impostor pairs, since such a FAR cannot be measured (one false accept already exceeds it).
+
+    Example: with 3 impostors, FAR <= 0.34 allows one false accept, so the threshold lies just above the second
+    impostor score (0.4) and every genuine pair (0.9, 0.8, 0.6) is accepted:
+
+    >>> tar_at_far([0.9, 0.8, 0.7, 0.6, 0.4, 0.3], [1, 1, 0, 1, 0, 0], far=0.34)
+    1.0
+    """
     scores, same = as_pairs(scores, same)
     _require_both(same)
     threshold = threshold_at_far(scores, same, far)
@@ -155,7 +186,14 @@ def _accuracy_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, n
 
 def best_threshold(scores, same) -> tuple[float, float]:
     """The threshold with the highest accuracy of "same iff score >= t" (midpoints between distinct scores;
-    the lowest one wins ties). Returns (threshold, accuracy)."""
+    the lowest one wins ties). Returns (threshold, accuracy).
+
+    Example: t = (0.9 + 0.8) / 2 and t = (0.7 + 0.6) / 2 would each get 4 of 6 right; t = (0.6 + 0.4) / 2 = 0.5
+    gets 5 (only the impostor at 0.7 is wrong):
+
+    >>> best_threshold([0.9, 0.8, 0.7, 0.6, 0.4, 0.3], [1, 1, 0, 1, 0, 0])
+    (0.5, 0.8333333333333334)
+    """
     scores, same = as_pairs(scores, same)
     thresholds, accuracy = _accuracy_curve(scores, same)
     i = int(np.argmax(accuracy))
