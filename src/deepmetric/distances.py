@@ -86,7 +86,12 @@ class Distance(nn.Module):
 
 @register("distance", "squared_euclidean", example={})
 class SquaredEuclideanDistance(Distance):
-    r""":math:`d(x, y) = \|x - y\|_2^2`, computed for matrices as ``|x|^2 + |y|^2 - 2 x y^T`` clamped at 0."""
+    r""":math:`d(x, y) = \|x - y\|_2^2`, computed for matrices as ``|x|^2 + |y|^2 - 2 x y^T`` clamped at 0.
+
+    >>> d = SquaredEuclideanDistance(normalize_embeddings=False)
+    >>> d(torch.tensor([[0.0, 0.0], [3.0, 4.0]])).tolist()
+    [[0.0, 25.0], [25.0, 0.0]]
+    """
 
     def matrix(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         xx = (x * x).sum(-1, keepdim=True)
@@ -109,7 +114,15 @@ def _safe_sqrt(value: torch.Tensor) -> torch.Tensor:
 
 @register("distance", "euclidean", example={})
 class EuclideanDistance(SquaredEuclideanDistance):
-    r""":math:`d(x, y) = \|x - y\|_2`, with a zero (not NaN) gradient where ``x = y``."""
+    r""":math:`d(x, y) = \|x - y\|_2`, with a zero (not NaN) gradient where ``x = y``.
+
+    >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    >>> d = EuclideanDistance(normalize_embeddings=False)(x)
+    >>> d.tolist()
+    [[0.0, 5.0], [5.0, 0.0]]
+    >>> d.sum().backward(); x.grad.tolist()  # finite on the zero diagonal
+    [[-1.2000000476837158, -1.600000023841858], [1.2000000476837158, 1.600000023841858]]
+    """
 
     def matrix(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _safe_sqrt(super().matrix(x, y))
@@ -136,7 +149,11 @@ class DotProductSimilarity(Distance):
 
 @register("distance", "cosine", example={})
 class CosineSimilarity(DotProductSimilarity):
-    r""":math:`s(x, y) = x^T y / (\|x\| \|y\|)` (a similarity in [-1, 1])."""
+    r""":math:`s(x, y) = x^T y / (\|x\| \|y\|)` (a similarity in [-1, 1]).
+
+    >>> CosineSimilarity().pairs(torch.tensor([[2.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 5.0], [3.0, 3.0]]))
+    tensor([0., 1.])
+    """
 
     def __init__(self) -> None:
         super().__init__(normalize_embeddings=True)
@@ -154,6 +171,14 @@ class MahalanobisDistance(EuclideanDistance):
         dim: input dimension D.
         rank: rows of L (defaults to D; a smaller rank learns a low-rank projection).
         normalize_embeddings: L2-normalise inputs before projecting (default False).
+
+    Example: with L = diag(2, 1), a step along the first axis counts twice:
+
+    >>> d = MahalanobisDistance(dim=2)
+    >>> with torch.no_grad():
+    ...     _ = d.projection.copy_(torch.diag(torch.tensor([2.0, 1.0])))
+    >>> d.pairs(torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist()
+    [2.0, 1.0]
     """
 
     def __init__(self, *, dim: int, rank: int | None = None, normalize_embeddings: bool = False) -> None:
@@ -175,7 +200,11 @@ class MahalanobisDistance(EuclideanDistance):
 
 
 def get_distance(distance: Distance | str | None, default: str = "euclidean") -> Distance:
-    """Accept a Distance instance, a registry name, or None (the default)."""
+    """Accept a Distance instance, a registry name, or None (the default).
+
+    >>> type(get_distance("cosine")).__name__, type(get_distance(None)).__name__
+    ('CosineSimilarity', 'EuclideanDistance')
+    """
     if distance is None:
         distance = default
     if isinstance(distance, str):
