@@ -1,0 +1,1 @@
+"""Cross-modal metric learning: image and text towers in one space, and zero-shot recognition."""
