@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from deepmetric import lazy_exports
 
-_EXPORTS = {
-    "recall_at_k": "retrieval", "precision_at_k": "retrieval", "r_precision": "retrieval",
-    "map_at_r": "retrieval", "mean_average_precision": "retrieval", "global_average_precision": "retrieval",
-    "revisited_oxford_paris": "retrieval", "search_neighbours": "retrieval",
-    "roc": "verification", "auc": "verification", "eer": "verification", "tar_at_far": "verification",
-    "verification_kfold": "verification", "best_threshold": "verification", "pair_scores": "verification",
-    "cmc": "identification", "dir_at_far": "identification", "distractor_curve": "identification",
-    "make_templates": "identification",
-    "fewshot_accuracy": "fewshot",
-    "nmi": "clustering", "ami": "clustering",
-    "calibrate_threshold": "calibration", "store_calibration": "calibration", "load_calibration": "calibration",
-    "RetrievalEvaluator": "evaluators", "VerificationEvaluator": "evaluators",
-    "IdentificationEvaluator": "evaluators", "FewShotEvaluator": "evaluators", "ClusteringEvaluator": "evaluators",
-    "query_gallery_rows": "evaluators",
-    "evaluate": "pipeline", "EvaluationResult": "pipeline",
+# Which submodule defines each public name, grouped by submodule.
+_BY_MODULE = {
+    "retrieval": ("recall_at_k", "precision_at_k", "r_precision", "map_at_r", "mean_average_precision",
+                  "global_average_precision", "revisited_oxford_paris", "search_neighbours"),
+    "verification": ("roc", "auc", "eer", "tar_at_far", "verification_kfold", "best_threshold", "pair_scores"),
+    "identification": ("cmc", "dir_at_far", "distractor_curve", "make_templates"),
+    "fewshot": ("fewshot_accuracy",),
+    "clustering": ("nmi", "ami"),
+    "calibration": ("calibrate_threshold", "store_calibration", "load_calibration"),
+    "evaluators": ("RetrievalEvaluator", "VerificationEvaluator", "IdentificationEvaluator", "FewShotEvaluator",
+                   "ClusteringEvaluator", "query_gallery_rows"),
+    "pipeline": ("evaluate", "EvaluationResult"),
 }
+_EXPORTS = {name: module for module, names in _BY_MODULE.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
 

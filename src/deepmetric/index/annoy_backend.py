@@ -25,9 +25,7 @@ REBUILD_MIN_PENDING = 10_000
 class AnnoyIndex(VectorIndex):
     """A forest of random-projection trees (Bernhardsson, annoy)."""
 
-    backend = "annoy"
-    native_remove = False
-    native_filter = False
+    backend = "annoy"  # annoy can neither forget an item nor filter a search: the base class does both
 
     def __init__(self, *, spec: str, dim: int, metric: str = "cosine") -> None:
         super().__init__(spec=spec, dim=dim, metric=metric)

@@ -183,9 +183,9 @@ class NTXentLoss(MetricLoss):
 
     def __init__(self, *, temperature: float = 0.1, supervised: bool = False, distance: Distance | str | None = None,
                  reduction: str = "mean") -> None:
-        super().__init__(distance=distance, reduction=reduction)
         self.temperature = check_positive_float("temperature", temperature)
         self.supervised = check_bool("supervised", supervised)
+        super().__init__(distance=distance, reduction=reduction)
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels):
         positive, negative, values = masks_and_distances(self.distance, embeddings, labels, mined, ref_embeddings,

@@ -6,14 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from deepmetric.service.dependencies import (
-    READ,
-    GalleryDep,
-    SettingsDep,
-    WorkersDep,
-    faces_in,
-    read_upload,
-)
+from deepmetric.service.dependencies import READ, GalleryDep, SettingsDep, WorkersDep, faces_in, read_upload
 from deepmetric.service.errors import error_responses
 
 router = APIRouter(tags=["recognition"], responses=error_responses(401, 403, 409, 413, 415, 503))
