@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key and what to do."""
 
 
-class _Component:
+class Component:
     """Schema marker: a ``{name, args}`` node of registry ``kind``; ``default`` None means optional."""
 
     def __init__(self, kind: str, default: Mapping[str, Any] | None = None, *, required: bool = False) -> None:
@@ -39,7 +39,7 @@ class _Component:
         self.required = required
 
 
-class _Value:
+class Value:
     """Schema marker: a plain value of one of ``types`` (None allowed when ``nullable``)."""
 
     def __init__(self, default: Any, types: tuple[type, ...], *, nullable: bool = False,
@@ -50,7 +50,7 @@ class _Value:
         self.choices = choices
 
 
-class _Passthrough:
+class Passthrough:
     """Schema marker: a free-form mapping validated later by its consumer (e.g. ``model.neck``)."""
 
     def __init__(self, default: Any = None) -> None:
@@ -61,51 +61,51 @@ _INT = (int,)
 _NUM = (int, float)
 
 SCHEMA: dict[str, Any] = {
-    "name": _Value("experiment", (str,)),
-    "seed": _Value(0, _INT),
-    "output_dir": _Value(None, (str,), nullable=True),
-    "device": _Value("auto", (str,)),
+    "name": Value("experiment", (str,)),
+    "seed": Value(0, _INT),
+    "output_dir": Value(None, (str,), nullable=True),
+    "device": Value("auto", (str,)),
     "data": {
-        "train": _Component("dataset", required=True),
-        "eval": _Component("dataset"),
-        "num_workers": _Value(2, _INT),
-        "eval_batch_size": _Value(256, _INT),
-        "max_eval_samples": _Value(None, _INT, nullable=True),
+        "train": Component("dataset", required=True),
+        "eval": Component("dataset"),
+        "num_workers": Value(2, _INT),
+        "eval_batch_size": Value(256, _INT),
+        "max_eval_samples": Value(None, _INT, nullable=True),
     },
     "model": {
-        "backbone": _Component("backbone", required=True),
-        "pooling": _Component("pooling"),
-        "embedding_dim": _Value(128, _INT),
-        "neck": _Passthrough(),
-        "preprocessing": _Passthrough(),
+        "backbone": Component("backbone", required=True),
+        "pooling": Component("pooling"),
+        "embedding_dim": Value(128, _INT),
+        "neck": Passthrough(),
+        "preprocessing": Passthrough(),
     },
-    "loss": _Component("loss", required=True),
-    "miner": _Component("miner"),
-    "sampler": _Component("sampler", {"name": "pk", "args": {"classes_per_batch": 16, "samples_per_class": 4}}),
-    "optimizer": _Component("optimizer", {"name": "adamw", "args": {"lr": 1e-3, "weight_decay": 1e-4}}),
-    "scheduler": _Component("scheduler", {"name": "warmup_cosine", "args": {"warmup_steps": 100}}),
+    "loss": Component("loss", required=True),
+    "miner": Component("miner"),
+    "sampler": Component("sampler", {"name": "pk", "args": {"classes_per_batch": 16, "samples_per_class": 4}}),
+    "optimizer": Component("optimizer", {"name": "adamw", "args": {"lr": 1e-3, "weight_decay": 1e-4}}),
+    "scheduler": Component("scheduler", {"name": "warmup_cosine", "args": {"warmup_steps": 100}}),
     "train": {
-        "mode": _Value("labels", (str,), choices=("labels", "pairs", "triplets")),
-        "steps": _Value(1000, _INT),
-        "batch_size": _Value(64, _INT),
-        "negative_ratio": _Value(1.0, _NUM),
-        "max_minutes": _Value(None, _NUM, nullable=True),
-        "class_centre_lr": _Value(None, _NUM, nullable=True),
-        "memory_weight": _Value(1.0, _NUM),
-        "memory_start_step": _Value(0, _INT),
-        "grad_clip_norm": _Value(None, _NUM, nullable=True),
-        "accumulation_steps": _Value(1, _INT),
-        "mixed_precision": _Value(True, (bool,)),
-        "channels_last": _Value(True, (bool,)),
-        "eval_every": _Value(500, _INT),
-        "checkpoint_every": _Value(500, _INT),
-        "log_every": _Value(10, _INT),
-        "tensorboard": _Value(True, (bool,)),
-        "progress": _Value(True, (bool,)),
+        "mode": Value("labels", (str,), choices=("labels", "pairs", "triplets")),
+        "steps": Value(1000, _INT),
+        "batch_size": Value(64, _INT),
+        "negative_ratio": Value(1.0, _NUM),
+        "max_minutes": Value(None, _NUM, nullable=True),
+        "class_centre_lr": Value(None, _NUM, nullable=True),
+        "memory_weight": Value(1.0, _NUM),
+        "memory_start_step": Value(0, _INT),
+        "grad_clip_norm": Value(None, _NUM, nullable=True),
+        "accumulation_steps": Value(1, _INT),
+        "mixed_precision": Value(True, (bool,)),
+        "channels_last": Value(True, (bool,)),
+        "eval_every": Value(500, _INT),
+        "checkpoint_every": Value(500, _INT),
+        "log_every": Value(10, _INT),
+        "tensorboard": Value(True, (bool,)),
+        "progress": Value(True, (bool,)),
     },
     "eval": {
-        "primary_metric": _Value("retrieval/map@r", (str,)),
-        "k": _Value([1, 5], (list,)),
+        "primary_metric": Value("retrieval/map@r", (str,)),
+        "k": Value([1, 5], (list,)),
     },
 }
 
@@ -127,7 +127,9 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _check_component(path: str, node: Any, spec: _Component) -> dict[str, Any]:
+def check_component(path: str, node: Any, spec: Component) -> dict[str, Any]:
+    """A ``{name, args}`` node (or its ``name`` shorthand) checked against registry kind ``spec.kind``: an
+    unknown name or argument is a ``ConfigError`` naming ``path``, with a did-you-mean hint."""
     from deepmetric import registry
 
     if isinstance(node, str):  # shorthand ``loss: triplet`` for a node without args
@@ -156,7 +158,7 @@ def _check_component(path: str, node: Any, spec: _Component) -> dict[str, Any]:
     return {"name": node["name"], "args": dict(args)}
 
 
-def _check_value(path: str, value: Any, spec: _Value) -> Any:
+def _check_value(path: str, value: Any, spec: Value) -> Any:
     if value is None:
         if spec.nullable:
             return None
@@ -172,7 +174,9 @@ def _check_value(path: str, value: Any, spec: _Value) -> Any:
     return value
 
 
-def _check_section(path: str, section: Any, schema: Mapping[str, Any]) -> dict[str, Any]:
+def check_section(path: str, section: Any, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``section`` with every key of ``schema`` checked (``Value``, ``Component``, ``Passthrough`` or a nested
+    schema) and its defaults filled in; an unknown key is a ``ConfigError`` naming its path."""
     if section is None:
         section = {}
     if not isinstance(section, Mapping):
@@ -187,20 +191,20 @@ def _check_section(path: str, section: Any, schema: Mapping[str, Any]) -> dict[s
         present = key in section
         value = section.get(key)
         if isinstance(spec, Mapping):
-            out[key] = _check_section(where, value, spec)
-        elif isinstance(spec, _Component):
+            out[key] = check_section(where, value, spec)
+        elif isinstance(spec, Component):
             if not present or value is None:
                 if spec.required:
                     raise ConfigError(f"{where} is required: add a {{name: ..., args: {{...}}}} node "
                                       f"(see configs/ for complete examples)")
-                out[key] = None if spec.default is None else _check_component(where, spec.default, spec)
+                out[key] = None if spec.default is None else check_component(where, spec.default, spec)
             else:
                 if isinstance(value, Mapping) and "name" not in value and spec.default is not None:
                     # A node without a name refines the default one, e.g. ``--set optimizer.args.lr=0.01``.
                     value = {"name": spec.default["name"],
                              "args": {**spec.default.get("args", {}), **(value.get("args") or {})}}
-                out[key] = _check_component(where, value, spec)
-        elif isinstance(spec, _Passthrough):
+                out[key] = check_component(where, value, spec)
+        elif isinstance(spec, Passthrough):
             out[key] = copy.deepcopy(value) if present else copy.deepcopy(spec.default)
         else:
             out[key] = _check_value(where, value, spec) if present else copy.deepcopy(spec.default)
@@ -209,7 +213,7 @@ def _check_section(path: str, section: Any, schema: Mapping[str, Any]) -> dict[s
 
 def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and fill every default; raise ``ConfigError`` naming the key."""
-    resolved = _check_section("", config, SCHEMA)
+    resolved = check_section("", config, SCHEMA)
     for key in ("steps", "batch_size", "accumulation_steps", "eval_every", "checkpoint_every", "log_every"):
         if resolved["train"][key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {resolved['train'][key]}")

@@ -15,26 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from deepmetric.config import ConfigError, _check_component, _check_section, _Component, _Passthrough, _Value
+from deepmetric.config import Component, ConfigError, Passthrough, Value, check_component, check_section
 from deepmetric.validation import check_embeddings
 
 _PATH = (str, os.PathLike)
 
 EVALUATION_SCHEMA: dict[str, Any] = {
-    "embeddings": _Value(None, _PATH, nullable=True),  # a .npy file (N, D) ...
-    "labels": _Value(None, _PATH, nullable=True),  # ... with labels: .npy, or CSV (label[,path,is_query,is_gallery])
-    "model": _Value(None, _PATH, nullable=True),  # or a model folder ...
-    "data": _Component("dataset"),  # ... and the data set it embeds
-    "split": _Value("test", (str,), nullable=True),  # passed to data sets that take a split
-    "batch_size": _Value(256, (int,)),
-    "device": _Value(None, (str,), nullable=True),  # where the model runs; None: CUDA when present, else CPU
-    "protocols": _Passthrough([{"name": "retrieval"}]),  # evaluator nodes {name, args}, checked below
-    "metric": _Value("cosine", (str,)),  # given to every evaluator that takes one, unless its args set it
-    "index": _Value(None, (str,), nullable=True),  # retrieval through an index of this spec, e.g. "HNSW32"
-    "calibrate_far": _Value(None, (int, float), nullable=True),  # store this FAR's threshold in the model folder
-    "output_dir": _Value(None, _PATH, nullable=True),
-    "embedding_map": _Value(True, (bool,)),  # the t-SNE figure
-    "title": _Value(None, (str,), nullable=True),
+    "embeddings": Value(None, _PATH, nullable=True),  # a .npy file (N, D) ...
+    "labels": Value(None, _PATH, nullable=True),  # ... with labels: .npy, or CSV (label[,path,is_query,is_gallery])
+    "model": Value(None, _PATH, nullable=True),  # or a model folder ...
+    "data": Component("dataset"),  # ... and the data set it embeds
+    "split": Value("test", (str,), nullable=True),  # passed to data sets that take a split
+    "batch_size": Value(256, (int,)),
+    "device": Value(None, (str,), nullable=True),  # where the model runs; None: CUDA when present, else CPU
+    "protocols": Passthrough([{"name": "retrieval"}]),  # evaluator nodes {name, args}, checked below
+    "metric": Value("cosine", (str,)),  # given to every evaluator that takes one, unless its args set it
+    "index": Value(None, (str,), nullable=True),  # retrieval through an index of this spec, e.g. "HNSW32"
+    "calibrate_far": Value(None, (int, float), nullable=True),  # store this FAR's threshold in the model folder
+    "output_dir": Value(None, _PATH, nullable=True),
+    "embedding_map": Value(True, (bool,)),  # the t-SNE figure
+    "title": Value(None, (str,), nullable=True),
 }
 
 
@@ -64,7 +64,7 @@ class EvaluationData:
 def resolve_evaluation_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` checked (unknown keys, types, evaluator names and arguments) with every default filled;
     raises ``ConfigError`` naming the key."""
-    resolved = _check_section("", config, EVALUATION_SCHEMA)
+    resolved = check_section("", config, EVALUATION_SCHEMA)
     for key in ("embeddings", "labels", "model", "output_dir"):  # plain strings, so the config saves as YAML
         if resolved[key] is not None:
             resolved[key] = os.fspath(resolved[key])
@@ -82,7 +82,7 @@ def resolve_evaluation_config(config: Mapping[str, Any]) -> dict[str, Any]:
     protocols = resolved["protocols"]
     if isinstance(protocols, (str, Mapping)) or not isinstance(protocols, list) or not protocols:
         raise ConfigError(f"protocols must be a non-empty list of evaluator nodes {{name, args}}, got {protocols!r}")
-    resolved["protocols"] = [_check_component(f"protocols[{i}]", node, _Component("evaluator"))
+    resolved["protocols"] = [check_component(f"protocols[{i}]", node, Component("evaluator"))
                              for i, node in enumerate(protocols)]
     names = [node["name"] for node in resolved["protocols"]]
     if len(set(names)) < len(names):
