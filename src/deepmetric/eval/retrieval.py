@@ -226,6 +226,14 @@ def precision_at_k(query_embeddings, query_labels, gallery_embeddings=None, gall
                    metric: str = "cosine", index=None) -> float:
     r"""Precision@K: mean over queries of (same-label items among the K nearest) / K. With K = 10 this is
     the mP@10 of the revisited Oxford/Paris benchmark (Radenovic et al. 2018). Arguments as ``recall_at_k``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1]], dtype=np.float32)
+        >>> precision_at_k(x, [0, 0, 0, 1], k=2)  # the three class-0 items: 2/2 each; item 3: R = 0, left out
+        1.0
+        >>> precision_at_k(x, [0, 0, 1, 1], k=2)  # 1/2, 1/2, 0/2, 1/2
+        0.375
     """
     nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels, k=k,
                            metric=metric, index=index)
@@ -244,6 +252,12 @@ def r_precision(query_embeddings, query_labels, gallery_embeddings=None, gallery
     r"""R-Precision (Musgrave et al. 2020, "A Metric Learning Reality Check"): for a query with R relevant
     gallery items, the fraction of its R nearest neighbours that are relevant; averaged over queries.
     The search always uses k = max R, so no query is cut short. Arguments as ``recall_at_k``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1]], dtype=np.float32)
+        >>> r_precision(x, [0, 0, 1, 1])  # R = 1 each: query 2's nearest is item 1 (class 0), the others hit
+        0.75
     """
     nb = search_neighbours(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                            k=_max_r(query_labels, gallery_embeddings, gallery_labels), metric=metric, index=index)
@@ -284,6 +298,15 @@ def mean_average_precision(query_embeddings, query_labels, gallery_embeddings=No
     Landmarks retrieval challenge (Weyand et al. 2020). Full AP ranks the whole gallery, one block of
     ``query_block_size`` queries at a time (memory ``query_block_size x N``). ``own_ids`` as in
     ``search_neighbours``.
+
+    Example:
+        >>> import numpy as np
+        >>> g = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1]], dtype=np.float32)
+        >>> q = np.array([[1, 0]], dtype=np.float32)  # ranking 0, 1, 2, 3; relevant: 0 and 2
+        >>> round(mean_average_precision(q, [0], g, [0, 1, 0, 1]), 4)  # (1/1 + 2/3) / 2
+        0.8333
+        >>> round(mean_average_precision(q, [0], g, [0, 1, 0, 1], k=2), 4)  # (1/1) / min(R=2, K=2)
+        0.5
     """
     queries = as_embeddings("query_embeddings", query_embeddings)
     query_labels = as_labels("query_labels", query_labels, len(queries))
@@ -317,20 +340,23 @@ def mean_average_precision(query_embeddings, query_labels, gallery_embeddings=No
         if valid.any():
             total += map_at_k_from_neighbours(nb, None) * valid.sum()
             count += int(valid.sum())
-    return total / count if count else float("nan")
+    return float(total / count) if count else float("nan")
 
 
 def global_average_precision(query_embeddings, query_labels, gallery_embeddings, gallery_labels, *,
                              non_landmark_label=-1, metric: str = "cosine") -> float:
     r"""Global Average Precision (GAP, micro-AP) of the Google Landmarks recognition challenges (Weyand et al.
-    2020, "Google Landmarks Dataset v2"). Each query predicts the label of its nearest gallery item with
-    that similarity as confidence; predictions of all queries are sorted by confidence (descending) and
+    2020, "Google Landmarks Dataset v2") for the plainest recognizer: each query predicts the label of its
+    nearest gallery item with that similarity as confidence (a gallery item labelled ``non_landmark_label``,
+    a distractor, predicts nothing). The formula is ``gap_from_predictions``'s; a full recognition pipeline
+    (kNN voting, non-landmark suppression) hands its own (label, confidence) pairs to that function.
 
-    .. math:: \mathrm{GAP} = \frac{1}{M}\sum_{i=1}^{N} P(i)\,\mathrm{rel}(i)
-
-    where N is the number of queries, M the number of queries that show a landmark (label !=
-    ``non_landmark_label``), P(i) the precision over the first i predictions and rel(i) = 1 when the i-th
-    prediction is correct. Non-landmark queries can only lower the score (their prediction is always wrong).
+    Example:
+        >>> import numpy as np
+        >>> g = np.eye(3, dtype=np.float32)
+        >>> q = np.array([[1, 0.3, 0], [0, 0.2, 1]], dtype=np.float32)  # query 1 is not a landmark
+        >>> global_average_precision(q, [0, -1], g, [0, 1, 2])  # its wrong guess (0.98) outranks the right (0.96)
+        0.5
     """
     nb_result = knn(query_embeddings, gallery_embeddings, k=1, metric=metric, exclude_self=False)
     gallery_labels = as_labels("gallery_labels", gallery_labels, len(as_embeddings("gallery_embeddings",
@@ -341,28 +367,159 @@ def global_average_precision(query_embeddings, query_labels, gallery_embeddings,
                                 non_landmark_label=non_landmark_label)
 
 
-def gap_from_predictions(predicted_labels, confidences, true_labels, *, non_landmark_label=-1) -> float:
-    """GAP from one (label, confidence) prediction per query; see ``global_average_precision``."""
-    predicted_labels, true_labels = np.asarray(predicted_labels), np.asarray(true_labels)
+def _truth_sets(true_labels, num_queries: int, non_landmark_label) -> list[frozenset]:
+    """Per query the set of correct labels (empty: not a landmark), from a 1-D label array or a sequence of
+    collections (GLDv2 test images may show several landmarks)."""
+    if isinstance(true_labels, np.ndarray) and true_labels.ndim == 1 and true_labels.dtype != object:
+        return [frozenset() if t == non_landmark_label else frozenset((t,)) for t in true_labels.tolist()]
+    true_labels = list(true_labels)
+    if len(true_labels) != num_queries:
+        raise ValueError(f"true_labels must have one entry per query ({num_queries}), got {len(true_labels)}")
+    out = []
+    for truth in true_labels:
+        if isinstance(truth, (str, bytes)) or not hasattr(truth, "__iter__"):
+            out.append(frozenset() if truth == non_landmark_label else frozenset((truth,)))
+        else:
+            out.append(frozenset(t for t in truth if t != non_landmark_label))
+    return out
+
+
+def gap_from_predictions(predicted_labels, confidences, true_labels, *, non_landmark_label=-1,
+                         ignore_non_landmark_queries: bool = False) -> float:
+    r"""Global Average Precision (GAP, micro-AP; Weyand et al. 2020, "Google Landmarks Dataset v2", the
+    Kaggle landmark recognition challenges 2018-2021) from at most one (label, confidence) prediction per query:
+
+    .. math:: \mathrm{GAP} = \frac{1}{M}\sum_{i=1}^{N} P(i)\,\mathrm{rel}(i)
+
+    with the N predictions of all queries sorted by confidence (descending; ties keep the query order, as the
+    challenge's stable sort does), M the number of queries that show a landmark, P(i) the precision over the
+    first i predictions and rel(i) = 1 when the i-th prediction is one of its query's true labels. A query
+    predicted ``non_landmark_label`` (or with a NaN confidence) made no prediction: it is not among the N, so
+    abstaining on a non-landmark costs nothing while a confident guess on one lowers every later precision.
+    With ``ignore_non_landmark_queries`` the predictions on non-landmark queries are left out as well (the
+    challenge code's ``ignore_non_gt_test_images``).
+
+    Args:
+        predicted_labels: (Q,) one label per query (``non_landmark_label``: none).
+        confidences: (Q,) floats, higher = surer.
+        true_labels: (Q,) labels (``non_landmark_label``: not a landmark), or a sequence of Q collections of
+            labels (empty: not a landmark).
+
+    Example:
+        >>> # sorted: right (0.9), a guess on a non-landmark (0.8), right (0.7), wrong (0.6); M = 3
+        >>> round(gap_from_predictions([1, 5, 2, 9], [0.9, 0.8, 0.7, 0.6], [1, -1, 2, 3]), 4)  # (1 + 2/3) / 3
+        0.5556
+        >>> round(gap_from_predictions([1, -1, 2, 9], [0.9, 0.8, 0.7, 0.6], [1, -1, 2, 3]), 4)  # abstained
+        0.6667
+    """
+    predicted_labels = np.asarray(predicted_labels)
     confidences = np.asarray(confidences, dtype=np.float64)
-    if not (predicted_labels.shape == true_labels.shape == confidences.shape) or predicted_labels.ndim != 1:
-        raise ValueError(f"predicted_labels {predicted_labels.shape}, confidences {confidences.shape} and "
-                         f"true_labels {true_labels.shape} must be 1-D and the same length")
-    num_landmark = int((true_labels != non_landmark_label).sum())
+    if predicted_labels.ndim != 1 or confidences.shape != predicted_labels.shape:
+        raise ValueError(f"predicted_labels {predicted_labels.shape} and confidences {confidences.shape} must be "
+                         f"1-D and the same length")
+    truths = _truth_sets(np.asarray(true_labels) if not isinstance(true_labels, (list, tuple)) else true_labels,
+                         len(predicted_labels), non_landmark_label)
+    if len(truths) != len(predicted_labels):
+        raise ValueError(f"true_labels has {len(truths)} entries but there are {len(predicted_labels)} predictions")
+    num_landmark = sum(1 for t in truths if t)
     if num_landmark == 0:
         return float("nan")
-    order = np.argsort(-confidences, kind="stable")
-    correct = (predicted_labels[order] == true_labels[order]) & (true_labels[order] != non_landmark_label)
+    made = (predicted_labels != non_landmark_label) & ~np.isnan(confidences)
+    if ignore_non_landmark_queries:
+        made &= np.array([bool(t) for t in truths])
+    order = np.flatnonzero(made)[np.argsort(-confidences[made], kind="stable")]
+    as_python = predicted_labels.tolist()  # numpy scalars -> Python values, comparable with the truth sets
+    correct = np.array([as_python[i] in truths[i] for i in order], dtype=bool)
     precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
     return float((precision * correct).sum() / num_landmark)
 
 
+def gap_from_solution(predictions, solution, *, ignore_non_landmark_queries: bool = False) -> float:
+    """GAP (see ``gap_from_predictions``) in the challenge's own terms: ``predictions`` maps a query id to
+    ``(label, confidence)`` (a query missing from it, or mapped to None, made no prediction) and ``solution``
+    maps every scored query id to the collection of its landmark ids (empty: not a landmark). A prediction for
+    a query the solution does not score is a ValueError, as in the challenge code.
+
+    Example:
+        >>> solution = {"q1": {"7"}, "q2": set(), "q3": {"4", "5"}}
+        >>> round(gap_from_solution({"q1": ("7", 0.5), "q2": ("3", 0.9), "q3": ("5", 0.2)}, solution), 4)
+        0.5833
+    """
+    unknown = [key for key in predictions if key not in solution]
+    if unknown:
+        raise ValueError(f"{len(unknown)} predicted query id(s) are not in the solution, e.g. {unknown[:3]}")
+    keys = list(solution)
+    labels, confidences = [], []
+    for key in keys:
+        prediction = predictions.get(key)
+        if prediction is None:
+            labels.append(None)
+            confidences.append(np.nan)
+        else:
+            label, confidence = prediction
+            labels.append(label)
+            confidences.append(float(confidence))
+    predicted = np.empty(len(keys), dtype=object)
+    predicted[:] = labels
+    return gap_from_predictions(predicted, confidences, [solution[key] for key in keys], non_landmark_label=None,
+                                ignore_non_landmark_queries=ignore_non_landmark_queries)
+
+
+def map_at_k_from_predictions(predictions, solution, *, k: int = 100) -> float:
+    r"""The Google Landmarks retrieval challenges' mAP@K (Weyand et al. 2020; K = 100):
+
+    .. math:: \mathrm{mAP@K} = \frac{1}{Q}\sum_{q=1}^{Q} \frac{1}{\min(m_q, K)}\sum_{i=1}^{\min(n_q, K)} P_q(i)\,
+              \mathrm{rel}_q(i)
+
+    over the Q queries of ``solution`` (query id -> collection of relevant index ids, ``m_q`` of them),
+    ``predictions`` mapping a query id to its ranked index ids (``n_q``; a query missing from it scores 0). A
+    repeated id is skipped but keeps its rank, as in the challenge code. Queries whose solution is empty are a
+    ValueError (the challenge scores only queries with relevant images).
+
+    Example:
+        >>> solution = {"q1": ["a", "c"], "q2": ["b"]}
+        >>> predictions = {"q1": ["a", "b", "c"], "q2": ["c", "b"]}
+        >>> round(map_at_k_from_predictions(predictions, solution, k=100), 4)  # ((1 + 2/3) / 2 + 1/2) / 2
+        0.6667
+    """
+    k = check_positive_int("k", k)
+    unknown = [key for key in predictions if key not in solution]
+    if unknown:
+        raise ValueError(f"{len(unknown)} predicted query id(s) are not in the solution, e.g. {unknown[:3]}")
+    if not solution:
+        return float("nan")
+    total = 0.0
+    for key, relevant in solution.items():
+        relevant = set(relevant)
+        if not relevant:
+            raise ValueError(f"query {key!r} has no relevant index image; mAP@{k} scores only queries that have some")
+        seen: set = set()
+        hits, ap = 0, 0.0
+        for rank, item in enumerate(list(predictions.get(key, ()))[:k], start=1):
+            if item in seen:
+                continue
+            seen.add(item)
+            if item in relevant:
+                hits += 1
+                ap += hits / rank
+        total += ap / min(len(relevant), k)
+    return total / len(solution)
+
+
 def revisited_ap(ranked_ids, positive_ids, junk_ids) -> float:
-    """AP of one query in the revisited Oxford/Paris protocol (Radenovic et al. 2018, "Revisiting Oxford and
+    r"""AP of one query in the revisited Oxford/Paris protocol (Radenovic et al. 2018, "Revisiting Oxford and
     Paris"): junk images are removed from the ranking, then precision is averaged over recall steps with
     the trapezoid rule, as in the benchmark's evaluation code: for the j-th positive (0-based) at rank
-    r_j (0-based, junk removed), AP += (j / r_j + (j + 1) / (r_j + 1)) / (2 * num_positives), with
-    j / r_j taken as 1 when r_j = 0."""
+    r_j (0-based, junk removed),
+
+    .. math:: \mathrm{AP} = \frac{1}{|P|}\sum_j \frac{1}{2}\Big(\frac{j}{r_j} + \frac{j + 1}{r_j + 1}\Big)
+
+    with j / r_j taken as 1 when r_j = 0. A positive missing from ``ranked_ids`` adds nothing.
+
+    Example:
+        >>> revisited_ap([7, 1, 5, 2], positive_ids=[1, 2], junk_ids=[7])  # ranks 0 and 2 once 7 is gone
+        0.7916666666666666
+    """
     positive, junk = set(np.asarray(positive_ids).tolist()), set(np.asarray(junk_ids).tolist())
     if not positive:
         return float("nan")
@@ -375,25 +532,31 @@ def revisited_ap(ranked_ids, positive_ids, junk_ids) -> float:
     return ap / len(positive)
 
 
-def revisited_oxford_paris(query_embeddings, gallery_embeddings, ground_truth, *, ks=(1, 5, 10),
-                           metric: str = "cosine") -> dict[str, float]:
-    """The revisited Oxford/Paris easy / medium / hard protocol (Radenovic et al. 2018).
+REVISITED_SETTINGS = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
+                      "hard": (("hard",), ("junk", "easy"))}
 
-    ``ground_truth`` has one dict per query with gallery-index lists ``"easy"``, ``"hard"`` and ``"junk"``.
-    Easy: positives = easy, ignored = junk + hard. Medium: positives = easy + hard, ignored = junk. Hard:
-    positives = hard, ignored = junk + easy. Returns ``{"<setting>/map": ..., "<setting>/mp@k": ...}``
-    (queries without positives in a setting are skipped); mP@k counts positives among the first k
-    non-ignored images.
+
+def revisited_from_rankings(ranking, ground_truth, *, ks=(1, 5, 10)) -> dict[str, float]:
+    """The revisited Oxford/Paris scores of given rankings (Radenovic et al. 2018): ``ranking`` (Q, n) gallery
+    indices per query, best first (e.g. after query expansion or DBA); ``ground_truth`` as in
+    ``revisited_oxford_paris``. Easy: positives = easy, ignored = junk + hard. Medium: positives = easy + hard,
+    ignored = junk. Hard: positives = hard, ignored = junk + easy. Queries without positives in a setting are
+    skipped; mP@k counts positives among the first k non-ignored images.
+
+    Example:
+        >>> gt = [{"easy": [0], "hard": [2], "junk": [1]}]
+        >>> out = revisited_from_rankings([[2, 1, 0, 3]], gt, ks=(1,))
+        >>> out["easy/map"], out["hard/map"], round(out["medium/map"], 4)  # medium: positives at ranks 0, 1
+        (1.0, 1.0, 1.0)
     """
-    gallery = as_embeddings("gallery_embeddings", gallery_embeddings)
-    queries = as_embeddings("query_embeddings", query_embeddings, dim=gallery.shape[1])
-    if len(ground_truth) != len(queries):
-        raise ValueError(f"ground_truth must have one entry per query ({len(queries)}), got {len(ground_truth)}")
-    ranking = knn(queries, gallery, k=len(gallery), metric=metric, exclude_self=False).ids
-    settings = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
-                "hard": (("hard",), ("junk", "easy"))}
+    ranking = np.asarray(ranking)
+    if ranking.ndim != 2:
+        raise ValueError(f"ranking must be (queries, ranked gallery indices), got shape {ranking.shape}")
+    if len(ground_truth) != len(ranking):
+        raise ValueError(f"ground_truth must have one entry per query ({len(ranking)}), got {len(ground_truth)}")
+    ks = [check_positive_int("ks", k) for k in ks]
     out: dict[str, float] = {}
-    for name, (pos_keys, junk_keys) in settings.items():
+    for name, (pos_keys, junk_keys) in REVISITED_SETTINGS.items():
         aps, precisions = [], {k: [] for k in ks}
         for row, gt in zip(ranking, ground_truth):
             positive = [i for key in pos_keys for i in gt.get(key, [])]
@@ -408,3 +571,27 @@ def revisited_oxford_paris(query_embeddings, gallery_embeddings, ground_truth, *
         for k in ks:
             out[f"{name}/mp@{k}"] = float(np.mean(precisions[k])) if precisions[k] else float("nan")
     return out
+
+
+def revisited_oxford_paris(query_embeddings, gallery_embeddings, ground_truth, *, ks=(1, 5, 10),
+                           metric: str = "cosine") -> dict[str, float]:
+    """The revisited Oxford/Paris easy / medium / hard protocol (Radenovic et al. 2018) on embeddings: the
+    whole gallery is ranked exactly, then scored by ``revisited_from_rankings``.
+
+    ``ground_truth`` has one dict per query with gallery-index lists ``"easy"``, ``"hard"`` and ``"junk"``.
+    Returns ``{"<setting>/map": ..., "<setting>/mp@k": ...}``.
+
+    Example:
+        >>> import numpy as np
+        >>> g = np.eye(4, dtype=np.float32)
+        >>> q = np.array([[1, 0.5, 0.2, 0]], dtype=np.float32)  # ranking 0, 1, 2, 3
+        >>> out = revisited_oxford_paris(q, g, [{"easy": [0], "hard": [2], "junk": [1]}], ks=(1,))
+        >>> out["easy/map"], out["hard/map"], out["medium/map"]
+        (1.0, 1.0, 1.0)
+    """
+    gallery = as_embeddings("gallery_embeddings", gallery_embeddings)
+    queries = as_embeddings("query_embeddings", query_embeddings, dim=gallery.shape[1])
+    if len(ground_truth) != len(queries):
+        raise ValueError(f"ground_truth must have one entry per query ({len(queries)}), got {len(ground_truth)}")
+    ranking = knn(queries, gallery, k=len(gallery), metric=metric, exclude_self=False).ids
+    return revisited_from_rankings(ranking, ground_truth, ks=ks)
