@@ -1,13 +1,7 @@
 import numpy as np
 import pytest
 
-
-def clustered(n: int, dim: int, seed: int, clusters: int = 50) -> np.ndarray:
-    """Unit vectors around random centres, so nearest neighbours are well separated from the rest."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.4 * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from index_reference import clustered
 
 
 @pytest.fixture(scope="session")

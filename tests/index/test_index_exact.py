@@ -8,11 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import clustered
 from deepmetric.index import build_index, load_index
 from deepmetric.index.base import SMALL_SUBSET
 from deepmetric.index.exact import ExactIndex
-from index_reference import brute_force, lane_scores, ranked
+from index_reference import brute_force, clustered, lane_scores, ranked
 
 METRICS = ["cosine", "dot", "euclidean"]
 CANONICAL = {"ip": "dot", "l2": "euclidean"}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmetric.distances import canonical_metric
 from deepmetric.eval.verification import as_pairs, bootstrap_ci, check_rate, far_supported, threshold_at_far
 
 
@@ -20,7 +21,9 @@ def calibrate_threshold(scores, same, *, target_far: float = 1e-3, metric: str =
     Args:
         scores: (P,) similarity of each pair (higher = more alike). same: (P,) genuine flags.
         target_far: wanted false accept rate; needs at least 1/target_far impostor pairs.
-        metric: the similarity the scores were computed with, stored for readers of the calibration.
+        metric: the similarity the scores were computed with (``cosine``, ``dot`` or ``euclidean``; the
+            aliases ``ip`` and ``l2`` are stored as ``dot`` and ``euclidean``), stored for readers of the
+            calibration.
 
     Returns:
         {"metric", "threshold", "target_far", "threshold_ci": [lo, hi], "num_genuine", "num_impostor",
@@ -33,7 +36,10 @@ def calibrate_threshold(scores, same, *, target_far: float = 1e-3, metric: str =
         >>> same = np.r_[np.ones(500, bool), np.zeros(5000, bool)]
         >>> round(calibrate_threshold(scores, same, target_far=1e-2)["threshold"], 2)
         0.33
+        >>> calibrate_threshold(scores, same, target_far=1e-2, metric="ip", num_bootstrap=10)["metric"]
+        'dot'
     """
+    metric = canonical_metric(metric)
     scores, same = as_pairs(scores, same)
     num_impostor, num_genuine = int((~same).sum()), int(same.sum())
     target_far = check_rate("target_far", target_far)
