@@ -13,6 +13,7 @@ from deepmetric.data.transforms import validate_preprocessing
 from test_data_faces import make_lfw, pack, png_bytes, write_rec
 from test_data_glyphs import FONTS
 from test_data_table import make_images
+from test_landmarks_data import write_gldv2, write_revisited
 
 
 def args_for(name, tmp_path):
@@ -31,6 +32,10 @@ def args_for(name, tmp_path):
     if name == "insightface_rec":
         write_rec(tmp_path, [(k, pack(float(k % 2), png_bytes(k))) for k in range(4)])
         return {"root": str(tmp_path), "image_size": 16}
+    if name == "gldv2":
+        return {"root": str(write_gldv2(tmp_path)), "image_size": 16}
+    if name == "revisited":
+        return {"ground_truth": str(write_revisited(tmp_path)), "image_size": 16}
     if name == "fashion_mnist" and not fashion_mnist_available():
         pytest.skip("dataset-fashion-mnist is not installed")
     if name == "glyphs":
