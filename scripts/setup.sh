@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  dataset-fashion-mnist fontconfig
+  dataset-fashion-mnist fontconfig unicode-data
   fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-noto-core fonts-noto-cjk
   fonts-arphic-ukai fonts-arphic-uming fonts-arphic-bkai00mp fonts-arphic-bsmi00lp fonts-arphic-gkai00mp fonts-arphic-gbsn00lp
   fonts-wqy-microhei fonts-wqy-zenhei fonts-droid-fallback fonts-ipafont-gothic fonts-ipafont-mincho
