@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from deepmetric.cli import app
 from deepmetric.gallery import Gallery
+from deepmetric.service.cli import exposure
 from deepmetric.service.process import stop
+from deepmetric.service.settings import LOOPBACK_HOSTS
 
 
 @pytest.fixture
@@ -62,21 +64,20 @@ def test_taken_port_is_a_one_line_error(vector_gallery_folder):
     assert result.exit_code == 2 and result.output.startswith("error: cannot listen on 127.0.0.1:"), result.output
 
 
-def test_port_0_prints_the_real_port_and_a_network_bind_warns(vector_gallery_folder, tmp_path):
+def test_port_0_prints_the_real_port(vector_gallery_folder, tmp_path):
     log = tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as output:
         process = subprocess.Popen([sys.executable, "-m", "deepmetric.cli", "serve", "--gallery",
-                                    str(vector_gallery_folder), "--host", "0.0.0.0", "--port", "0", "--api-key",
+                                    str(vector_gallery_folder), "--host", "127.0.0.1", "--port", "0", "--api-key",
                                     "cli-key", "--log-level", "warning"], stdout=output, stderr=output, env=env)
     try:
         deadline = time.monotonic() + 120
-        while not (found := re.search(r"on http://0\.0\.0\.0:(\d+)", log.read_text())):
+        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+)", log.read_text())):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         port = int(found.group(1))
-        assert port != 0
-        assert "warning: --host 0.0.0.0 exposes the gallery" in log.read_text()
+        assert port != 0 and "warning" not in log.read_text()
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
@@ -87,3 +88,25 @@ def test_port_0_prints_the_real_port_and_a_network_bind_warns(vector_gallery_fol
                 time.sleep(0.2)
     finally:
         stop(process)
+
+
+def test_a_bind_beyond_loopback_warns_and_allows_its_own_address():
+    # Checked without listening on the network: tests bind loopback only.
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert exposure(host, ()) == (LOOPBACK_HOSTS, None), host
+    hosts, warning = exposure("0.0.0.0", ("gallery.lan",))
+    assert hosts == (*LOOPBACK_HOSTS, "gallery.lan")
+    assert warning.startswith("warning: --host 0.0.0.0 exposes the gallery") and "--allowed-host" in warning
+    hosts, warning = exposure("192.168.1.20", ())
+    assert hosts == (*LOOPBACK_HOSTS, "192.168.1.20") and "192.168.1.20" in warning
+
+
+def test_options_are_checked_before_a_key_is_printed_or_the_gallery_created(tmp_path):
+    for arguments, message in ((["--read-key", "same", "--api-key", "same"], "read_key must differ"),
+                               (["--allowed-host", ""], "allowed_hosts"),
+                               (["--log-level", "loud"], "--log-level must be one of"),
+                               (["--detector", "cnn"], "--detector must be one of")):
+        result = CliRunner().invoke(app, ["serve", "--gallery", str(tmp_path / "new"), *arguments])
+        assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, \
+            result.output
+        assert "API key" not in result.output and not (tmp_path / "new").exists()

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -90,32 +91,36 @@ def serve(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve the recognition API (OpenAPI docs at /docs) and the web page at /."""
-    import uvicorn
+    import uvicorn.config
 
+    from deepmetric.faces.detection import DETECTORS
     from deepmetric.gallery.cli import open_gallery
     from deepmetric.service.app import create_app
+    from deepmetric.service.settings import ServiceSettings
+    from deepmetric.validation import check_choice
 
+    # Everything is checked before the port is bound, the gallery opened or a key printed.
     _check_options(gallery, port, max_upload_mb, max_megapixels, workers, request_timeout)
-    hosts = (*LOOPBACK_HOSTS, *(allowed_host or ()))
-    if not is_loopback(host):
-        if host not in ("0.0.0.0", "::"):  # a concrete address is a name clients may use; no rebinding risk
-            hosts = (*hosts, host.strip("[]"))
-        typer.echo(f"warning: --host {host} exposes the gallery (biometric data) beyond this machine: put TLS in "
-                   f"front, keep reads keyed (no --public-reads) and name the hosts clients use with "
-                   f"--allowed-host (now: {', '.join(hosts)})", err=True)
+    hosts, warning = exposure(host, allowed_host or ())
+    generated = not api_key
+    options = dict(api_key=api_key or secrets.token_urlsafe(18), read_key=read_key or None,
+                   public_reads=public_reads, allowed_hosts=hosts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                   max_pixels=int(max_megapixels * 1e6), workers=workers, request_timeout=request_timeout,
+                   keep_photo_metadata=keep_photo_metadata)
+    try:
+        check_choice("--detector", detector, DETECTORS)
+        check_choice("--log-level", log_level, tuple(uvicorn.config.LOG_LEVELS))
+        ServiceSettings(**options)
+    except (TypeError, ValueError) as error:
+        _fail(str(error))
+    if warning:
+        typer.echo(warning, err=True)
     listening = bind(host, port)
     opened = open_gallery(gallery, model=model, faces=faces, detector=detector, threshold=threshold, create=True)
     try:
-        if not api_key:
-            api_key = secrets.token_urlsafe(18)
-            typer.echo(f"API key (X-API-Key header): {api_key}", err=True)
-        try:
-            app = create_app(opened, api_key=api_key, read_key=read_key or None, public_reads=public_reads,
-                             allowed_hosts=hosts, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_pixels=int(max_megapixels * 1e6), workers=workers, request_timeout=request_timeout,
-                             keep_photo_metadata=keep_photo_metadata)
-        except (TypeError, ValueError) as error:
-            _fail(str(error))
+        if generated:
+            typer.echo(f"API key (X-API-Key header): {options['api_key']}", err=True)
+        app = create_app(opened, **options)
         bound_port = listening.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"serving {gallery} ({len(opened)} identities) on http://{shown}:{bound_port}  "
@@ -125,6 +130,19 @@ def serve(
     finally:
         listening.close()
         opened.close()
+
+
+def exposure(host: str, allowed_hosts: Sequence[str]) -> tuple[tuple[str, ...], str | None]:
+    """The Host names a service bound to ``host`` answers (loopback names, ``allowed_hosts``, and a concrete
+    non-loopback address), and the warning to print when ``host`` reaches beyond this machine (else None)."""
+    hosts = (*LOOPBACK_HOSTS, *allowed_hosts)
+    if is_loopback(host):
+        return hosts, None
+    if host not in ("0.0.0.0", "::"):  # a concrete address is a name clients may use; no rebinding risk
+        hosts = (*hosts, host.strip("[]"))
+    return hosts, (f"warning: --host {host} exposes the gallery (biometric data) beyond this machine: put TLS in "
+                   f"front, keep reads keyed (no --public-reads) and name the hosts clients use with "
+                   f"--allowed-host (now: {', '.join(hosts)})")
 
 
 def register(app: typer.Typer) -> None:
