@@ -64,14 +64,14 @@ def _commands():
     return list(walk(typer.main.get_command(app), []))
 
 
-#: Not walked yet: with one bad value these may start real work (a benchmark, training, a server) before
-#: checking it; ``index bench`` runs a 1M-vector benchmark before it checks --k, --queries and --dim.
-UNCHECKED = {"index bench", "train", "embed", "evaluate", "serve"}
-COMMANDS = [(path, command) for path, command in _commands() if " ".join(path) not in UNCHECKED]
+COMMANDS = _commands()
 #: Options that write where they are told (they are not inputs, so a bad-input case leaves them valid).
 OUTPUTS = {"output", "out", "report", "plot", "folder"}
-#: Paths a command creates.
-CREATED = {"gallery create": {"gallery"}}
+#: Paths a command creates (``serve`` creates a missing gallery, then serves it).
+CREATED = {"gallery create": {"gallery"}, "serve": {"gallery"}}
+#: Optional inputs given good values too, so that the one bad value is what a command refuses (without --labels,
+#: ``evaluate`` of a .npy would refuse every case for that instead).
+ALSO_GIVEN = {"evaluate": {"labels"}}
 #: Numeric options for which a negative number is a valid value.
 NEGATIVE_OK = {"threshold"}  # a cosine similarity: -1 is valid, -2 is not
 
@@ -107,23 +107,47 @@ def _invocation(path, command, values) -> list[str]:
 def inputs(tmp_path_factory):
     """Good inputs (so one bad value at a time is what fails) and bad ones."""
     from deepmetric.gallery import Gallery
+    from deepmetric.models import build_embedder
 
     folder = tmp_path_factory.mktemp("cli")
     (folder / "text.npy").write_text("hello, not numbers\n")
     (folder / "a_folder").mkdir()
     np.save(folder / "x.npy", np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
     np.save(folder / "labels.npy", np.arange(20) % 4)
-    Gallery.create(folder / "gallery", embedding_dim=4, model_stamp="cli-test").close()
+    with Gallery.create(folder / "gallery", embedding_dim=4, model_stamp="cli-test",
+                        model_config={"calibration": {"metric": "cosine", "threshold": 0.5}}) as gallery:
+        gallery.enroll("someone", embeddings=np.eye(4)[:1])  # so commands on an identity reach their options
+    build_embedder({"backbone": {"name": "small_cnn", "args": {"width": 8}}, "embedding_dim": 4,
+                    "preprocessing": {"image_size": [16, 16], "channels": 3, "mean": [0.5] * 3,
+                                      "std": [0.5] * 3}}).save(folder / "model")
     assert _run("index", "build", folder / "x.npy", "-o", folder / "index").exit_code == 0
     return folder
 
 
-def _good(name: str, folder) -> str:
+#: Good values that depend on the command: a new identity to enrol, a data set that exists, an output file type.
+GOOD = {"gallery enroll": {"identity_id": "newcomer"}, "datasets show": {"name": "digits"},
+        "embed": {"output": "out-embeddings.npy"}}
+
+
+def _good(command: str, param, folder) -> str:
+    name = param.name
+    if name in GOOD.get(command, {}):
+        value = GOOD[command][name]
+        return str(folder / value) if name in OUTPUTS else value
     known = {"gallery": folder / "gallery", "index_path": folder / "index", "labels": folder / "labels.npy",
-             "identity_id": "someone", "name": "someone", "model": "dlib-face"}
+             "identity_id": "someone", "name": "someone",
+             # a model folder where a path is wanted (embed), a registered face model's name where text is
+             "model": folder / "model" if _is_path(param) else "dlib-face"}
     if name in OUTPUTS:
         return str(folder / f"out-{name}")
     return str(known.get(name, folder / "x.npy"))
+
+
+def _names_the_problem(message: str, param, bad: str) -> bool:
+    """Whether a refusal names what was wrong: the option (``--batch-size``, ``batch_size``, ``BATCH_SIZE``)
+    or the bad path."""
+    spellings = {param.name, param.name.upper(), param.name.replace("_", "-"), *param.opts}
+    return any(spelling in message for spelling in spellings) or bad in message.replace(" ", "")
 
 
 BAD_PATHS = {"missing file": "missing/nothing.npy", "folder for a file": "a_folder", "text for .npy": "text.npy"}
@@ -131,23 +155,28 @@ BAD_PATHS = {"missing file": "missing/nothing.npy", "folder for a file": "a_fold
 
 @pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
 def test_every_command_refuses_bad_paths_and_negative_numbers_in_one_line(inputs, path, command):
-    required = {p.name: _good(p.name, inputs) for p in command.params if p.required}
-    outputs = OUTPUTS | CREATED.get(" ".join(path), set())
+    """Every command of the tree, with one bad value at a time: a one-line refusal naming the problem, before
+    any work (a command that started a benchmark, a training run or a server on a bad value would hang here)."""
+    name = " ".join(path)
+    given = {p.name: _good(name, p, inputs) for p in command.params if p.required or p.name in ALSO_GIVEN.get(name, ())}
+    outputs = OUTPUTS | CREATED.get(name, set())
     cases = []
     for param in command.params:
         if _is_path(param) and param.name not in outputs:
-            cases += [(f"{param.name}: {kind}", {**required, param.name: str(inputs / bad)})
+            cases += [(f"{param.name}: {kind}", param, bad, {**given, param.name: str(inputs / bad)})
                       for kind, bad in BAD_PATHS.items()]
         elif _is_number(param) and param.name not in NEGATIVE_OK:
-            cases.append((f"{param.name} = -2", {**required, param.name: "-2"}))
-    if required:
-        cases.append(("nothing given", {}))
-    for case, values in cases:
+            cases.append((f"{param.name} = -2", param, "-2", {**given, param.name: "-2"}))
+    if any(p.required for p in command.params):
+        cases.append(("nothing given", None, "", {}))
+    for case, param, bad, values in cases:
         args = _invocation(path, command, values)
         result = _run(*args)
         where = f"deepmetric {' '.join(map(str, args))} ({case})"
         message = _refused(result, where)
         assert "error:" in message or "Error" in message or "Usage:" in message, (where, message)
+        if param is not None:
+            assert _names_the_problem(message, param, bad), (where, message)
         if "error:" in message:
             line = result.output.strip().splitlines()[-1]
             assert line.startswith("error: ") and len(result.output.strip().splitlines()) <= 3, (where, message)

@@ -113,8 +113,8 @@ def show_dataset(
     output: Path = typer.Option(Path("grid.png"), "-o", "--output", help="PNG file to write"),
     split: str = typer.Option("train", help="split to show"),
     arg: list[str] = typer.Option([], "--arg", help="data set argument key=value (repeatable), e.g. root=/data"),
-    num_classes: int = typer.Option(12, help="rows (classes) in the grid"),
-    per_class: int = typer.Option(8, help="samples per class"),
+    num_classes: int = typer.Option(12, min=1, help="rows (classes) in the grid"),
+    per_class: int = typer.Option(8, min=1, help="samples per class"),
 ) -> None:
     """Write a PNG grid of samples: one row per class."""
     from deepmetric import registry

@@ -80,7 +80,15 @@ def evaluate_command(
     from rich.console import Console
 
     from deepmetric.eval.pipeline import evaluate
+    from deepmetric.validation import check_non_negative_int, check_positive_int, check_probability
 
+    # Checked whatever the protocol, before anything is read or embedded: an option the chosen protocol does not
+    # use still must not hold a wrong value.
+    check_non_negative_int("--distractors", distractors)
+    check_non_negative_int("--bootstrap", bootstrap)
+    check_positive_int("--batch-size", batch_size)
+    if calibrate_far is not None:
+        check_probability("--calibrate-far", calibrate_far, allow_zero=False, allow_one=False)
     config = evaluation_config(source=source, protocol=protocol, labels=labels, data=data,
                                data_args=_parse_data_args(data_arg), split=split, output=output, metric=metric,
                                distractors=distractors, calibrate_far=calibrate_far, index=index,

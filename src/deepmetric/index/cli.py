@@ -11,11 +11,11 @@ index_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Build, search, tune and benchmark vector indexes (exact, faiss, hnswlib, annoy).")
 
 
-def _load_matrix(path: Path, argument: str):
+def _load_matrix(path: Path, argument: str, *, mmap: bool = False):
     from deepmetric.io import load_array
 
     try:  # a missing file, another format or pickled objects: one line that says which
-        return load_array(path, what=argument.lower())
+        return load_array(path, what=argument.lower(), mmap=mmap)
     except (OSError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint=argument) from error
 
@@ -122,16 +122,35 @@ def bench_command(
     k: int = typer.Option(10, "--k", help="neighbours per query for --flat-only"),
 ) -> None:
     """Reproduce the seeds' ANN table: exact vs IVF, IVF-PQ, HNSW (faiss, hnswlib) and Annoy."""
-    from deepmetric.index.bench import compare_flat, make_embeddings, run_benchmark
+    from deepmetric.distances import canonical_metric
+    from deepmetric.index.bench import compare_flat, default_methods, make_embeddings, run_benchmark
+    from deepmetric.validation import check_choice, check_non_negative_int, check_positive_int
 
+    # Every option is checked before a vector is made: a bad one must not cost a 1M-vector benchmark first.
+    for option, value in (("--n", n), ("--dim", dim), ("--queries", queries), ("--k", k)):
+        check_positive_int(option, value)
+    check_non_negative_int("--seed", seed)
+    metric = canonical_metric(metric, "--metric")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
+    if chosen is not None:
+        # Family names, and method names that --methods can spell (a comma splits the list).
+        known = sorted({name for method in default_methods(n) for name in method[:2] if "," not in name})
+        if not chosen:
+            raise ValueError(f"--methods names no method; choose among {', '.join(known)}")
+        for method in chosen:
+            check_choice("--methods", method, known)
+    if data is not None and not flat_only:
+        rows = _load_matrix(data, "--data", mmap=True)  # memory-mapped: only the header is read
+        if rows.ndim != 2 or rows.shape[0] <= queries:
+            raise typer.BadParameter(f"expected an (N, D) matrix with more than --queries={queries} rows, got "
+                                     f"shape {rows.shape}", param_hint="--data")
     if flat_only:
         database, query_vectors = make_embeddings(n, dim, num_queries=queries, seed=seed)
         compare_flat(database, query_vectors, k=k, metric=metric, log=typer.echo)
         return
     run_benchmark(n=n, dim=dim, num_queries=queries, data=str(data) if data else None, metric=metric,
-                  methods=[m.strip() for m in methods.split(",")] if methods else None, seed=seed,
-                  report=str(report) if report else None, plot=str(plot) if plot else None,
-                  log=typer.echo)
+                  methods=chosen, seed=seed, report=str(report) if report else None,
+                  plot=str(plot) if plot else None, log=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

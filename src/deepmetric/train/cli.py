@@ -66,7 +66,11 @@ def register(app: typer.Typer) -> None:
         from deepmetric.config import dump_config, load_config
 
         with user_errors():
-            resolved = load_config(config, overrides)
+            try:
+                resolved = load_config(config, overrides)
+            except UnicodeDecodeError as error:  # a binary file given as the config
+                raise ValueError(f"config file {str(config)!r} is not a YAML text file ({error.reason} at byte "
+                                 f"{error.start})") from None
             if print_config:
                 typer.echo(dump_config(resolved))
                 return
@@ -94,12 +98,17 @@ def register(app: typer.Typer) -> None:
         (folders expand to their images sorted by path)."""
         import numpy as np
 
-        from deepmetric.io import atomic_path
+        from deepmetric.io import atomic_path, recover_directory
         from deepmetric.models import Embedder
+        from deepmetric.validation import check_positive_int
 
-        with user_errors():
+        with user_errors():  # every option checked before the model loads
+            check_positive_int("--batch-size", batch_size)
             if output.suffix not in (".npy", ".npz"):
                 raise ValueError(f"--output must end in .npy or .npz, got {str(output)!r}")
+            if not (recover_directory(model) / "config.json").is_file():  # a folder mid-replacement is repaired
+                raise FileNotFoundError(f"MODEL {str(model)!r} is not a model folder (config.json + "
+                                        f"model.safetensors, as 'deepmetric train' writes)")
             files = collect_inputs(inputs)
             embedder = Embedder.load(model, device=device)
             embeddings = embedder.encode([str(f) for f in files], batch_size=batch_size, device=device,
