@@ -38,7 +38,7 @@ def args_for(name, tmp_path):
         return {"ground_truth": str(write_revisited(tmp_path)), "image_size": 16}
     if name == "fashion_mnist" and not fashion_mnist_available():
         pytest.skip("dataset-fashion-mnist is not installed")
-    if name == "glyphs":
+    if name in ("glyphs", "glyph_landmarks"):
         if len(FONTS) < 4:
             pytest.skip("fewer than 4 fonts installed")
         return {**registry.example("dataset", name), "cache_dir": str(tmp_path), "progress": False}

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.data.base import LabelledImages
 from deepmetric.data.table import DataTable, TableDataset
 from deepmetric.io import atomic_write_text
 from deepmetric.registry import register
-from deepmetric.validation import check_choice, check_positive_int
+from deepmetric.validation import check_choice, check_in_range, check_non_negative_float, check_positive_int
 
 #: The ``Usage`` values of the GLDv2 solution files.
 USAGES = ("Public", "Private", "Ignored")
@@ -512,3 +513,123 @@ class RevisitedOxfordParis(TableDataset):
         if self.part == "query":
             return crop_to_box(image, self.ground_truth.boxes[index])
         return image
+
+
+# -- a landmarks-like stand-in built from Glyphs ------------------------------------------------------------
+
+def zipf_counts(available: np.ndarray, *, exponent: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
+    """How many images each class keeps for a long tail: classes in a random order get
+    ``max(minimum, round(max(available) * rank^-exponent))`` images (rank 1, 2, ...), at most what they have."""
+    order = rng.permutation(len(available))
+    ranks = np.empty(len(available), np.float64)
+    ranks[order] = np.arange(1, len(available) + 1)
+    wanted = np.maximum(minimum, np.round(available.max(initial=1) * ranks ** -float(exponent))).astype(np.int64)
+    return np.minimum(wanted, available)
+
+
+def _take_per_class(labels: np.ndarray, counts: dict[int, int], rng: np.random.Generator) -> np.ndarray:
+    keep = [rng.permutation(np.flatnonzero(labels == label))[:count] for label, count in counts.items()]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+@register("dataset", "glyph_landmarks", example={"scripts": ["latin", "digits"], "min_designs": 2, "max_fonts": 6})
+class GlyphLandmarks(LabelledImages):
+    """A long-tailed training set with Google Landmarks' shape, built from Glyphs' train split (a stand-in:
+    characters play landmarks and typefaces play photos). Class sizes follow a Zipf-like law, as GLDv2's
+    images-per-class histogram does, so dynamic margins from class counts have something to act on.
+
+    Args:
+        exponent: Zipf exponent of the class sizes (0: keep everything).
+        min_per_class: smallest class kept (2 lets a P x K sampler draw pairs).
+        seed: seed of the size ranking and of which typefaces a class keeps.
+        image_size, scripts, max_cjk, min_designs, max_fonts, cache_dir, augment, progress: see ``Glyphs``
+            (its split is always ``train``).
+    """
+
+    def __init__(self, *, exponent: float = 0.8, min_per_class: int = 2, seed: int = 0, image_size: int = 32,
+                 scripts: Sequence[str] | None = None, max_cjk: int | None = None, min_designs: int = 4,
+                 max_fonts: int | None = None, cache_dir: str | None = None, augment: bool = True,
+                 progress: bool = True) -> None:
+        from deepmetric.data.glyphs import SCRIPTS, Glyphs
+
+        min_per_class = check_positive_int("min_per_class", min_per_class)
+        glyphs = Glyphs(split="train", image_size=image_size, scripts=SCRIPTS if scripts is None else scripts,
+                        max_cjk=max_cjk, min_designs=max(min_designs, min_per_class), max_fonts=max_fonts,
+                        cache_dir=cache_dir, augment=False, progress=progress)
+        rng = np.random.default_rng(seed)
+        available = np.bincount(glyphs.labels, minlength=glyphs.num_classes)
+        counts = zipf_counts(available, exponent=check_non_negative_float("exponent", exponent),
+                             minimum=min_per_class, rng=rng)
+        keep = _take_per_class(glyphs.labels, dict(enumerate(counts.tolist())), rng)
+        super().__init__(glyphs.images[keep], glyphs.original_labels[keep],
+                         class_names=dict(zip(glyphs.class_ids, glyphs.class_names)),
+                         preprocessing=glyphs.preprocessing, augment=augment, hflip=False)
+        self.font_index = glyphs.font_index[keep]
+
+
+@dataclass(frozen=True)
+class LandmarksLikeSplit:
+    """Positions into an evaluation set (unseen classes) laid out as a GLDv2 recognition test: ``index`` images
+    of landmark classes (long-tailed counts), ``queries`` in other typefaces, a ``non_landmark_share`` of them
+    from classes that have no index image, and ``distractors`` from further classes that are neither (the known
+    non-landmark set). ``query_truth`` is each query's class, -1 for a non-landmark."""
+
+    index: np.ndarray
+    queries: np.ndarray
+    distractors: np.ndarray
+    query_truth: np.ndarray
+
+    @property
+    def non_landmark_share(self) -> float:
+        return float((self.query_truth < 0).mean())
+
+
+def landmarks_like_split(labels: np.ndarray, *, landmark_fraction: float = 0.4,
+                         distractor_fraction: float = 0.3, non_landmark_share: float = 0.6,
+                         exponent: float = 1.0, seed: int = 0) -> LandmarksLikeSplit:
+    """Lay an evaluation set's ``labels`` (one per image; in Glyphs each image of a class is another typeface) out
+    as a GLDv2 recognition test (see
+    ``LandmarksLikeSplit``): a ``landmark_fraction`` of the classes are landmarks with Zipf-like index counts
+    (at least one typeface left for one query each), a ``distractor_fraction`` give the distractor set, and the
+    rest give the non-landmark queries, as many as make ``non_landmark_share`` of all queries.
+
+    Example:
+        >>> split = landmarks_like_split(np.repeat(np.arange(10), 4), landmark_fraction=0.4,
+        ...                              distractor_fraction=0.3, non_landmark_share=0.5)
+        >>> len(split.queries), split.non_landmark_share, len(split.distractors)
+        (8, 0.5, 12)
+    """
+    labels = np.asarray(labels)
+    for name, value in (("landmark_fraction", landmark_fraction), ("distractor_fraction", distractor_fraction),
+                        ("non_landmark_share", non_landmark_share)):
+        check_in_range(name, value, 0, 1, low_inclusive=False, high_inclusive=False)
+    if landmark_fraction + distractor_fraction >= 1:
+        raise ValueError(f"landmark_fraction + distractor_fraction must leave classes for non-landmark queries, "
+                         f"got {landmark_fraction} + {distractor_fraction}")
+    rng = np.random.default_rng(seed)
+    classes, available = np.unique(labels, return_counts=True)
+    usable = classes[available >= 2]  # a landmark needs an index image and a query
+    order = rng.permutation(classes)
+    num_landmarks = max(1, int(round(len(classes) * landmark_fraction)))
+    landmarks = [c for c in order if c in set(usable.tolist())][:num_landmarks]
+    rest = [c for c in order if c not in set(landmarks)]
+    num_distractor = max(1, int(round(len(classes) * distractor_fraction)))
+    distractor_classes, non_landmark_classes = rest[:num_distractor], rest[num_distractor:]
+    sizes = np.array([int((labels == c).sum()) - 1 for c in landmarks])
+    index_counts = zipf_counts(sizes, exponent=exponent, minimum=1, rng=rng)
+    index, queries = [], []
+    for label, count in zip(landmarks, index_counts.tolist()):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        index.extend(members[:count].tolist())
+        queries.append(int(members[count]))
+    pool = rng.permutation(np.flatnonzero(np.isin(labels, non_landmark_classes)))
+    wanted = int(round(len(queries) * non_landmark_share / (1 - non_landmark_share)))
+    if wanted > len(pool):
+        raise ValueError(f"non_landmark_share={non_landmark_share} needs {wanted} non-landmark queries but the "
+                         f"{len(non_landmark_classes)} non-landmark classes have {len(pool)} images; lower it or "
+                         f"the landmark and distractor fractions")
+    queries.extend(pool[:wanted].tolist())
+    query_index = np.asarray(queries, np.int64)
+    truth = np.where(np.isin(labels[query_index], landmarks), labels[query_index], -1).astype(np.int64)
+    distractors = np.flatnonzero(np.isin(labels, distractor_classes))
+    return LandmarksLikeSplit(np.sort(np.asarray(index, np.int64)), query_index, distractors, truth)
