@@ -373,7 +373,7 @@ def test_sampled_head_through_the_registry():
     (lambda: CenterLoss(embedding_dim=4, num_classes=3, center_update="momentum"), "center_update must be one of"),
     (lambda: AdaCosLoss(embedding_dim=4, num_classes=2), "num_classes >= 3"),
     (lambda: SubCenterArcFaceLoss(embedding_dim=4, num_classes=3, num_subcenters=0), "num_subcenters must be"),
-    (lambda: ArcFaceLoss(embedding_dim=4, num_classes=3, head="sharded"), "head must be one of"),
+    (lambda: ArcFaceLoss(embedding_dim=4, num_classes=3, head="partial"), "head must be one of"),
 ])
 def test_bad_arguments(build, message):
     with pytest.raises(ValueError, match=message):

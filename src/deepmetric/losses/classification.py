@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from deepmetric.losses.base import BaseLoss
 from deepmetric.losses.heads import (
+    HEADS,
     ClassCentreHead,
     HeadOutput,
     adacos_dynamic_scale,
@@ -23,6 +24,7 @@ from deepmetric.losses.heads import (
     identity_margin,
 )
 from deepmetric.losses.margins import annealed_sphere_psi, arc_margin, combined_margin, cosine_margin
+from deepmetric.losses.partial_fc import ShardedClassCentreHead
 from deepmetric.reducers import zero_loss
 from deepmetric.registry import register
 from deepmetric.types import Pairs, Triplets
@@ -60,8 +62,10 @@ class ClassCentreLoss(BaseLoss):
 
     Args:
         embedding_dim: ``D``; num_classes: ``C``.
-        head: ``"full"`` or ``"sampled"`` (PartialFC: all batch classes + a random ``sample_rate``
-            fraction of the others in the denominator while training).
+        head: ``"full"``, ``"sampled"`` (PartialFC: all batch classes + a random ``sample_rate``
+            fraction of the others in the denominator while training) or ``"sharded"`` (PartialFC with
+            the classes split across the ``torch.distributed`` processes, ``ShardedClassCentreHead``;
+            the loss is then the mean over the global batch).
         sample_rate: fraction of classes for the sampled head.
         chunk_size: classes per chunk of the streamed cross-entropy (None: automatic).
     """
@@ -73,9 +77,10 @@ class ClassCentreLoss(BaseLoss):
                  normalize_weight: bool = True, bias: bool = False, head: str = "full", sample_rate: float = 0.1,
                  chunk_size: int | None = None) -> None:
         super().__init__()
-        self.head = ClassCentreHead(embedding_dim=embedding_dim, num_classes=num_classes,
-                                    num_subcenters=num_subcenters, normalize_weight=normalize_weight, bias=bias,
-                                    head=head, sample_rate=sample_rate, chunk_size=chunk_size)
+        common = dict(embedding_dim=embedding_dim, num_classes=num_classes, num_subcenters=num_subcenters,
+                      normalize_weight=normalize_weight, bias=bias, sample_rate=sample_rate, chunk_size=chunk_size)
+        self.head = (ShardedClassCentreHead(**common) if check_choice("head", head, (*HEADS, "sharded")) == "sharded"
+                     else ClassCentreHead(head=head, **common))
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
 
@@ -102,10 +107,14 @@ class ClassCentreLoss(BaseLoss):
 
     def compute(self, embeddings, labels, *, mined, ref_embeddings, ref_labels) -> torch.Tensor:
         weights = mined_weights(mined, embeddings.shape[0], embeddings)
-        if embeddings.shape[0] == 0 or (weights is not None and not bool(weights.any())):
+        sharded = isinstance(self.head, ShardedClassCentreHead)  # every process must join its collectives
+        if not sharded and (embeddings.shape[0] == 0 or (weights is not None and not bool(weights.any()))):
             return zero_loss(embeddings)
         losses = self.head_output(embeddings, labels).losses
         extra = self.extra_losses(embeddings, labels)
+        if sharded:  # per-sample terms of the global batch, in the head's rank order
+            extra = None if extra is None else self.head.gather(extra)
+            weights = None if weights is None else self.head.gather(weights)
         if extra is not None:
             losses = losses + extra
         if weights is not None:

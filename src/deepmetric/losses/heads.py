@@ -15,6 +15,10 @@ pass recomputes each chunk's logits (four matrix products in all, instead of thr
 implementation that keeps the (B, C) probabilities) and writes that chunk's rows of the weight
 gradient. The margin touches only the ``B`` target values, and its derivative
 is taken exactly with autograd on those ``B`` values.
+
+The same engine serves a head whose classes are split across processes
+(``deepmetric.losses.partial_fc``): each process streams over its own classes, and a ``Reductions``
+object sums the partial denominators (and takes the maximum of the log-sum-exp bound) across them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,37 @@ def identity_margin(cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def default_chunk_size(batch_size: int, num_subcenters: int = 1) -> int:
     """Classes per chunk so that a (B, chunk * K) block holds about 1 Mi elements."""
     return max(256, _CHUNK_ELEMENTS // max(1, batch_size * num_subcenters))
+
+
+class Reductions:
+    """Collective reductions over the processes that together hold a softmax's classes, in place.
+
+    This base class is one process (identities); ``deepmetric.losses.partial_fc`` all-reduces."""
+
+    def maximum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def logsumexp_(self, values: torch.Tensor) -> torch.Tensor:
+        """``log sum_ranks exp(values)`` element-wise (``-inf`` where every rank has ``-inf``)."""
+        return values
+
+
+LOCAL = Reductions()
+
+
+@dataclass(frozen=True)
+class ShardTargets:
+    """Which samples' target classes this process holds, for a head whose classes are split across
+    processes: ``owned`` (B,) bool; ``labels`` (B,) the global class ids (margins see these; the
+    engine's own ``labels`` are then row positions in the local shard, any valid one where not owned);
+    ``reductions`` combine the processes' partial results."""
+
+    owned: torch.Tensor
+    labels: torch.Tensor
+    reductions: Reductions
 
 
 @dataclass
@@ -154,11 +189,14 @@ def _chunks(weight: torch.Tensor, bias: torch.Tensor | None, class_index: torch.
 
 class _TargetCells:
     """The target cell ``(i, target_columns[i])`` of every row, grouped by chunk with one host sync, so
-    masking a block costs a single indexed write."""
+    masking a block costs a single indexed write. A negative column means the target is not among
+    these columns (it is held by another process)."""
 
     def __init__(self, target_columns: torch.Tensor, chunk_size: int) -> None:
         order = torch.argsort(target_columns)
         columns = target_columns[order]
+        present = int(torch.searchsorted(columns, 0))  # negative columns sort first
+        order, columns = order[present:], columns[present:]
         chunk_ids = torch.div(columns, chunk_size, rounding_mode="floor")
         counts = torch.bincount(chunk_ids).tolist()
         self.rows = order.split(counts)
@@ -198,11 +236,18 @@ def _block_t(augmented_inputs: torch.Tensor, chunk: _Chunk, num_subcenters: int)
 
 
 def _logsumexp_bound(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor | None, normalize: bool) -> torch.Tensor:
-    """An upper bound of every logit ``s_i <x_i, w_j> + b_j`` per row (Cauchy-Schwarz)."""
-    max_norm = 1.0 if normalize else float(torch.linalg.vector_norm(weight.detach(), dim=1).max())
+                     bias: torch.Tensor | None, normalize: bool, reductions: Reductions = LOCAL) -> torch.Tensor:
+    """An upper bound of every logit ``s_i <x_i, w_j> + b_j`` per row (Cauchy-Schwarz), over every
+    process's classes (the largest centre norm and bias are all-reduced with a maximum)."""
+    if normalize and bias is None:
+        return row_scale.abs() * torch.linalg.vector_norm(inputs, dim=1)
+    largest = inputs.new_full((2,), -math.inf)
+    if weight.shape[0]:
+        largest[0] = 1.0 if normalize else torch.linalg.vector_norm(weight.detach(), dim=1).max()
+        largest[1] = 0.0 if bias is None else bias.detach().max()
+    max_norm, max_bias = reductions.maximum_(largest).tolist()
     bound = row_scale.abs() * torch.linalg.vector_norm(inputs, dim=1) * max_norm
-    return bound if bias is None else bound + float(bias.detach().max())
+    return bound if bias is None else bound + max_bias
 
 
 def _exact_nontarget_logsumexp(scaled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -221,37 +266,43 @@ def _exact_nontarget_logsumexp(scaled: torch.Tensor, weight: torch.Tensor, bias:
 def nontarget_logsumexp(inputs: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor | None, target_columns: torch.Tensor,
                         class_index: torch.Tensor | None, num_subcenters: int, chunk_size: int,
-                        normalize_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        normalize_weight: bool, reductions: Reductions = LOCAL
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log sum_{j != y_i} exp(s_i <x_i, w_j> + b_j)`` (B,) streamed over class chunks, and the inverse
     centre norms in column order (None when not normalised), reused by the backward pass.
 
     Each block is exponentiated after subtracting a per-row upper bound of its logits (folded into the
     matrix product), so nothing overflows and no per-block maximum is needed. Rows whose sum could
     have lost precision to underflow (all logits far below the bound) are recomputed with an exact
-    streaming log-sum-exp.
+    streaming log-sum-exp. ``reductions`` adds up the sums of every process holding part of the
+    classes (the bound is shared, so the partial sums add exactly), and likewise the exact fallback.
     """
     k = num_subcenters
     inv_norms = _column_inverse_norms(weight, class_index, k, inputs.dtype) if normalize_weight else None
     scaled = inputs * row_scale.unsqueeze(1)
-    shift = _logsumexp_bound(inputs, row_scale, weight, bias, normalize_weight)
+    shift = _logsumexp_bound(inputs, row_scale, weight, bias, normalize_weight, reductions)
     augmented = _augmented_inputs(scaled, bias is not None, shift, _LOG2E)
     num_columns = _num_columns(weight, class_index, k)
-    partial_sums = inputs.new_empty(-(-num_columns // chunk_size), inputs.shape[0])
+    partial_sums = inputs.new_zeros(-(-num_columns // chunk_size), inputs.shape[0])
     targets = _TargetCells(target_columns, chunk_size)
     for position, chunk in enumerate(_chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, inv_norms)):
         block = _block_t(augmented, chunk, k)
         block.exp2_()
         targets.fill(block.T, chunk.start, 0.0)
         torch.sum(block, dim=0, out=partial_sums[position])
-    total = partial_sums.sum(dim=0).log_().add_(shift)
+    sums = partial_sums.sum(dim=0)
+    if reductions is not LOCAL:  # one all-reduce gives the global sums and the global column count
+        counted = reductions.sum_(torch.cat([sums, sums.new_full((1,), num_columns)]))
+        sums, num_columns = counted[:-1], int(counted[-1])
+    total = sums.log_().add_(shift)
     # Terms below exp(log(tiny)) flush to zero; with N of them lost the relative error of the sum
     # stays below eps as long as log(sum) > log(tiny) + log(N) - log(eps).
     finfo = torch.finfo(inputs.dtype)
     floor = math.log(finfo.tiny) + math.log(max(num_columns, 2)) - math.log(finfo.eps)
     suspect = (total - shift < floor).nonzero().flatten()
-    if suspect.numel():
-        total[suspect] = _exact_nontarget_logsumexp(scaled[suspect], weight, bias, target_columns[suspect],
-                                                    class_index, k, chunk_size, inv_norms)
+    if suspect.numel():  # the same rows on every process: `total` is already global
+        total[suspect] = reductions.logsumexp_(_exact_nontarget_logsumexp(
+            scaled[suspect], weight, bias, target_columns[suspect], class_index, k, chunk_size, inv_norms))
     return total, inv_norms
 
 
@@ -264,17 +315,24 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, inputs, row_scale, weight, bias, labels, target_columns, class_index, margin_fn,
-                num_subcenters, chunk_size, normalize_weight):
+                num_subcenters, chunk_size, normalize_weight, shard=None):
+        reductions = LOCAL if shard is None else shard.reductions
         rest, inv_norms = nontarget_logsumexp(inputs, row_scale, weight, bias, target_columns, class_index,
-                                              num_subcenters, chunk_size, normalize_weight)
+                                              num_subcenters, chunk_size, normalize_weight, reductions)
         target_cos = _target_products(inputs, weight, labels, num_subcenters, normalize_weight)[0]
-        target_logits = row_scale * margin_fn(target_cos, labels)
-        if bias is not None:
-            target_logits = target_logits + bias[labels].to(inputs.dtype)
+        target_bias = None if bias is None else bias[labels].to(inputs.dtype)
+        if shard is not None:  # each target is held by one process: zero elsewhere, then sum
+            parts = torch.stack([target_cos, target_cos if target_bias is None else target_bias])
+            parts = reductions.sum_(parts * shard.owned)
+            target_cos, target_bias = parts[0], None if bias is None else parts[1]
+        target_logits = row_scale * margin_fn(target_cos, labels if shard is None else shard.labels)
+        if target_bias is not None:
+            target_logits = target_logits + target_bias
         log_partition = torch.logaddexp(rest, target_logits)
         ctx.save_for_backward(inputs, row_scale, weight, bias, labels, target_columns, class_index,
                               log_partition, target_logits, target_cos, inv_norms)
         ctx.margin_fn = margin_fn
+        ctx.shard = shard
         ctx.settings = (num_subcenters, chunk_size, normalize_weight)
         ctx.mark_non_differentiable(rest, target_cos)
         return log_partition - target_logits, rest, target_cos
@@ -348,10 +406,15 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         grad_target = grad_losses * (torch.exp(target_logits - log_partition) - 1.0)
         with torch.enable_grad():
             cosine = target_cos.detach().requires_grad_(True)
-            margin_values = ctx.margin_fn(cosine, labels)
+            margin_values = ctx.margin_fn(cosine, labels if ctx.shard is None else ctx.shard.labels)
             grad_cos = torch.autograd.grad(margin_values, cosine, grad_target * row_scale, allow_unused=True)[0]
         if grad_cos is None:
             grad_cos = torch.zeros_like(target_cos)
+        if ctx.shard is not None:
+            # The target terms belong to the process holding the target; the others' shares add up
+            # to the gradient of the inputs (and scales) when the processes' gradients are summed.
+            owned = ctx.shard.owned.to(grad_cos.dtype)
+            grad_cos, grad_target = grad_cos * owned, grad_target * owned
         _, target_sub, target_centres, target_inv = _target_products(inputs, weight, labels, k, normalize)
 
         grad_inputs = grad_scale = None
@@ -368,7 +431,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             grad_weight.index_add_(0, target_rows, grad_target_rows.to(weight.dtype))
         if need_bias:
             grad_bias.index_add_(0, labels, grad_target.to(bias.dtype))
-        return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 7
+        return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 8
 
 
 @dataclass(frozen=True)
@@ -422,10 +485,14 @@ class ClassCentreHead(nn.Module):
         self.head = check_choice("head", head, HEADS)
         self.sample_rate = check_probability("sample_rate", sample_rate, allow_zero=False)
         self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        self.weight, self.bias = self._parameters_for(num_classes, bias)
+
+    def _parameters_for(self, num_classes: int, bias: bool) -> tuple[nn.Parameter, nn.Parameter | None]:
+        """The centre matrix (and bias) this process holds: here all ``num_classes`` classes."""
         # uniform_ in place: a 1M x 128 matrix initialises in well under a second, with no temporary.
-        bound = 1.0 / math.sqrt(embedding_dim)
-        self.weight = nn.Parameter(torch.empty(num_classes * num_subcenters, embedding_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        bound = 1.0 / math.sqrt(self.embedding_dim)
+        weight = torch.empty(num_classes * self.num_subcenters, self.embedding_dim).uniform_(-bound, bound)
+        return nn.Parameter(weight), nn.Parameter(torch.zeros(num_classes)) if bias else None
 
     def extra_repr(self) -> str:
         return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
@@ -474,13 +541,19 @@ class ClassCentreHead(nn.Module):
         if class_index is None and self.head == "sampled" and self.training:
             class_index = self.sample_classes(labels)
         target_columns, class_index = self._columns(labels, class_index)
+        return self._cross_entropy(inputs, row_scale, labels, target_columns, class_index, margin)
+
+    def _cross_entropy(self, inputs: torch.Tensor, row_scale: torch.Tensor, labels: torch.Tensor,
+                       target_columns: torch.Tensor, class_index: torch.Tensor | None, margin: MarginFunction,
+                       shard: ShardTargets | None = None) -> HeadOutput:
+        """The chunked margin cross-entropy over this process's centres (``labels`` are their rows)."""
         if inputs.dtype in _HALF_DTYPES:
             # exp(s cos - bound) underflows in 16-bit floats; the head always computes in >= float32.
             inputs, row_scale = inputs.float(), row_scale.float()
         with torch.autocast(device_type=inputs.device.type, enabled=False):
             losses, rest, target_cos = _ChunkedMarginCrossEntropy.apply(
                 inputs, row_scale, self.weight, self.bias, labels, target_columns, class_index, margin,
-                self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight)
+                self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight, shard)
         return HeadOutput(losses, rest, target_cos)
 
     def _columns(self, labels: torch.Tensor, class_index: torch.Tensor | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,12 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: Any, state: Mapping[str, Any], config_text: str) -> Path:
+def save_checkpoint(path: str | os.PathLike, *, model: Any, state: Mapping[str, Any], config_text: str,
+                    extra: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` (via ``model.save``), the training ``state`` and the resolved config into ``path``,
-    atomically: a crash leaves the previous checkpoint intact, never half of a new one."""
+    atomically: a crash leaves the previous checkpoint intact, never half of a new one. ``extra(folder)``
+    writes more into the folder before it is published (e.g. ``deepmetric.losses.partial_fc.save_centres``,
+    the sharded class centres by class id, which the other processes send meanwhile)."""
     from deepmetric.io import atomic_write_text
 
     path = Path(path)
@@ -109,6 +112,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: Any, state: Mapping[str, 
         save_weights(tmp / STATE_TENSORS, tensors)
         write_json(tmp / STATE_JSON, {"format_version": FORMAT_VERSION, "state": meta})
         atomic_write_text(tmp / CONFIG_FILE, config_text)
+        if extra is not None:
+            extra(tmp)
     return path
 
 
