@@ -32,10 +32,13 @@ from deepmetric.io import (
     write_json,
 )
 from deepmetric.models.neck import EmbeddingNeck, validate_neck
-from deepmetric.validation import check_positive_int
+from deepmetric.validation import check_choice, check_positive_int
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+#: How ``Embedder.load`` can run a model folder: PyTorch, or onnxruntime on an exported ``model.onnx``.
+RUNTIMES = ("torch", "onnx")
 
 
 def is_model_folder(path: Path) -> bool:
@@ -143,6 +146,11 @@ class Embedder(nn.Module):
     def input_kind(self) -> str:
         return getattr(self.backbone, "input_kind", "image")
 
+    @property
+    def input_dim(self) -> int:
+        """Length of the input vectors of a vector model."""
+        return self.backbone.input_dim
+
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Unnormalised embeddings (B, embedding_dim), e.g. for losses that want the raw norm."""
         return self.neck(self.pooling(self.backbone(inputs)))
@@ -160,7 +168,7 @@ class Embedder(nn.Module):
 
     def _check_model_input(self, batch: torch.Tensor) -> torch.Tensor:
         if self.input_kind == "vector":
-            expected = (self.backbone.input_dim,)
+            expected = (self.input_dim,)
             if batch.dim() == 1:
                 batch = batch[None]
         else:
@@ -280,10 +288,21 @@ class Embedder(nn.Module):
         return model_dir
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None) -> Embedder:
+    def load(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None, *,
+             runtime: str | None = None) -> Embedder:
         """Rebuild the model from ``config.json`` and its weights; returned in eval mode on ``device``
-        (default: CUDA when available)."""
+        (default: CUDA when available).
+
+        ``runtime="onnx"`` returns instead a ``deepmetric.models.onnx_runtime.OnnxEmbedder`` running the folder's
+        ``model.onnx`` (written by ``deepmetric export``) with onnxruntime; by default that happens when the folder
+        holds ``model.onnx`` and no weights."""
         model_dir = recover_directory(model_dir)
+        runtime = check_choice("runtime", runtime, RUNTIMES) if runtime is not None else (
+            "onnx" if (model_dir / ONNX_FILE).is_file() and not (model_dir / WEIGHTS_FILE).is_file() else "torch")
+        if runtime == "onnx":
+            from deepmetric.models.onnx_runtime import OnnxEmbedder
+
+            return OnnxEmbedder.load(model_dir, device=device)  # type: ignore[return-value]
         config = read_model_config(model_dir)
         model = build_embedder(config)
         state = load_weights(model_dir / WEIGHTS_FILE)

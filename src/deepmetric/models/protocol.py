@@ -92,7 +92,8 @@ def _face_model(name: str, detector: str) -> EmbeddingModel:
     return registry.get(name, FACE_MODEL_KIND)(detector=detector)
 
 
-def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", device: Any = None) -> EmbeddingModel:
+def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", device: Any = None,
+               runtime: str | None = None) -> EmbeddingModel:
     """Load an embedding model for the gallery and the service.
 
     Args:
@@ -102,6 +103,8 @@ def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", 
             otherwise whole images are embedded.
         detector: face detector, ``"hog"`` or ``"mmod"``.
         device: torch device for a model folder; CUDA when available by default.
+        runtime: for a model folder, ``"torch"`` or ``"onnx"`` (onnxruntime on its exported ``model.onnx``); by
+            default onnx exactly when the folder holds ``model.onnx`` and no weights (see ``Embedder.load``).
 
     Raises:
         TypeError: ``spec`` is not a string or a path.
@@ -113,12 +116,13 @@ def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", 
     if str(spec) in built_in:
         return _face_model(str(spec), detector)
     path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model must be one of {built_in} or a model folder with config.json, got {str(spec)!r}")
+    if not ((path / "config.json").is_file() or (path / "model.onnx").is_file()):
+        raise ValueError(f"model must be one of {built_in} or a model folder with config.json (or an exported "
+                         f"model.onnx), got {str(spec)!r}")
     # Here, not at the top: the protocol is what galleries of face embeddings need, and they need no torch.
     from deepmetric.models.embedder import Embedder
 
-    embedder = Embedder.load(path, device=device)
+    embedder = Embedder.load(path, device=device, runtime=runtime)
     if faces:
         return registry.get(ALIGNED_FACES, FACE_PIPELINE_KIND)(embedder, detector=detector)
     return embedder
