@@ -71,6 +71,25 @@ def test_enrol_identify_verify_embed_with_photos(face_client):
     assert template_id not in {t["template_id"] for t in trimmed.json()["templates"]}
 
 
+def test_adding_photos_needs_a_face_choice_for_a_group_photo_and_counts_faces(face_client, face_gallery):
+    image = astronaut()
+    assert face_client.post("/api/identities", data={"identity_id": "eileen"},
+                            files=[("images", ("a.png", encode(image), "image/png"))]).status_code == 201
+    group = ("images", ("two.png", encode(two_faces(image)), "image/png"))
+    refused = face_client.post("/api/identities/eileen/images", files=[group])
+    assert refused.status_code == 422 and "2 faces found" in refused.json()["reason"], refused.text
+    assert face_gallery.get("eileen").num_templates == 1
+    wrong = face_client.post("/api/identities/eileen/images", data={"face": "biggest"}, files=[group])
+    assert wrong.status_code == 422 and wrong.json()["reason"].startswith("invalid request: face"), wrong.text
+    added = face_client.post("/api/identities/eileen/images", data={"face": "largest"}, files=[group])
+    assert added.status_code == 201, added.text
+    assert added.json()["faces_seen"] == [2] and added.json()["num_templates"] == 2
+    single = face_client.post("/api/identities/eileen/images", files=[("images", ("b.png", encode(image)))])
+    assert single.status_code == 201 and single.json()["faces_seen"] == [1]
+    out_of_range = face_client.post("/api/identities/eileen/images", data={"face": "2"}, files=[group])
+    assert out_of_range.status_code == 422 and face_gallery.get("eileen").num_templates == 3, out_of_range.text
+
+
 def test_bad_photos_get_4xx_with_reason_and_change_nothing(face_client, face_gallery):
     jpeg = encode(astronaut(), "JPEG")
     bomb = io.BytesIO()

@@ -287,11 +287,22 @@ class Gallery:
     def add(self, identity_id: str, *, images: Sequence[Any] | None = None, embeddings: Any = None,
             face: str | int | None = None) -> list[int]:
         """Add templates to an existing identity; returns their template ids. ``face`` as in ``enroll``."""
+        return self._add(identity_id, images, embeddings, face)[0]
+
+    def extend(self, identity_id: str, *, images: Sequence[Any] | None = None, embeddings: Any = None,
+               face: str | int | None = None) -> IdentityRecord:
+        """``add``, answering the identity's record with ``faces_seen`` for the new photos, as ``enroll`` does."""
+        faces_seen = self._add(identity_id, images, embeddings, face)[1]
+        return dataclasses.replace(self.store.get(identity_id), faces_seen=faces_seen)
+
+    def _add(self, identity_id: str, images: Sequence[Any] | None, embeddings: Any,
+             face: str | int | None) -> tuple[list[int], list[int | None] | None]:
         if not self.store.contains(identity_id):
             raise UnknownIdentityError(f"unknown identity {identity_id!r}")
-        template_ids = self.store.add_templates(identity_id, self._templates(images, embeddings, face)[0])
+        templates, faces_seen = self._templates(images, embeddings, face)
+        template_ids = self.store.add_templates(identity_id, templates)
         self.index.sync()
-        return template_ids
+        return template_ids, faces_seen
 
     def rename(self, identity_id: str, name: str) -> IdentityRecord:
         self.store.update(identity_id, name=name)

@@ -32,6 +32,11 @@ from deepmetric.service.settings import MAX_INT64, ServiceSettings
 router = APIRouter(prefix="/api/identities", tags=["identities"], responses=error_responses(401, 403))
 _PHOTO_ERRORS = error_responses(409, 413, 415, 503)
 _NOT_FOUND = error_responses(404)
+#: Which face of a group photo to enrol: ``largest`` or an index, largest face first (a group photo without it is
+#: refused).
+FaceChoice = Annotated[str | None, Form(max_length=20, pattern=r"^(largest|[0-9]{1,6})$",
+                                        description="which face of a group photo: 'largest' or an index, largest "
+                                                    "first; a photo with several faces is refused without it")]
 #: Template ids are SQLite integers: a larger number is refused (422) before it reaches the database.
 TemplateId = Annotated[int, Path(ge=1, le=MAX_INT64)]
 
@@ -66,8 +71,9 @@ def _enroll_photos(gallery: Gallery, settings: ServiceSettings, identity_id: str
                           face=face)
 
 
-def _add_photos(gallery: Gallery, settings: ServiceSettings, identity_id: str, blobs: list[bytes]) -> None:
-    gallery.add(identity_id, images=photos_to_store(blobs, settings))
+def _add_photos(gallery: Gallery, settings: ServiceSettings, identity_id: str, blobs: list[bytes],
+                face: str | None) -> IdentityRecord:
+    return gallery.extend(identity_id, images=photos_to_store(blobs, settings), face=face)
 
 
 def _media_type(data: bytes) -> str | None:
@@ -85,9 +91,7 @@ def _media_type(data: bytes) -> str | None:
 @router.post("", dependencies=[*WRITE, Depends(require_model)], status_code=201, responses=_PHOTO_ERRORS)
 async def enroll(gallery: GalleryDep, settings: SettingsDep, workers: WorkersDep, identity_id: Annotated[str, Form()],
                  images: Annotated[list[UploadFile], File()], name: Annotated[str | None, Form()] = None,
-                 metadata: Annotated[str | None, Form()] = None,
-                 face: Annotated[str | None, Form(max_length=20, pattern=r"^(largest|[0-9]{1,6})$")] = None,
-                 ) -> dict[str, Any]:
+                 metadata: Annotated[str | None, Form()] = None, face: FaceChoice = None) -> dict[str, Any]:
     """Enrol a new identity from one or more photos. A group photo is refused unless ``face`` says which face:
     ``largest`` or an index, largest face first; the answer's ``faces_seen`` counts the faces in each photo."""
     check_upload_count(images, settings)
@@ -138,13 +142,13 @@ def delete_identity(gallery: GalleryDep, identity_id: str) -> dict[str, Any]:
 @router.post("/{identity_id}/images", dependencies=[*WRITE, Depends(require_model)], status_code=201,
              responses={**_PHOTO_ERRORS, **_NOT_FOUND})
 async def add_images(gallery: GalleryDep, settings: SettingsDep, workers: WorkersDep, identity_id: str,
-                     images: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
-    """Add photos (templates) to an existing identity."""
+                     images: Annotated[list[UploadFile], File()], face: FaceChoice = None) -> dict[str, Any]:
+    """Add photos (templates) to an existing identity. As at enrolment, a group photo is refused unless ``face``
+    says which face, and the answer's ``faces_seen`` counts the faces in each new photo."""
     if identity_id not in gallery:
         raise UnknownIdentityError(f"unknown identity {identity_id!r}")
     blobs = await read_uploads(images, settings)
-    await workers.run(_add_photos, gallery, settings, identity_id, blobs)
-    return public(gallery.get(identity_id))
+    return public(await workers.run(_add_photos, gallery, settings, identity_id, blobs, face))
 
 
 @router.delete("/{identity_id}/templates/{template_id}", dependencies=WRITE, responses=_NOT_FOUND)
