@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
 
-from deepmetric.data.images import load_image
+from deepmetric.data.images import ImageTooLargeError, check_image_header, load_image
 from deepmetric.gallery import Gallery
 from deepmetric.service.app import create_app
 from service_helpers import LOCAL, MODEL_CONFIG, GatedModel, png
@@ -73,6 +73,13 @@ def test_decode_cost_counts_bit_depth(tmp_path, image_model):
         assert client.post("/api/embed", files={"image": ("grey.tif", deep.getvalue())}).status_code == 200
         refused = client.post("/api/embed", files={"image": ("rgba.png", wide.getvalue())})
         assert refused.status_code == 413 and "4800" in refused.json()["reason"], refused.text
+    # One check, the decoder's: the service refuses with its very words, and load_image counts the same cost.
+    with pytest.raises(ImageTooLargeError) as checked:
+        check_image_header(wide.getvalue(), max_pixels=4_000)
+    assert refused.json()["reason"] == str(checked.value)
+    with pytest.raises(ImageTooLargeError, match="costs 4800 pixels"):
+        load_image(wide.getvalue(), max_pixels=4_000)
+    assert load_image(deep.getvalue(), max_pixels=4_000).shape == (60, 60, 3)
 
 
 def test_a_full_pool_answers_503_with_retry_after_and_health_keeps_answering(tmp_path, image_model):

@@ -1,7 +1,8 @@
 """The one image decoder: any image source (path, bytes, stream, PIL image, array) -> upright RGB uint8 (H, W, 3).
 
 EXIF orientation is applied, alpha is composited on white, grey / palette / 1-bit / 16-bit are converted, and
-the pixel count is checked from the header before any pixel is decoded (decompression bombs).
+the decode cost (pixels x bit depth) is checked from the header before any pixel is decoded (decompression
+bombs); ``check_image_header`` runs that check alone, for a caller that must refuse an upload before queueing it.
 """
 
 from __future__ import annotations
@@ -86,10 +87,69 @@ def _opened(source: Any) -> Iterator[tuple[Any, str, bool]]:
         raise ImageError(f"not an image: cannot decode {label}: unknown or unsupported format") from error
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"image too large: {label}: {error}") from error
-    except OSError as error:
-        raise ImageError(f"cannot read {label}: {error}") from error
+    except _DECODE_ERRORS as error:  # a header PIL recognises but cannot parse
+        raise ImageError(f"cannot read the header of {label}: corrupt or truncated data ({error})") from error
     with image:
         yield image, label, True
+
+
+def _bits_per_pixel(mode: str) -> int:
+    from PIL import Image
+
+    if mode == "1":
+        return 1
+    if mode.startswith("I;16"):
+        return 16
+    if mode in ("I", "F"):
+        return 32
+    try:
+        return 8 * Image.getmodebands(mode)
+    except (KeyError, ValueError):  # a mode PIL opens but cannot name the bands of: count the widest
+        return 32
+
+
+def decode_cost(width: int, height: int, mode: str) -> int:
+    """What decoding a ``width`` x ``height`` image of PIL ``mode`` costs, in 24-bit RGB pixels: width x height
+    x max(bit depth, 24) / 24. A 48-bit photo counts double; a 1-bit or grey one counts as colour, since it is
+    converted to 24-bit RGB.
+
+    Example:
+        >>> decode_cost(100, 100, "RGB"), decode_cost(100, 100, "RGBA"), decode_cost(100, 100, "1")
+        (10000, 13333, 10000)
+    """
+    return width * height * max(_bits_per_pixel(mode), 24) // 24
+
+
+def _check_decode_cost(image: Any, label: str, max_pixels: int) -> None:
+    width, height = image.size
+    cost = decode_cost(width, height, image.mode)
+    if cost > max_pixels:
+        raise ImageTooLargeError(f"image too large: {label} is {width}x{height} pixels (mode {image.mode}), which "
+                                 f"costs {cost} pixels to decode; the limit is max_pixels={max_pixels}")
+
+
+def check_image_header(source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Read only the header of ``source`` (as ``load_image`` takes it) and refuse it before any pixel is decoded:
+    not an image (an ``ImageError`` whose message starts "not an image"), or a decode costing more than
+    ``max_pixels`` (``ImageTooLargeError``; see ``decode_cost``). Returns (width, height) as stored.
+
+    Example:
+        >>> import io
+        >>> from PIL import Image
+        >>> buffer = io.BytesIO()
+        >>> Image.new("1", (6300, 6300)).save(buffer, format="PNG")  # 4.9 kB, 40 megapixels decoded
+        >>> check_image_header(buffer.getvalue(), max_pixels=3_000_000)
+        Traceback (most recent call last):
+            ...
+        deepmetric.data.images.ImageTooLargeError: image too large: image of ... bytes is 6300x6300 pixels
+        (mode 1), which costs 39690000 pixels to decode; the limit is max_pixels=3000000
+    """
+    max_pixels = check_positive_int("max_pixels", max_pixels)
+    if isinstance(source, np.ndarray):
+        raise TypeError("check_image_header reads an encoded image (path, bytes, stream, PIL image), not an array")
+    with _opened(source) as (image, label, _):
+        _check_decode_cost(image, label, max_pixels)
+        return image.size
 
 
 def _rescale_to_uint8(pixels: np.ndarray, full_scale: float | None) -> np.ndarray:
@@ -162,15 +222,16 @@ def load_image(source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     Args:
         source: a file path, encoded bytes, a binary stream, a PIL image, or an array (H, W[, C]) of uint8,
             uint16 or float in [0, 1]; arrays are taken as already upright grey, RGB or RGBA.
-        max_pixels: refuse images with more than this many pixels. For encoded images the size is read
-            from the header, before decoding, so a decompression bomb costs nothing. PIL's own guard
+        max_pixels: refuse images whose decode costs more than this many 24-bit pixels (width x height, counted
+            double for 48-bit colour; see ``decode_cost``). For encoded images it is read from the header,
+            before decoding, so a decompression bomb costs nothing. PIL's own guard
             (twice ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels) still applies above this; it is
             never changed here, since it is process-wide.
 
     Raises:
         TypeError: ``source`` is none of the kinds above.
         ImageNotFoundError: the path does not exist (a ``FileNotFoundError`` and an ``ImageError``).
-        ImageTooLargeError: more than ``max_pixels`` pixels.
+        ImageTooLargeError: a decode costing more than ``max_pixels`` pixels.
         ImageError: not an image, truncated or corrupt data, unsupported layout; the message names the file.
 
     Example:
@@ -187,10 +248,8 @@ def load_image(source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     from PIL import Image, ImageOps
 
     with _opened(source) as (image, label, owned):
+        _check_decode_cost(image, label, max_pixels)
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(f"image too large: {label} has {width}x{height} = {width * height} pixels, "
-                                     f"limit max_pixels={max_pixels}")
         if width == 0 or height == 0:
             raise ImageError(f"image is empty: {label} has {width}x{height} pixels")
         try:

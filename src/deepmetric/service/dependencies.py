@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import hmac
-import io
-import struct
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,7 +12,7 @@ from fastapi import Depends, Request, Security, UploadFile
 from fastapi.exceptions import HTTPException
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from deepmetric.data.images import ImageError, ImageTooLargeError, load_image
+from deepmetric.data.images import check_image_header, load_image
 from deepmetric.faces.detection import NoFaceError
 from deepmetric.gallery.gallery import Gallery, encode_image
 from deepmetric.models.protocol import FaceModel
@@ -89,49 +87,13 @@ def require_model(gallery: GalleryDep) -> Any:
     return gallery.model
 
 
-def _bits_per_pixel(mode: str) -> int:
-    from PIL import Image
-
-    if mode == "1":
-        return 1
-    if mode.startswith("I;16"):
-        return 16
-    if mode in ("I", "F"):
-        return 32
-    try:
-        return 8 * Image.getmodebands(mode)
-    except (KeyError, ValueError):  # a mode PIL opens but cannot name the bands of: count the widest
-        return 32
-
-
-def check_image_header(data: bytes, max_pixels: int) -> None:
-    """Refuse ``data`` from its header alone, before any pixel is decoded: not an image (415), or a decode
-    over ``max_pixels`` (413), counted as width x height x bit depth / 24, so a 48-bit photo counts double and
-    a 1-bit one as a colour one (it is converted to 24-bit RGB to be searched)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
-            width, height, mode = image.width, image.height, image.mode
-    except UnidentifiedImageError as error:
-        raise ImageError(f"not an image: cannot decode an upload of {len(data)} bytes: unknown or unsupported "
-                         f"format") from error
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"image too large: {error}") from error
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
-        raise ImageError(f"cannot read the image header: corrupt or truncated data ({error})") from error
-    cost = width * height * max(_bits_per_pixel(mode), 24) // 24
-    if cost > max_pixels:
-        raise ImageTooLargeError(f"image too large: {width}x{height} pixels (mode {mode}) cost {cost} pixels "
-                                 f"to decode, the limit is max_pixels={max_pixels}; send a smaller photo")
-
-
 async def read_upload(upload: UploadFile, settings: ServiceSettings) -> bytes:
     """The bytes of one uploaded photo, its header checked (type and decode cost)."""
     data = await upload.read()
     if not data:
         raise HTTPException(422, f"uploaded file {upload.filename!r} is empty")
-    check_image_header(data, settings.max_pixels)
+    # Type and decode cost from the header alone, before the photo waits for a worker.
+    check_image_header(data, max_pixels=settings.max_pixels)
     return data
 
 
