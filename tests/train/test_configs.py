@@ -16,6 +16,9 @@ TINY = {
                "data.train.args.min_designs=2", "data.eval.args.scripts=[latin, digits]",
                "data.eval.args.max_fonts=8", "data.eval.args.min_designs=2"],
     "digits": [],
+    "glyph_landmarks": ["data.train.args.scripts=[latin, digits]", "data.train.args.max_fonts=8",
+                        "data.train.args.min_designs=2", "data.eval.args.scripts=[latin, digits]",
+                        "data.eval.args.max_fonts=8", "data.eval.args.min_designs=2"],
 }
 
 

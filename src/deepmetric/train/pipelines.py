@@ -98,7 +98,11 @@ def build_experiment(config: Mapping[str, Any], *, context: DistributedContext |
         _check_train_labels(train_dataset)
     model = build_embedder_for(config, train_dataset)
     num_classes = getattr(train_dataset, "num_classes", None)
-    loss = registry.build(config["loss"], "loss", embedding_dim=model.embedding_dim, num_classes=num_classes)
+    loss_node = config["loss"]
+    if (loss_node.get("args") or {}).get("class_counts") == "from_data":  # dynamic margins from the class sizes
+        counts = np.bincount(train_dataset.labels, minlength=num_classes or 0).tolist()
+        loss_node = {**loss_node, "args": {**loss_node["args"], "class_counts": counts}}
+    loss = registry.build(loss_node, "loss", embedding_dim=model.embedding_dim, num_classes=num_classes)
     miner = registry.build(config["miner"], "miner") if config["miner"] else None
     if config["train"]["mode"] == "labels":
         extras: dict[str, Any] = {"seed": config["seed"]}
