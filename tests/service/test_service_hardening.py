@@ -123,6 +123,51 @@ def test_a_request_over_its_time_limit_gets_503_and_keeps_its_place_until_done(t
             model.release.set()
 
 
+def test_a_client_trickling_its_body_is_cut_off_at_the_time_limit_and_health_keeps_answering(tmp_path):
+    """A slow-loris client holds a connection by sending its body a byte at a time; the server answers 408 at
+    the request's time limit instead of waiting for ever (uvicorn itself has no limit on reading a body)."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    from deepmetric.service.process import serve_in_subprocess
+
+    Gallery.create(tmp_path / "g", embedding_dim=DIM, model_stamp="external").close()
+    with serve_in_subprocess(tmp_path / "g", api_key=API_KEY, log_path=tmp_path / "server.log",
+                             extra_args=("--request-timeout", "1")) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(f"POST /api/identities/embeddings HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {API_KEY}"
+                         f"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{".encode())
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                with urllib.request.urlopen(f"{url}/api/health", timeout=5) as health:  # meanwhile: answered
+                    assert health.status == 200
+                try:
+                    slow.sendall(b" ")  # one byte of the 1,000 promised, now and then
+                except OSError:  # the server answered and closed: read what it said
+                    pass
+                slow.settimeout(0.3)
+                try:
+                    chunk = slow.recv(65536)
+                except TimeoutError:
+                    chunk = None
+                if chunk == b"":
+                    break
+                answer += chunk or b""
+                assert time.monotonic() - started < 20, "the server never cut the slow request off"
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert b"retry-after" in head.lower()
+        reason = json.loads(body)
+        assert reason["status"] == 408 and "did not arrive within the 1 s limit" in reason["reason"]
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/api/identities",
+                                                           headers={"X-API-Key": API_KEY}), timeout=5) as listing:
+            assert json.load(listing)["total"] == 0  # nothing was enrolled from the cut-off body
+
+
 # -- item 3: privacy --------------------------------------------------------------------------------------------
 def test_stored_photos_lose_their_metadata_but_stay_upright(tmp_path, image_model):
     photo = _jpeg_with_gps_and_orientation()

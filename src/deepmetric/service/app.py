@@ -51,7 +51,8 @@ def create_app(gallery: Gallery, *, api_key: str | None = None, read_key: str | 
         max_files: most images accepted in one enrolment.
         workers: threads decoding and embedding photos (the event loop never does).
         max_queued: photo tasks that may wait for a worker (default: ``workers``); beyond that, 503.
-        request_timeout: seconds a request waits for its photos before a 503.
+        request_timeout: seconds a request may take, its body and photos included: then 408 (the body had not
+            all arrived) or 503.
         keep_photo_metadata: store enrolled photos as uploaded, EXIF and GPS included (default: re-encoded
             upright without metadata).
     """
@@ -82,6 +83,7 @@ def create_app(gallery: Gallery, *, api_key: str | None = None, read_key: str | 
     app.add_middleware(LimitsAndMetricsMiddleware, settings=settings, metrics=app.state.metrics)
     install_error_handlers(app)
     for module in (pages, health, embed, recognition, identities):
-        # Any route can meet a refused Host (400), a bad parameter or body (422) or a crash (500).
-        app.include_router(module.router, responses=error_responses(400, 413, 422, 500))
+        # Any route can meet a refused Host (400), its time limit (408 while the body arrives, else 503), a body
+        # over the upload limit (413), a bad parameter or body (422) or a crash (500).
+        app.include_router(module.router, responses=error_responses(400, 408, 413, 422, 500, 503))
     return app

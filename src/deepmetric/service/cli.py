@@ -86,7 +86,8 @@ def serve(
                                                        "decoding (pixels x bit depth / 24)")]
     = DEFAULT_MAX_PIXELS / 1e6,
     workers: Annotated[int, typer.Option(help="threads decoding and embedding photos")] = DEFAULT_WORKERS,
-    request_timeout: Annotated[float, typer.Option(help="seconds a request may wait for its photos (then 503)")]
+    request_timeout: Annotated[float, typer.Option(help="seconds a request may take, its upload and photos "
+                                                             "included (then 408 or 503)")]
     = DEFAULT_REQUEST_TIMEOUT,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:

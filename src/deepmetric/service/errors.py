@@ -34,12 +34,13 @@ _DESCRIPTIONS = {
     403: "wrong API key (or the read key on a write)",
     404: "unknown identity, template or path",
     405: "method not allowed on this path",
+    408: "timed out: the request body did not arrive within the time limit",
     409: "conflict: identity already exists, model mismatch, or no model loaded for a photo",
     413: "upload too large, or an image with too many pixels (checked from its header)",
     415: "not an image",
     422: "invalid input: the reason names the field",
     500: "internal error",
-    503: "busy (all photo workers taken) or timed out; retry after Retry-After seconds",
+    503: "busy (all photo workers taken) or over the request's time limit; retry after Retry-After seconds",
 }
 
 

@@ -1,15 +1,18 @@
 """ASGI middleware in front of every route: refuse a Host header outside the allow-list (DNS rebinding) and
-request bodies over the upload limit before the route reads them, and record each request's route, status and
-latency in the app's metrics."""
+request bodies over the upload limit before the route reads them, hold every request to its time limit, and
+record each request's route, status and latency in the app's metrics."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import anyio
+
 from deepmetric.service.errors import error_response
 from deepmetric.service.metrics import ServiceMetrics
 from deepmetric.service.settings import ServiceSettings
+from deepmetric.service.workers import retry_after
 
 
 class _UploadTooLarge(Exception):
@@ -19,7 +22,8 @@ class _UploadTooLarge(Exception):
 class LimitsAndMetricsMiddleware:
     """Refuses a Host header not in ``settings.allowed_hosts`` with 400, bodies over
     ``settings.max_upload_bytes`` (by Content-Length up front, and by counting for chunked uploads) with 413,
-    and records every HTTP request in ``metrics``."""
+    answers a request still unanswered after ``settings.request_timeout`` seconds with 408 (its body had not
+    all arrived) or 503, and records every HTTP request in ``metrics``."""
 
     def __init__(self, app: Any, *, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -46,11 +50,12 @@ class LimitsAndMetricsMiddleware:
             await error_response(413, reason)(scope, receive, send)
             self._record(scope, 413, started)
             return
-        state = {"status": 500, "started": False, "received": 0, "overflowed": False}
+        state = {"status": 500, "started": False, "received": 0, "overflowed": False, "body_done": False}
 
         async def counting_receive() -> dict:
             message = await receive()
             state["received"] += len(message.get("body", b""))
+            state["body_done"] = state["body_done"] or not message.get("more_body", False)
             if state["received"] > limit:
                 state["overflowed"] = True
                 raise _UploadTooLarge(reason)
@@ -66,7 +71,11 @@ class LimitsAndMetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, recording_send)
+            # The request's time limit: a client trickling its body, or a route waiting on anything, is cut off.
+            with anyio.move_on_after(self.settings.request_timeout) as deadline:
+                await self.app(scope, counting_receive, recording_send)
+            if deadline.cancelled_caught and not state["started"]:
+                await self._timed_out(scope, receive, send, state)
         except _UploadTooLarge:
             if state["started"]:  # too late for a clean answer: let the server drop the connection
                 raise
@@ -75,6 +84,19 @@ class LimitsAndMetricsMiddleware:
                 await error_response(413, reason)(scope, receive, send)
                 state["status"] = 413
             self._record(scope, state["status"], started)
+
+    async def _timed_out(self, scope: dict, receive: Any, send: Any, state: dict) -> None:
+        """408 when the client had not sent its whole body in time, else 503 (the server was too slow)."""
+        limit = self.settings.request_timeout
+        headers = {"Retry-After": retry_after(limit)}
+        if not state["body_done"]:
+            status, reason = 408, (f"timed out: the request body did not arrive within the {limit:g} s limit "
+                                   f"({state['received']} bytes received)")
+        else:
+            status, reason = 503, (f"timed out: the request took longer than the {limit:g} s limit (a write may "
+                                   f"still complete: check before sending it again)")
+        await error_response(status, reason, headers={**headers, "Connection": "close"})(scope, receive, send)
+        state["status"] = status
 
     def _record(self, scope: dict, status: int, started: float) -> None:
         # The route template, not the raw path, so label values stay few (one per route, not per identity).

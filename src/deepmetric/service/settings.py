@@ -47,7 +47,7 @@ class ServiceSettings:
         max_files: most images accepted in one request.
         workers: threads decoding and embedding photos.
         max_queued: photo tasks that may wait for a worker; beyond that, 503 with ``Retry-After``.
-        request_timeout: seconds a request waits for its photos; then 503.
+        request_timeout: seconds a request may take, its body and photos included; then 408 or 503.
         keep_photo_metadata: store enrolled photos as uploaded (EXIF, GPS included) instead of re-encoded
             without metadata.
     """

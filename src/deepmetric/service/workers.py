@@ -16,6 +16,12 @@ from deepmetric.validation import check_non_negative_int, check_positive_float, 
 Result = TypeVar("Result")
 
 
+def retry_after(timeout: float) -> str:
+    """The ``Retry-After`` of a 503 under a ``timeout`` second limit: whole seconds, as the header wants; a task
+    usually takes well under the limit."""
+    return str(max(1, round(timeout / 4)))
+
+
 class WorkerPool:
     """``workers`` threads and room for ``max_queued`` more tasks waiting; ``run`` refuses a task beyond that
     with 503 (``Retry-After``), and gives up waiting after ``timeout`` seconds with 503 too.
@@ -33,8 +39,7 @@ class WorkerPool:
 
     @property
     def retry_after(self) -> str:
-        # Whole seconds, as the header wants; a task usually takes well under the limit.
-        return str(max(1, round(self.timeout / 4)))
+        return retry_after(self.timeout)
 
     async def run(self, function: Callable[..., Result], *args: Any) -> Result:
         if not self._slots.acquire(blocking=False):
