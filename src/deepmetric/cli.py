@@ -8,11 +8,13 @@ import sys
 import typer
 from typer.core import TyperGroup
 
+from deepmetric.crossmodal import cli as crossmodal_cli
 from deepmetric.data import cli as data_cli
 from deepmetric.deploy import cli as deploy_cli
 from deepmetric.eval import cli as eval_cli
 from deepmetric.gallery import cli as gallery_cli
 from deepmetric.index import cli as index_cli
+from deepmetric.landmarks import cli as landmarks_cli
 from deepmetric.service import cli as service_cli
 from deepmetric.train import cli as train_cli
 
@@ -49,7 +51,8 @@ def _root() -> None:
 
 # Each module adds its commands (or a sub-app) with ``register(app)``; they import only typer at the top, so
 # ``deepmetric --help`` stays fast and each command loads what it needs when it runs.
-for _module in (train_cli, data_cli, eval_cli, index_cli, gallery_cli, service_cli, deploy_cli):
+for _module in (train_cli, data_cli, eval_cli, index_cli, gallery_cli, service_cli, deploy_cli, crossmodal_cli,
+                landmarks_cli):
     _module.register(app)
 
 

@@ -63,6 +63,8 @@ def class_texts(dataset: Any, kinds: Sequence[str] = DESCRIPTION_KINDS) -> dict[
         names: Mapping[int, str] = dict(enumerate(FASHION_MNIST_NAMES))
     else:
         names = getattr(dataset, "class_names", None) or {}
+        if not isinstance(names, Mapping):
+            names = dict(enumerate(names))
     return {kind: ({label: str(names[label]) for label in labels if label in names} if kind == "names" else {})
             for kind in kinds}
 

@@ -32,6 +32,7 @@ CROSSMODAL_SCHEMA: dict[str, Any] = {
     "templates": Value(["{}"], (list,)),
     "extra_negatives": Value(64, (int,)),
     "image_loss_weight": Value(0.0, (int, float)),
+    "train_classes": Value(None, (int,), nullable=True),
 }
 
 
@@ -108,6 +109,12 @@ class CrossModalObjective(nn.Module):
         self._labels = np.array(sorted(self.class_texts))
         self._generator = np.random.default_rng(seed)
 
+    def restrict(self, labels: Sequence[int]) -> None:
+        """Train on the texts of ``labels`` only (the other classes' images are left out by the sampler)."""
+        keep = {int(v) for v in labels}
+        self.class_texts = {k: v for k, v in self.class_texts.items() if k in keep}
+        self._labels = np.array(sorted(self.class_texts))
+
     def batch_texts(self, labels: Sequence[int]) -> tuple[list[str], torch.Tensor]:
         """The distinct texts of one batch and the (B, T) mask of which texts describe each image's class."""
         batch_classes = sorted({int(v) for v in labels})
@@ -162,6 +169,15 @@ def zero_shot_metrics(text: TextTower, eval_texts: Mapping[int, Sequence[str]],
                                                  k=min(k, len(labels))) for k in ks}
 
     return evaluate
+
+
+def choose_classes(class_texts: Mapping[int, Sequence[str]], count: int, seed: int) -> np.ndarray:
+    """A seeded choice of ``count`` described classes (all of them when there are fewer)."""
+    labels = np.array(sorted(class_texts))
+    if count < 1:
+        raise ConfigError(f"crossmodal.train_classes must be at least 1, got {count}")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return np.sort(labels[order[:count]])
 
 
 @dataclass
@@ -222,7 +238,15 @@ def train_two_tower(config: Mapping[str, Any], *, resume: bool = False, overwrit
     eval_dataset = registry.build(config["data"]["eval"], "dataset") if config["data"]["eval"] else None
     image = build_embedder_for(config, train_dataset)
     objective = build_objective(config, train_dataset, image.embedding_dim)
-    sampler = registry.build(config["sampler"], "sampler", labels=train_dataset.labels, seed=config["seed"])
+    labels = np.asarray(train_dataset.labels)
+    if config["crossmodal"]["train_classes"] is not None:
+        kept = choose_classes(objective.class_texts, config["crossmodal"]["train_classes"], config["seed"])
+        objective.restrict(kept)
+        # Items of the other classes become one-item classes, which the P x K sampler leaves out.
+        outside = ~np.isin(labels, kept)
+        labels = labels.copy()
+        labels[outside] = labels.max() + 1 + np.arange(int(outside.sum()))
+    sampler = registry.build(config["sampler"], "sampler", labels=labels, seed=config["seed"])
     evaluate = None
     if eval_dataset is not None:
         eval_texts = describe_classes(eval_dataset, config["crossmodal"]["kinds"], config["crossmodal"]["templates"])
