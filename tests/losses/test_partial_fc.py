@@ -39,6 +39,7 @@ def margin_of(name):
         "subcenter": lambda cos, labels: arc_margin(cos, 0.5),
         "adacos": lambda cos, labels: cos,
         "sampled": lambda cos, labels: arc_margin(cos, 0.5),
+        "sparse": lambda cos, labels: arc_margin(cos, 0.5),
         "underflow": lambda cos, labels: cos,
     }[name]
 
@@ -54,6 +55,7 @@ SCENARIOS = {
     "subcenter": (3, False, True, 30.0, 1.0, "empty_rank"),
     "adacos": (1, False, True, "adacos", 1.0, "even"),
     "sampled": (2, False, True, 30.0, 0.4, "even"),
+    "sparse": (2, False, True, 30.0, 0.4, "empty_rank"),  # the same with a sparse centre gradient
     "underflow": (1, True, False, 1.0, 1.0, "even"),  # exp(logit - bound) underflows: the exact fallback
 }
 
@@ -74,7 +76,7 @@ def make_head(name, group=None):
     k, bias, normalised, _, rate, _ = SCENARIOS[name]
     head = ShardedClassCentreHead(embedding_dim=DIM, num_classes=CLASSES, num_subcenters=k, bias=bias,
                                   normalize_weight=normalised, sample_rate=rate, chunk_size=4, seed=SEED,
-                                  process_group=group)
+                                  process_group=group, sparse_gradient=name == "sparse")
     with torch.no_grad():
         if bias:
             head.bias.copy_(0.1 * torch.arange(head.class_start, head.class_stop, dtype=torch.float32).cos())
@@ -113,7 +115,8 @@ def run_scenario(name, rank, world_size, group=None):
     losses, extra = head_losses(head, local, labels[start:start + counts[rank]], name)
     losses.mean().backward()
     optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
-    grads = {"weight_grad": head.weight.grad.clone()}
+    assert head.weight.grad.is_sparse == (name == "sparse")
+    grads = {"weight_grad": head.weight.grad.to_dense()}
     if head.bias is not None:
         grads["bias_grad"] = head.bias.grad.clone()
     optimizer.step()
@@ -264,9 +267,10 @@ def test_two_processes_equal_the_full_head(distributed_runs, name):
             torch.testing.assert_close(shards(distributed_runs, name, key), expected[key], rtol=1e-9, atol=1e-10)
 
 
-def test_sampled_cross_entropy_equals_a_plain_log_softmax(distributed_runs):
-    """Two processes, sample rate 0.4, two sub-centres: a log-softmax over the kept classes' logits."""
-    name = "sampled"
+@pytest.mark.parametrize("name", ["sampled", "sparse"])
+def test_sampled_cross_entropy_equals_a_plain_log_softmax(distributed_runs, name):
+    """Two processes, sample rate 0.4, two sub-centres: a log-softmax over the kept classes' logits; the
+    centres' gradient (dense, or sparse over the kept rows) and the SGD update agree with it."""
     head = make_head(name)
     features, labels = global_batch(name)
     kept = kept_classes(0, CLASSES, labels, 0.4, seed=SEED, draw=0)
@@ -288,6 +292,7 @@ def test_sampled_cross_entropy_equals_a_plain_log_softmax(distributed_runs):
     not_kept = torch.ones(CLASSES, dtype=torch.bool)
     not_kept[kept] = False
     assert not shards(distributed_runs, name, "weight_grad").view(CLASSES, 2, DIM)[not_kept].any()
+    torch.testing.assert_close(shards(distributed_runs, name, "weight"), weight.detach() - 0.5 * weight.grad)
 
 
 def test_sampler_keeps_every_positive_and_ignores_the_number_of_processes():

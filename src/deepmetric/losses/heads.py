@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepmetric.validation import check_choice, check_embeddings, check_positive_int, check_probability
+from deepmetric.validation import check_bool, check_choice, check_embeddings, check_positive_int, check_probability
 
 MarginFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(target_cosines (B,), labels (B,)) -> margin-penalised target values (B,)``."""
@@ -315,7 +315,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, inputs, row_scale, weight, bias, labels, target_columns, class_index, margin_fn,
-                num_subcenters, chunk_size, normalize_weight, shard=None):
+                num_subcenters, chunk_size, normalize_weight, shard=None, sparse_gradient=False):
         reductions = LOCAL if shard is None else shard.reductions
         rest, inv_norms = nontarget_logsumexp(inputs, row_scale, weight, bias, target_columns, class_index,
                                               num_subcenters, chunk_size, normalize_weight, reductions)
@@ -333,7 +333,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
                               log_partition, target_logits, target_cos, inv_norms)
         ctx.margin_fn = margin_fn
         ctx.shard = shard
-        ctx.settings = (num_subcenters, chunk_size, normalize_weight)
+        ctx.settings = (num_subcenters, chunk_size, normalize_weight, sparse_gradient and class_index is not None)
         ctx.mark_non_differentiable(rest, target_cos)
         return log_partition - target_logits, rest, target_cos
 
@@ -347,7 +347,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
     def _backward(ctx, grad_losses):
         (inputs, row_scale, weight, bias, labels, target_columns, class_index, log_partition, target_logits,
          target_cos, inv_norms) = ctx.saved_tensors
-        num_subcenters, chunk_size, normalize = ctx.settings
+        num_subcenters, chunk_size, normalize, sparse = ctx.settings
         need_inputs, need_scale, need_weight, need_bias = ctx.needs_input_grad[:4]
         k = num_subcenters
         batch = inputs.shape[0]
@@ -362,11 +362,14 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         full = class_index is None
         # Gradient w.r.t. the unit centres, turned into the gradient w.r.t. the raw rows chunk by chunk.
         grad_weight = grad_bias = None
-        if need_weight:
+        if need_weight and sparse:  # the kept rows only, in column order; a sparse tensor at the end
+            grad_weight = weight.new_zeros(class_index.numel() * k, weight.shape[1])
+        elif need_weight:
             grad_weight = torch.empty_like(weight) if full else torch.zeros_like(weight)
         if need_bias:
             grad_bias = torch.empty_like(bias) if full else torch.zeros_like(bias)
-        write_in_place = full and weight.dtype == inputs.dtype
+        compact = full or sparse  # rows of grad_weight in column order
+        write_in_place = compact and weight.dtype == inputs.dtype
         targets = _TargetCells(target_columns, chunk_size)
         for chunk in _chunks(weight, bias, class_index, k, chunk_size, inputs.dtype, inv_norms):
             products = chunk.augmented @ augmented.T  # (n * K, B), see _Chunk
@@ -391,7 +394,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
                     grad_rows = probs_rows @ scaled_weighted
                 if normalize:
                     _project_out_norms(grad_rows, chunk.centres, chunk.inv_norms)
-                if not full:
+                if not compact:
                     grad_weight.index_copy_(0, chunk.row_ids, grad_rows.to(weight.dtype))
                 elif not write_in_place:
                     grad_weight[rows] = grad_rows
@@ -428,10 +431,15 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             grad_target_rows = grad_cos.unsqueeze(1) * inputs
             if normalize:
                 _project_out_norms(grad_target_rows, target_centres, target_inv)
+            if sparse:  # not-held targets (column -1) carry a zero gradient
+                target_rows = target_columns.clamp(min=0) * k + target_sub
             grad_weight.index_add_(0, target_rows, grad_target_rows.to(weight.dtype))
+            if sparse:
+                rows = _subcentre_rows(class_index, k).unsqueeze(0)
+                grad_weight = torch.sparse_coo_tensor(rows, grad_weight, weight.shape, is_coalesced=True)
         if need_bias:
             grad_bias.index_add_(0, labels, grad_target.to(bias.dtype))
-        return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 8
+        return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 9
 
 
 @dataclass(frozen=True)
@@ -469,11 +477,14 @@ class ClassCentreHead(nn.Module):
         head: ``"full"`` or ``"sampled"``.
         sample_rate: fraction of classes in the sampled denominator, in (0, 1].
         chunk_size: classes per chunk; None picks ~4 Mi logits per chunk.
+        sparse_gradient: when the denominator is a sample, give ``weight`` a sparse gradient holding only
+            the sampled rows (``torch.optim.SGD`` and ``SparseAdam`` take it): the rows not drawn are then
+            untouched by any optimizer, and no dense (C * K, D) gradient is allocated.
     """
 
     def __init__(self, *, embedding_dim: int, num_classes: int, num_subcenters: int = 1,
                  normalize_weight: bool = True, bias: bool = False, head: str = "full",
-                 sample_rate: float = 0.1, chunk_size: int | None = None) -> None:
+                 sample_rate: float = 0.1, chunk_size: int | None = None, sparse_gradient: bool = False) -> None:
         super().__init__()
         for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes),
                             ("num_subcenters", num_subcenters)):
@@ -485,6 +496,7 @@ class ClassCentreHead(nn.Module):
         self.head = check_choice("head", head, HEADS)
         self.sample_rate = check_probability("sample_rate", sample_rate, allow_zero=False)
         self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        self.sparse_gradient = check_bool("sparse_gradient", sparse_gradient)
         self.weight, self.bias = self._parameters_for(num_classes, bias)
 
     def _parameters_for(self, num_classes: int, bias: bool) -> tuple[nn.Parameter, nn.Parameter | None]:
@@ -553,7 +565,8 @@ class ClassCentreHead(nn.Module):
         with torch.autocast(device_type=inputs.device.type, enabled=False):
             losses, rest, target_cos = _ChunkedMarginCrossEntropy.apply(
                 inputs, row_scale, self.weight, self.bias, labels, target_columns, class_index, margin,
-                self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight, shard)
+                self.num_subcenters, self._resolve_chunk(inputs.shape[0]), self.normalize_weight, shard,
+                self.sparse_gradient)
         return HeadOutput(losses, rest, target_cos)
 
     def _columns(self, labels: torch.Tensor, class_index: torch.Tensor | None

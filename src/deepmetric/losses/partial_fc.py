@@ -154,8 +154,8 @@ class ShardedClassCentreHead(ClassCentreHead):
     multiply by ``W``), and must leave this head out (its parameters differ per process).
 
     Args:
-        embedding_dim, num_classes, num_subcenters, normalize_weight, bias, chunk_size: see
-            ``ClassCentreHead``.
+        embedding_dim, num_classes, num_subcenters, normalize_weight, bias, chunk_size, sparse_gradient:
+            see ``ClassCentreHead``.
         sample_rate: probability ``r`` in (0, 1] that a non-positive class is in a training step's
             denominator (1: every class, the full head).
         seed: seeds the class sampling and the centres' initialisation (the same on every process).
@@ -173,7 +173,8 @@ class ShardedClassCentreHead(ClassCentreHead):
 
     def __init__(self, *, embedding_dim: int, num_classes: int, num_subcenters: int = 1,
                  normalize_weight: bool = True, bias: bool = False, sample_rate: float = 0.1,
-                 chunk_size: int | None = None, seed: int = 0, process_group: Any = None) -> None:
+                 chunk_size: int | None = None, sparse_gradient: bool = False, seed: int = 0,
+                 process_group: Any = None) -> None:
         self.seed = check_int("seed", seed, low=0)
         self.process_group = process_group
         self.world_size, self.rank = _group_size_rank(process_group)
@@ -184,7 +185,7 @@ class ShardedClassCentreHead(ClassCentreHead):
         self.draws = 0
         super().__init__(embedding_dim=embedding_dim, num_classes=num_classes, num_subcenters=num_subcenters,
                          normalize_weight=normalize_weight, bias=bias, head="sampled", sample_rate=sample_rate,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, sparse_gradient=sparse_gradient)
         self.head = "sharded"
         self.reductions = ProcessGroupReductions(process_group) if self.world_size > 1 else LOCAL
 
