@@ -92,3 +92,11 @@ def test_kind_metrics_against_hand_counts():
     assert scores["descriptions"] == 2 and scores["chance_top1"] == 0.5
     assert scores["top1"] == pytest.approx(0.75)  # the last image is nearer "x" but is a "y"
     assert chance_recall([1, 3], 4, 1) == pytest.approx((1 / 4 + 3 / 4) / 2)
+
+
+def test_class_texts_follow_the_relabelled_classes():
+    from deepmetric.crossmodal.texts import class_texts
+    from deepmetric.data.builtin import Digits
+
+    dataset = Digits(split="test", classes="3-5")
+    assert class_texts(dataset, ["names"]) == {"names": {0: "3", 1: "4", 2: "5"}}

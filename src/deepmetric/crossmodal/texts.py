@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from deepmetric.crossmodal.unicode import DESCRIPTION_KINDS, UnicodeTexts, load_unicode_texts
 
 #: The names of Fashion-MNIST's labels 0-9, as a person would write them in a sentence.
@@ -51,22 +53,26 @@ def glyph_class_texts(characters: Sequence[str], labels: Sequence[int], kind: st
 
 def class_texts(dataset: Any, kinds: Sequence[str] = DESCRIPTION_KINDS) -> dict[str, dict[int, str]]:
     """``{kind: {label: description}}`` for the classes of ``dataset``: a Glyphs set (its ``characters``), a
-    Fashion-MNIST set (``names`` only), or any set with ``class_names`` (``names`` only)."""
-    labels = [int(v) for v in sorted(set(getattr(dataset, "labels", [])))]
+    Fashion-MNIST set (``names`` only), or any set with ``class_names`` (``names`` only). Labels are the data
+    set's own (``LabelledImages`` relabels its classes ``0..K-1``; ``class_ids`` maps them back)."""
+    labels = [int(v) for v in sorted(set(np.asarray(getattr(dataset, "labels", [])).tolist()))]
     unknown = sorted(set(kinds) - set(DESCRIPTION_KINDS))
     if unknown:
         raise ValueError(f"unknown description kind {unknown[0]!r}; choose from {list(DESCRIPTION_KINDS)}")
+    class_ids = getattr(dataset, "class_ids", None)
+    original = {label: int(class_ids[label]) if class_ids is not None else label for label in labels}
     characters = getattr(dataset, "characters", None)
     if characters is not None:
-        return {kind: glyph_class_texts(characters, labels, kind) for kind in kinds}
+        by_character = {kind: glyph_class_texts(characters, list(original.values()), kind) for kind in kinds}
+        return {kind: {label: found[original[label]] for label in labels if original[label] in found}
+                for kind, found in by_character.items()}
     if getattr(dataset, "registry_name", None) == "fashion_mnist":
-        names: Mapping[int, str] = dict(enumerate(FASHION_MNIST_NAMES))
+        names = {label: FASHION_MNIST_NAMES[original[label]] for label in labels}
     else:
-        names = getattr(dataset, "class_names", None) or {}
-        if not isinstance(names, Mapping):
-            names = dict(enumerate(names))
-    return {kind: ({label: str(names[label]) for label in labels if label in names} if kind == "names" else {})
-            for kind in kinds}
+        given = getattr(dataset, "class_names", None) or {}
+        given = given if isinstance(given, Mapping) else dict(enumerate(given))
+        names = {label: str(given[label]) for label in labels if label in given}
+    return {kind: (dict(names) if kind == "names" else {}) for kind in kinds}
 
 
 def read_classes_file(path: str) -> list[str]:
