@@ -207,3 +207,73 @@ def test_overflowing_rows_of_a_separate_gallery_are_searched_again(monkeypatch, 
     np.testing.assert_array_equal(result.scores, scores)
     assert searches[0] == 150 and 0 < sum(searches[1:]) < 150  # some rows overflowed and were searched again
     assert not calls  # the second pass sufficed
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_worker_threads_do_not_change_results(threads):
+    # each worker multiplies and selects on its own; the symmetric search's workers take block pairs that
+    # share no block with a pair in progress, the one-sided search's take query blocks
+    x = near_ties(seed=6, n=400)
+    for metric in ("cosine", "euclidean"):
+        same = knn(x, k=12, metric=metric, query_block_size=24, gallery_block_size=24, threads=threads)
+        ids, scores = exact_order(x, x, 12, metric, exclude_self=True)
+        np.testing.assert_array_equal(same.ids, ids)
+        np.testing.assert_array_equal(same.scores, scores)
+        separate = knn(x[:130], x[130:], k=12, metric=metric, query_block_size=16, gallery_block_size=40,
+                       threads=threads)
+        ids, scores = exact_order(x[:130], x[130:], 12, metric, exclude_self=False)
+        np.testing.assert_array_equal(separate.ids, ids)
+        np.testing.assert_array_equal(separate.scores, scores)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_worker_threads_order_ties_by_index(monkeypatch, tied_data, threads):
+    # exact duplicates tie; rows overflowing a short list are searched again, by several workers too
+    assert (knn(tied_data, k=7, threads=threads).ids == brute_force(tied_data, tied_data, 7, True)).all()
+    monkeypatch.setattr(topk, "_MIN_EXTRA_CANDIDATES", 0)
+    result = knn(tied_data, tied_data, k=3, exclude_self=True, query_block_size=8, threads=threads)
+    np.testing.assert_array_equal(result.ids, brute_force(tied_data, tied_data, 3, exclude_self=True))
+
+
+def test_worker_threads_restore_torch_threads_and_raise_errors(monkeypatch):
+    x = near_ties(seed=8, n=200)
+    before = torch.get_num_threads()
+    knn(x, k=5, query_block_size=16, threads=3)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        knn(x, k=5, threads=0)
+
+    def fail(*args):
+        raise RuntimeError("selection failed")
+
+    monkeypatch.setattr(topk._scan, "scan_columns", fail)
+    with pytest.raises(RuntimeError, match="selection failed"):
+        knn(x, k=5, query_block_size=16, gallery_block_size=16, threads=2)
+    assert torch.get_num_threads() == before
+
+
+def test_claims_never_hand_out_items_sharing_a_block():
+    # 12 blocks, every pair: at no moment do two workers hold pairs with a block in common, and every pair
+    # is handled exactly once
+    import threading
+    import time
+
+    pairs = [(i, i) for i in range(12)] + [(i, j) for j in range(12) for i in range(j)]
+    claims, held, handled, clashes = topk._Claims(pairs), [], [], []
+    lock = threading.Lock()
+
+    def handle(pair):
+        with lock:
+            clashes.extend(other for other in held if set(other) & set(pair))
+            held.append(pair)
+        time.sleep(0.0005)
+        with lock:
+            held.remove(pair)
+            handled.append(pair)
+
+    workers = [threading.Thread(target=claims.each, args=(handle,)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not clashes and sorted(handled) == sorted(pairs)

@@ -219,7 +219,7 @@ def _append(row, key, item, cands, count, hist, base, above, kth_coarse, kth_key
                  coarse_shift, k)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def scan_rows(block, first_row, first_item, own, mask, cands, count, hist, base, above, kth_coarse,
               kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
     """Row r of ``block`` scores state row ``first_row + r`` against items ``first_item + c``, leaving out
@@ -231,7 +231,7 @@ def scan_rows(block, first_row, first_item, own, mask, cands, count, hist, base,
     one of which may be the query itself)."""
     rows, columns = block.shape
     width = (columns + GROUPS - 1) // GROUPS
-    for chunk in prange((rows + 15) // 16):
+    for chunk in range((rows + 15) // 16):
         lane = np.empty(width, block.dtype)
         hits = np.empty(width * GROUPS, np.int64)
         for r in range(chunk * 16, min(chunk * 16 + 16, rows)):
@@ -266,7 +266,7 @@ def scan_rows(block, first_row, first_item, own, mask, cands, count, hist, base,
                             margin, unit, shift, coarse_shift, overflow, k)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
                  margin, unit, shift, coarse_shift, overflow, k):
     """The transposed use of a block: column c scores state row ``first_row + c`` against items
@@ -274,7 +274,7 @@ def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, a
     maxima are taken with vector operations and only columns whose maximum reaches their threshold are read."""
     rows, columns = block.shape
     low, high = -np.int64(mask) - 1, np.int64(mask)  # thresholds clipped to the range of the keys
-    for chunk in prange((columns + COLUMN_SPAN - 1) // COLUMN_SPAN):
+    for chunk in range((columns + COLUMN_SPAN - 1) // COLUMN_SPAN):
         start = chunk * COLUMN_SPAN
         stop = min(start + COLUMN_SPAN, columns)
         top = np.empty(stop - start, block.dtype)
@@ -303,11 +303,11 @@ def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, a
                 limit[c] = min(max(threshold[row], low), high)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def finish(first_row, last_row, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
            margin, unit, shift, coarse_shift, overflow, k):
     """Final compaction of rows first_row:last_row, so that each keeps only what can reach its top k."""
-    for row in prange(first_row, last_row):
+    for row in range(first_row, last_row):
         if not overflow[row]:
             _compact(row, cands, count, threshold, overflow)
 
@@ -366,7 +366,7 @@ def _write_ranked(codes, values, out_scores, out_ids):
         out_ids[j] = codes[j] & 0xFFFFFFFF
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, overflow, euclidean, item_ids,
              query_ids, out_scores, out_ids):
     """Exact scores of the candidates of state rows first_row:last_row (query ``row + query_offset``), sorted by
@@ -374,7 +374,7 @@ def finalize(queries, gallery, first_row, last_row, query_offset, cands, count, 
     best ``out_scores.shape[1]`` written to output row ``query_ids[query]``; gallery item i is reported as
     ``item_ids[i]``. Overflowed rows are left alone."""
     per_task = 64
-    for task in prange((last_row - first_row + per_task - 1) // per_task):
+    for task in range((last_row - first_row + per_task - 1) // per_task):
         values = np.empty(cands.shape[1], np.float32)
         bits = values.view(np.int32)
         order = np.empty(cands.shape[1], np.int64)

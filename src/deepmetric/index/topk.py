@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ _MIN_EXTRA_CANDIDATES = 128  # a query holds up to k + max(k, this) candidates; 
 # after a compaction (thousands of tied scores) is searched again with 16x that, or exactly
 _LOCALITY_MIN_ITEMS = 16384  # queries = gallery from this size on: items reordered by nearest centre first
 _LOCALITY_MAX_CLUSTERS = 1024
+_REPORT_ROWS = 4096  # rows re-scored and sorted per work item of the symmetric search
 _BFLOAT16_MIN_WORK = 1 << 26  # queries x gallery below which the bfloat16 probe is not worth its few milliseconds
 _FLOAT32_UNIT = 2.0 ** -24  # unit roundoff
 _BFLOAT16_UNIT = 2.0 ** -8
@@ -64,6 +66,7 @@ def knn(
     gallery_block_size: int = 65536,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    threads: int | None = None,
 ) -> SearchResult:
     """Exact top-``k`` neighbours of every query, computed block by block.
 
@@ -82,7 +85,9 @@ def knn(
     re-scored by one fixed float32 arithmetic (``_scan.pair_score``) and sorted, so the result is the same
     whichever pass and block sizes were used. When the queries are the gallery, each product of two blocks
     serves the rows of both (half the multiplications), and large sets are first reordered so that near
-    neighbours share blocks (results are still reported by original index). On a GPU the products run
+    neighbours share blocks (results are still reported by original index). ``threads`` workers each take
+    a query block (or, queries = gallery, a block pair sharing no block with one in progress), multiply it
+    with torch on one thread and select from it at once, while it is in cache. On a GPU the products run
     there and the selection on the CPU. The first call after an install compiles the kernels (~30-60 s,
     then cached on disk; ``warm_up`` does it ahead).
 
@@ -101,6 +106,8 @@ def knn(
         precision: the candidate pass's arithmetic, one of ``PRECISIONS`` (results do not depend on it):
             "auto" (bfloat16 where this CPU multiplies it natively, soundly and 1.5x faster than float32),
             "float32", or "bfloat16" (wherever the CPU multiplies it natively and soundly, else float32).
+        threads: worker threads, each multiplying and selecting on its own (results do not depend on it);
+            default ``torch.get_num_threads()``.
 
     Example:
         >>> import numpy as np
@@ -123,7 +130,7 @@ def knn(
         raise ValueError("exclude_self=True needs the first len(query_embeddings) gallery items to be the queries")
     return search_prepared(queries, None if same_set else gallery, k=k, metric=metric, exclude_self=exclude_self,
                            query_block_size=query_block_size, gallery_block_size=gallery_block_size,
-                           device=device, precision=precision)
+                           device=device, precision=precision, threads=threads)
 
 
 def check_precision(precision: object) -> str:
@@ -137,7 +144,8 @@ def check_precision(precision: object) -> str:
 
 def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, metric: str, exclude_self: bool,
                     query_block_size: int = 1024, gallery_block_size: int = 65536,
-                    device: str | torch.device | None = None, precision: str = "auto") -> SearchResult:
+                    device: str | torch.device | None = None, precision: str = "auto",
+                    threads: int | None = None) -> SearchResult:
     """``knn`` on arguments it already checked: C-contiguous finite float32 (Q, D) and (N, D) arrays (gallery
     None: the queries), a canonical metric, positive ints. For callers that validated their vectors once
     (``deepmetric.index.ExactIndex``) and search them many times."""
@@ -162,6 +170,7 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
         item_ids = query_ids = order.cpu().numpy()
     gallery_np = np.ascontiguousarray(gallery_t.cpu().numpy())
     queries_np = gallery_np[:num_queries] if same_set else np.ascontiguousarray(queries_t.cpu().numpy())
+    threads = torch.get_num_threads() if threads is None else check_positive_int("threads", threads)
     with torch.inference_mode():
         fast = _FastPass.build(gallery_t, metric, _fast_dtype(metric, device, num_queries * num_gallery, precision))
         cap = k + max(k, _MIN_EXTRA_CANDIDATES)
@@ -170,10 +179,10 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
 
         def reporter(sub_queries_t: torch.Tensor, sub_queries_np: np.ndarray, sub_query_ids: np.ndarray,
                      sub_own: np.ndarray, cap: int):
-            """Writes the results of state rows first:last, queries ``row + query_offset`` of the sub-arrays.
-            Rows whose candidates overflowed are collected; ``report.redo_overflowed()`` searches them again
-            with 16x longer lists, or exactly once that would not pay off against reading the whole gallery
-            per query."""
+            """Writes the results of state rows first:last, queries ``row + query_offset`` of the sub-arrays
+            (workers call it on disjoint rows). Rows whose candidates overflowed are collected;
+            ``report.redo_overflowed()`` searches them again with 16x longer lists, or exactly once that would
+            not pay off against reading the whole gallery per query."""
 
             def report(state: _State, first: int, last: int, query_offset: int) -> None:
                 state.finish(first, last)
@@ -183,7 +192,7 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
 
             def redo_overflowed() -> None:
                 """All overflowed rows at once (one product per gallery tile, not one per query block)."""
-                redo = np.concatenate(overflowed) if overflowed else np.empty(0, np.int64)
+                redo = np.sort(np.concatenate(overflowed)) if overflowed else np.empty(0, np.int64)
                 if len(redo) == 0:
                     return
                 wider = k + max(k, 16 * (cap - k))
@@ -192,7 +201,7 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
                     report_again = reporter(sub_queries_t[again], sub_queries_np[redo], sub_query_ids[redo],
                                             sub_own[redo], wider)
                     _one_sided_search(fast, sub_queries_t[again], k, wider, sub_own[redo], query_block_size, tile,
-                                      report_again)
+                                      report_again, threads)
                     report_again.redo_overflowed()
                     return
                 for i in redo:
@@ -208,9 +217,9 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
         report = reporter(queries_t, queries_np, query_ids, own, cap)
         if same_set:
             # square blocks with as many scores as a (query_block_size, tile) block
-            _symmetric_search(fast, queries_t, k, cap, own, math.isqrt(query_block_size * tile), report)
+            _symmetric_search(fast, queries_t, k, cap, own, math.isqrt(query_block_size * tile), report, threads)
         else:
-            _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report)
+            _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report, threads)
         report.redo_overflowed()
     return SearchResult(out_scores, out_ids)
 
@@ -230,43 +239,140 @@ def _locality_order(x: torch.Tensor, iterations: int = 1) -> torch.Tensor:
     return torch.argsort((fast @ centres.to(torch.bfloat16).T).argmax(1), stable=True)
 
 
+def _in_workers(threads: int, work) -> None:
+    """Run ``work()`` in ``threads`` threads of their own (in this one when ``threads`` is 1) and wait for all.
+
+    Each worker multiplies and selects by itself: its torch operations run on one thread (torch's count is
+    per thread; the process-wide default is restored afterwards) and the selection kernels are serial and
+    release the GIL. Two thread pools taking turns (torch's and numba's OpenMP runtimes, each spinning after
+    its parallel regions) would otherwise put twice as many busy threads as cores on the CPU, and a core
+    taken by another process would stall both at every block. The first exception is re-raised."""
+    if threads == 1:
+        work()
+        return
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                work()
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread
+            errors.append(error)
+
+    default = torch.get_num_threads()
+    workers = [threading.Thread(target=run, name=f"deepmetric-topk-{i}", daemon=True) for i in range(threads)]
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join()
+        torch.set_num_threads(default)
+    if errors:
+        raise errors[0]
+
+
+class _Claims:
+    """Work items taken one at a time by the workers, in order, skipping (for now) an item that shares a
+    block with an item in progress: the workers then never touch the same state rows at once. ``items`` are
+    tuples of block numbers. ``take`` returns None when everything is taken or a worker failed."""
+
+    def __init__(self, items: list[tuple[int, ...]]):
+        self.pending, self.busy = list(items), set()
+        self.condition = threading.Condition()
+        self.failed = False
+
+    def take(self) -> tuple[int, ...] | None:
+        with self.condition:
+            while True:
+                if self.failed or not self.pending:
+                    return None
+                for position, item in enumerate(self.pending):
+                    if self.busy.isdisjoint(item):
+                        del self.pending[position]
+                        self.busy.update(item)
+                        return item
+                self.condition.wait()
+
+    def done(self, item: tuple[int, ...], failed: bool = False) -> None:
+        with self.condition:
+            self.busy.difference_update(item)
+            self.failed |= failed
+            self.condition.notify_all()
+
+    def each(self, handle) -> None:
+        """Take items and ``handle`` them until none is left (one worker's loop)."""
+        while (item := self.take()) is not None:
+            failed = True
+            try:
+                handle(item)
+                failed = False
+            finally:
+                self.done(item, failed)
+
+
 def _one_sided_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int, own: np.ndarray,
-                      query_block_size: int, tile: int, report) -> None:
-    """Each query block against every gallery tile; its results are reported once the last tile passed.
-    Query i leaves gallery item ``own[i]`` out (-1: none)."""
+                      query_block_size: int, tile: int, report, threads: int = 1) -> None:
+    """Each query block against every gallery tile, a block per worker at a time (blocks are made small
+    enough that every worker gets one); a block's results are reported once its last tile passed. Query i
+    leaves gallery item ``own[i]`` out (-1: none)."""
     query_fast = fast.cast(queries_t)
-    scratch = query_fast.new_empty(min(query_block_size, len(queries_t)) * tile)
-    for start in range(0, len(queries_t), query_block_size):
-        stop = min(start + query_block_size, len(queries_t))
-        state = _State(fast, queries_t[start:stop], k, cap, own[start:stop])
-        for g_start in range(0, fast.gallery.shape[0], tile):
-            g_stop = min(g_start + tile, fast.gallery.shape[0])
-            block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            state.rows(block, 0, g_start)
-        report(state, 0, stop - start, start)
+    block_size = min(query_block_size, -(-len(queries_t) // threads))
+    claims = _Claims([(start,) for start in range(0, len(queries_t), block_size)])
+    threads = min(threads, len(claims.pending))
+
+    def work() -> None:
+        scratch = query_fast.new_empty(min(block_size, len(queries_t)) * tile)
+
+        def handle(item: tuple[int, ...]) -> None:
+            start = item[0]
+            stop = min(start + block_size, len(queries_t))
+            state = _State(fast, queries_t[start:stop], k, cap, own[start:stop])
+            for g_start in range(0, fast.gallery.shape[0], tile):
+                g_stop = min(g_start + tile, fast.gallery.shape[0])
+                block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
+                state.rows(block, 0, g_start)
+            report(state, 0, stop - start, start)
+
+        claims.each(handle)
+
+    _in_workers(threads, work)
 
 
 def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int, own: np.ndarray,
-                      block_size: int, report) -> None:
+                      block_size: int, report, threads: int = 1) -> None:
     """Queries = gallery: the product of blocks i < j serves the rows of i and, read by columns, the rows
     of j, so each pair of items is multiplied once. The diagonal blocks go first, so that every row has a
     bound on its k-th best before the columns of other blocks reach it; then block j meets every block
-    before it (its rows, early in their lives, take the most candidates while their state is warm). All rows
-    are reported at the end. Row i leaves gallery item ``own[i]`` out (-1: none)."""
+    before it (its rows, early in their lives, take the most candidates while their state is warm). Workers
+    take pairs in that order, each skipping a pair that shares a block with one in progress, so no two
+    update the same rows at once. All rows are reported at the end, in slices across the workers. Row i
+    leaves gallery item ``own[i]`` out (-1: none)."""
     query_fast = fast.cast(queries_t)
     state = _State(fast, queries_t, k, cap, own)
     bounds = [(start, min(start + block_size, len(queries_t))) for start in range(0, len(queries_t), block_size)]
-    # a reused buffer: fresh multi-megabyte tensors per block would cost a page fault per 4 KB
-    scratch = query_fast.new_empty(min(block_size, len(queries_t)) ** 2)
-    for start, stop in bounds:
-        block = fast.scores(query_fast[start:stop], start, stop, scratch)
-        state.rows(block, start, start)
-    for j, (g_start, g_stop) in enumerate(bounds):
-        for start, stop in bounds[:j]:
+    pairs = [(i, i) for i in range(len(bounds))] + [(i, j) for j in range(len(bounds)) for i in range(j)]
+    claims = _Claims(pairs)
+
+    def work() -> None:
+        # a reused buffer per worker: fresh multi-megabyte tensors per block would cost a page fault per 4 KB
+        scratch = query_fast.new_empty(min(block_size, len(queries_t)) ** 2)
+
+        def handle(pair: tuple[int, ...]) -> None:
+            (start, stop), (g_start, g_stop) = bounds[pair[0]], bounds[pair[1]]
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
             state.rows(block, start, g_start)
-            state.columns(block, g_start, start)
-    report(state, 0, len(queries_t), 0)
+            if pair[0] != pair[1]:
+                state.columns(block, g_start, start)
+
+        claims.each(handle)
+
+    _in_workers(min(threads, len(bounds)), work)
+    slices = _Claims([(start,) for start in range(0, len(queries_t), _REPORT_ROWS)])
+    _in_workers(min(threads, len(slices.pending)), lambda: slices.each(
+        lambda item: report(state, item[0], min(item[0] + _REPORT_ROWS, len(queries_t)), 0)))
 
 
 class _State:
