@@ -128,8 +128,9 @@ def measure_memory(name: str, runtime: str, graph: Path, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def time_pair(model, sess, inputs: np.ndarray, budget: float, max_calls: int) -> tuple[float, float, float]:
-    """Median seconds per call of PyTorch and onnxruntime, interleaved, and the largest output difference."""
+def time_pair(model, sess, inputs: np.ndarray, budget: float, max_calls: int) -> tuple[float, float, float, float]:
+    """Median seconds per call of PyTorch and onnxruntime, interleaved; the largest output difference and the
+    lowest per-row cosine between the two outputs."""
     import torch
 
     tensor = torch.from_numpy(inputs)
@@ -149,7 +150,9 @@ def time_pair(model, sess, inputs: np.ndarray, budget: float, max_calls: int) ->
             tick = time.perf_counter()
             sess.run(None, {"inputs": inputs})
             ort_times.append(time.perf_counter() - tick)
-    return float(np.median(torch_times)), float(np.median(ort_times)), float(np.abs(output - reference).max())
+    cosine = float((output.astype(np.float64) * reference).sum(1).min())
+    return (float(np.median(torch_times)), float(np.median(ort_times)), float(np.abs(output - reference).max()),
+            cosine)
 
 
 def export_graph(model, folder: Path) -> Path:
@@ -220,6 +223,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per backbone and batch size")
     parser.add_argument("--max-calls", type=int, default=200)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 rows of the face backbones")
     parser.add_argument("--profile", nargs="*", default=None, help="also profile these backbones at batch 1 "
                         "(default with --output: the face backbones that miss 1.5x)")
     parser.add_argument("--output", type=Path, help="write the markdown table here")
@@ -234,7 +238,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    rows = []
+    rows, int8_rows = [], []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         for name in args.backbones:
@@ -245,10 +249,23 @@ def main() -> None:
             sess = session(graph, args.threads)
             for batch in BATCHES:
                 # A time budget, not a call count: big backbones get fewer calls (at least 3).
-                torch_s, ort_s, diff = time_pair(model, sess, example(name, batch), args.budget, args.max_calls)
+                torch_s, ort_s, diff, _ = time_pair(model, sess, example(name, batch), args.budget, args.max_calls)
                 rows.append({"backbone": name, "batch": batch, "torch_ips": batch / torch_s,
                              "ort_ips": batch / ort_s, "speedup": torch_s / ort_s, "max_abs_diff": diff})
                 print(json.dumps(rows[-1]), flush=True)
+            if name in FACE_BACKBONES and not args.no_int8:
+                from deepmetric.deploy.quantize import quantize_dynamic_int8
+
+                int8_graph = folder / "int8.onnx"
+                int8_graph.write_bytes(quantize_dynamic_int8(graph.read_bytes()))
+                int8_sess = session(int8_graph, args.threads)
+                for batch in BATCHES:
+                    torch_s, ort_s, _, cosine = time_pair(model, int8_sess, example(name, batch), args.budget,
+                                                          args.max_calls)
+                    int8_rows.append({"backbone": name, "batch": batch, "torch_ips": batch / torch_s,
+                                      "int8_ips": batch / ort_s, "speedup": torch_s / ort_s, "min_cosine": cosine})
+                    print(json.dumps(int8_rows[-1]), flush=True)
+                del int8_sess
             if not args.no_memory:
                 memory = {runtime: measure_memory(name, runtime, graph, args.threads) for runtime in ("torch", "ort")}
                 for row in rows:
@@ -262,14 +279,14 @@ def main() -> None:
     to_profile = args.profile if args.profile is not None else (slow_faces if args.output else [])
     profiles = [profile(name, args.threads) for name in to_profile]
     text = report(rows, threads=args.threads, load=load, elapsed=elapsed, ort_version=onnxruntime.__version__,
-                  torch_version=torch.__version__, profiles=profiles)
+                  torch_version=torch.__version__, profiles=profiles, int8_rows=int8_rows)
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
 
 
-def report(rows, *, threads, load, elapsed, ort_version, torch_version, profiles) -> str:
+def report(rows, *, threads, load, elapsed, ort_version, torch_version, profiles, int8_rows=()) -> str:
     lines = ["# Runtime: PyTorch eager vs onnxruntime (issue 17)", "",
              f"Command: `flock /tmp/bench.lock .venv/bin/python bench/runtime.py --output docs/benchmarks/runtime.md`"
              f" ({elapsed / 60:.1f} min).", "",
@@ -295,6 +312,16 @@ def report(rows, *, threads, load, elapsed, ort_version, torch_version, profiles
         lines += ["", "Target (onnxruntime >= 1.5x PyTorch at batch 1 for the face backbones): " + "; ".join(
             f"{r['backbone']} {r['speedup']:.2f}x ({'met' if r['speedup'] >= 1.5 else 'missed'})" for r in faces)
             + "."]
+    if int8_rows:
+        lines += ["", "Optional int8 dynamic quantisation (`deepmetric export --quantize int8`: int8 per-channel "
+                  "weights, "
+                  "activations quantised per batch; never on by default), same threads, interleaved with PyTorch "
+                  "float32. The cosine is the lowest per-row cosine to PyTorch on the timed (random) batch; the export "
+                  "reports it on real images, with the MAP@R loss.", "",
+                  "| backbone | batch | PyTorch img/s | onnxruntime int8 img/s | speed-up | lowest cosine |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['backbone']} | {r['batch']} | {r['torch_ips']:.1f} | {r['int8_ips']:.1f} | "
+                  f"{r['speedup']:.2f}x | {r['min_cosine']:.4f} |" for r in int8_rows]
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(profiles) if profiles else "")
 
 
