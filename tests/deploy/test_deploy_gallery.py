@@ -56,3 +56,9 @@ def test_load_model_picks_the_runtime(tmp_path):
     assert isinstance(load_model(tmp_path / "model", runtime="onnx"), OnnxEmbedder)
     with pytest.raises(ValueError, match="runtime"):
         load_model(tmp_path / "model", runtime="tflite")
+
+
+def test_a_ready_made_face_model_has_no_onnx_runtime():
+    pytest.importorskip("dlib")
+    with pytest.raises(ValueError, match="ready-made face model"):
+        load_model("dlib-face", runtime="onnx")

@@ -114,6 +114,9 @@ def load_model(spec: str | Path, *, faces: bool = False, detector: str = "hog", 
         raise TypeError(f"model must be a face model name or a model folder path, got {type(spec).__name__}")
     built_in = registry.names(FACE_MODEL_KIND)
     if str(spec) in built_in:
+        if runtime == "onnx":
+            raise ValueError(f"runtime 'onnx' needs a model folder holding an exported model.onnx; {str(spec)!r} is "
+                             f"a ready-made face model")
         return _face_model(str(spec), detector)
     path = Path(spec)
     if not ((path / "config.json").is_file() or (path / "model.onnx").is_file()):
