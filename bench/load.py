@@ -110,6 +110,11 @@ def main() -> None:
     parser.add_argument("--scenario", choices=("enrol", "attack"), default="enrol")
     parser.add_argument("--before", type=Path, default=None,
                         help="attack: the src folder of the version to compare with (e.g. /tmp/before/src)")
+    parser.add_argument("--after", type=Path, default=None,
+                        help="attack: the src folder of the version measured as 'after' (default: this checkout's; "
+                             "a clean worktree keeps others' uncommitted edits out of the measurement)")
+    parser.add_argument("--before-note", default=None,
+                        help="attack: one sentence on what the 'before' version does with photos, for the report")
     parser.add_argument("--duration", type=float, default=30.0, help="attack: seconds of photo load per version")
     parser.add_argument("--bomb-clients", type=int, default=2, help="attack: clients posting bombs")
     parser.add_argument("--bomb-interval", type=float, default=0.5,
@@ -402,7 +407,8 @@ def attack_main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="deepmetric-attack-"))
     centres = seed_gallery(workdir / "seeded", population, args.identities)
     probes = population.samples(centres[: min(len(centres), 500)])
-    versions = {"before": args.before.resolve(), "after": Path(__file__).resolve().parent.parent / "src"}
+    versions = {"before": args.before.resolve(),
+                "after": (args.after or Path(__file__).resolve().parent.parent / "src").resolve()}
     results: dict[str, dict[str, dict]] = {}
     for label, source in versions.items():
         shutil.copytree(workdir / "seeded", workdir / label)
@@ -428,6 +434,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _commit(source: Path) -> str:
+    """The short commit of the checkout holding ``source`` (a src folder), or "uncommitted" when it has edits."""
+    import subprocess
+
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", "-C", str(source), *command], check=False, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{sha} + uncommitted edits" if git("status", "--porcelain", "--", ".") else sha
+
+
 def _cell(values: list[float]) -> str:
     return f"{percentile(values, 50):.0f} / {percentile(values, 99):.0f} ({len(values)})" if values else "-"
 
@@ -450,13 +468,15 @@ def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, P
         answers.append(f"- **{label}**: answers under load {by_kind}; cheap requests failed: {len(errors)}"
                        + (f" (first: {errors[0]})" if errors else ""))
     report = "\n".join([
-        ATTACK_TITLE + ": before and after the bounded photo pool (issue 12)",
+        ATTACK_TITLE + ": before and after issue 12",
         "",
         f"Command: `flock /tmp/bench.lock .venv/bin/python bench/load.py --scenario attack --before "
-        f"{versions['before']} --identities {args.identities} --clients {args.clients} --bomb-clients "
+        f"{versions['before']} --after {versions['after']} --identities {args.identities} --clients "
+        f"{args.clients} --bomb-clients "
         f"{args.bomb_clients} --bomb-interval {args.bomb_interval:g} --photo-clients {args.photo_clients} "
         f"--duration {args.duration:g}`; {os.cpu_count()} cores ({_cpu_model()}), load average at the end "
-        f"{os.getloadavg()[0]:.1f}, clients and server on the same machine.",
+        f"{os.getloadavg()[0]:.1f}, clients and server on the same machine. Before: commit "
+        f"{_commit(versions['before'])}; after: commit {_commit(versions['after'])}.",
         "",
         f"Each version serves a copy of one gallery ({args.identities:,} synthetic identities, dlib's face model "
         f"loaded) on loopback. {args.clients} clients send cheap requests in turn (health, a page of 20 "
@@ -473,8 +493,7 @@ def report_attack(results: dict, args: argparse.Namespace, versions: dict[str, P
         "",
         *answers,
         "",
-        "Before: every photo is decoded in an unbounded thread pool and face detection is serialised, so a bomb "
-        "holds the face model for tens of seconds of CPU and about a gigabyte, and users' photos wait behind it. "
+        (f"Before: {args.before_note} " if args.before_note else "") +
         "After: a bomb is refused from its header (413) before decoding, photos run in a pool of one worker "
         "less than the cores (at least one) with as many queue places, and a full pool answers 503 with "
         "Retry-After at once.",
