@@ -153,6 +153,7 @@ def _names_the_problem(message: str, param, bad: str) -> bool:
 BAD_PATHS = {"missing file": "missing/nothing.npy", "folder for a file": "a_folder", "text for .npy": "text.npy"}
 
 
+@pytest.mark.timeout(120)  # a command that started a server or a benchmark on a bad value fails, not stalls
 @pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
 def test_every_command_refuses_bad_paths_and_negative_numbers_in_one_line(inputs, path, command):
     """Every command of the tree, with one bad value at a time: a one-line refusal naming the problem, before

@@ -73,6 +73,18 @@ def test_enrol_identify_verify_delete_in_the_page(server, browser, tmp_path):
     wait.until(ec.text_to_be_present_in_element((By.ID, "enroll-message"), "enrolled Eileen Collins"))
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-identity="eileen"]')))
 
+    # A group photo is refused until the page says which face to enrol; then the faces seen are shown.
+    find(By.ID, "enroll-id").send_keys("crew")
+    find(By.ID, "enroll-images").send_keys(str(photos["two_faces.png"]))
+    find(By.ID, "enroll-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "enroll-message"), "2 faces found"))
+    Select(find(By.ID, "enroll-face")).select_by_value("largest")
+    find(By.ID, "enroll-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "enroll-message"), "faces seen per photo: 2"))
+    find(By.CSS_SELECTOR, 'button[data-delete="crew"]').click()
+    wait.until(ec.alert_is_present()).accept()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "browse-message"), "deleted crew"))
+
     # Identify a photo with two faces: both boxes drawn, both recognised.
     find(By.ID, "probe-image").send_keys(str(photos["two_faces.png"]))
     find(By.ID, "identify-button").click()

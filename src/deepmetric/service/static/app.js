@@ -118,10 +118,13 @@ $("enroll-form").addEventListener("submit", async (event) => {
   form.append("identity_id", $("enroll-id").value.trim());
   if ($("enroll-name").value.trim()) form.append("name", $("enroll-name").value.trim());
   for (const file of $("enroll-images").files) form.append("images", file);
+  if ($("enroll-face").value) form.append("face", $("enroll-face").value);
   say("enroll-message", "enrolling…");
   try {
     const identity = await api("/api/identities", { method: "POST", body: form });
-    say("enroll-message", `enrolled ${identity.name} (${identity.identity_id}) from ${identity.num_templates} photo(s)`, "ok");
+    const seen = (identity.faces_seen || []).filter((count) => count !== null);
+    const faces = seen.length ? `; faces seen per photo: ${seen.join(", ")}` : "";
+    say("enroll-message", `enrolled ${identity.name} (${identity.identity_id}) from ${identity.num_templates} photo(s)${faces}`, "ok");
     $("enroll-form").reset();
   } catch (error) {
     say("enroll-message", error.message, "error");
