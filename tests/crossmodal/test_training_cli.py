@@ -100,3 +100,12 @@ def test_class_texts_follow_the_relabelled_classes():
 
     dataset = Digits(split="test", classes="3-5")
     assert class_texts(dataset, ["names"]) == {"names": {0: "3", 1: "4", 2: "5"}}
+
+
+def test_shipped_config_resolves():
+    from pathlib import Path
+
+    config = load_crossmodal_config(Path(__file__).parents[2] / "configs" / "crossmodal_glyphs.yaml",
+                                    ["crossmodal.loss.name=siglip"])
+    assert config["crossmodal"]["text_tower"] == {"kind": "sentence", "mode": "projection"}
+    assert config["crossmodal"]["loss"]["name"] == "siglip" and config["eval"]["primary_metric"] == "zeroshot/top5"
