@@ -116,10 +116,17 @@ def test_a_broken_graph_fails_loudly_and_leaves_no_file(tmp_path):
     assert not target.exists() and list((tmp_path / "out").iterdir()) == []  # no file, no temporary left
 
 
-def test_parity_catches_a_perturbed_weight_and_an_impossible_tolerance(tmp_path):
-    model = small_model("small_cnn")
-    export_onnx(model, tmp_path / "good.onnx", max_images=IMAGES)
-    proto = onnx.load(str(tmp_path / "good.onnx"))
+@pytest.fixture(scope="module")
+def small_cnn_export(tmp_path_factory):
+    """One exported small CNN for the tests that break it in different ways."""
+    folder = tmp_path_factory.mktemp("small_cnn")
+    export_onnx(small_model("small_cnn"), folder / "good.onnx", max_images=IMAGES)
+    return folder / "good.onnx"
+
+
+def test_parity_catches_a_perturbed_weight_and_an_impossible_tolerance(small_cnn_export):
+    model = small_model("small_cnn")  # the same seed: the same weights as the export
+    proto = onnx.load(str(small_cnn_export))
     weight = max(proto.graph.initializer, key=lambda tensor: len(tensor.raw_data))
     values = onnx.numpy_helper.to_array(weight).copy()
     values.flat[::7] *= 1.02  # a 2% error in one in seven weights of one layer
@@ -133,14 +140,12 @@ def test_parity_catches_a_perturbed_weight_and_an_impossible_tolerance(tmp_path)
 
     strict = ParityTolerances(min_cosine=1.0, min_overlap=1.0, max_map_difference=0.0)
     model.neck.norm.running_var.mul_(1.0001)  # a tiny drift the ONNX graph (traced before) does not have
-    report = measure_parity(model, OnnxEmbedder.load(tmp_path / "good.onnx"), max_images=IMAGES, tolerances=strict)
+    report = measure_parity(model, OnnxEmbedder.load(small_cnn_export), max_images=IMAGES, tolerances=strict)
     assert not report.passed and "cosine" in report.failures[0]
 
 
-def test_a_graph_changed_after_export_is_refused(tmp_path):
-    model = small_model("small_cnn")
-    export_onnx(model, tmp_path / "model.onnx", max_images=IMAGES)
-    proto = onnx.load(str(tmp_path / "model.onnx"))
+def test_a_graph_changed_after_export_is_refused(tmp_path, small_cnn_export):
+    proto = onnx.load(str(small_cnn_export))
     proto.graph.initializer[0].raw_data = bytes(len(proto.graph.initializer[0].raw_data))
     (tmp_path / "model.onnx").write_bytes(proto.SerializeToString())
     with pytest.raises(ValueError, match="changed after export"):
