@@ -78,12 +78,14 @@ def _make(spec: str, dim: int, metric: str, backend: str) -> VectorIndex:
 
 
 def build_index(spec: str, dim: int, metric: str = "cosine", backend: str | None = None, *,
-                num_vectors: int | None = None, memory_budget: int | None = None) -> VectorIndex:
+                num_vectors: int | None = None, memory_budget: int | None = None, shards: int = 2,
+                address: str | None = None) -> VectorIndex:
     """An empty index. ``spec``: a faiss factory string (``"IVF4096,PQ32"``), ``"HNSW32"`` (faiss, or
     hnswlib with ``backend="hnswlib"``), ``"Annoy50"``, ``"Flat"`` for exact search (our engine; ``"Flat,bf16"``
     / ``"Flat,float32"`` fix its candidate pass; faiss's flat index with ``backend="faiss"``), or ``"auto"``
     (needs ``num_vectors``; see ``choose_spec``). ``metric``: "cosine", "dot" or "euclidean" ("ip", "l2" are
-    aliases); every backend takes all three.
+    aliases); every backend takes all three. ``backend="ray"``: ``shards`` Ray actors on the cluster at
+    ``address``, each holding a ``spec`` index (``deepmetric.index.ray_backend``).
 
     Example:
         >>> import numpy as np
@@ -94,9 +96,13 @@ def build_index(spec: str, dim: int, metric: str = "cosine", backend: str | None
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"spec must be a non-empty string like 'HNSW32' or 'auto', got {spec!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend is not None and backend not in (*BACKENDS, "ray"):
+        raise ValueError(f"backend must be one of {(*BACKENDS, 'ray')} or None, got {backend!r}")
     spec = spec.strip()
+    if backend == "ray":
+        from deepmetric.index.ray_backend import RayShardedIndex
+
+        return RayShardedIndex(spec=spec, dim=dim, metric=metric, shards=shards, address=address)
     if spec == "auto":
         if num_vectors is None:
             raise ValueError("spec='auto' needs num_vectors= (how many vectors the index will hold)")
@@ -106,11 +112,17 @@ def build_index(spec: str, dim: int, metric: str = "cosine", backend: str | None
     return _make(spec, dim, metric, backend or _backend_for(spec))
 
 
-def load_index(path: str | os.PathLike, *, mmap: bool = False, verify: bool = True) -> VectorIndex:
+def load_index(path: str | os.PathLike, *, mmap: bool = False, verify: bool = True,
+               address: str | None = None) -> VectorIndex:
     """Open an index written by ``VectorIndex.save``. ``mmap=True`` maps flat and IVF data from disk
-    (faiss ``IO_FLAG_MMAP``; annoy always maps) instead of reading it; ``verify`` checks every SHA-256."""
+    (faiss ``IO_FLAG_MMAP``; annoy always maps) instead of reading it; ``verify`` checks every SHA-256.
+    A Ray index starts its shard actors on the cluster at ``address``."""
     folder = recover_directory(path)
     manifest: dict[str, Any] = read_manifest(folder, verify=verify)
+    if manifest["backend"] == "ray":
+        from deepmetric.index.ray_backend import load_ray_index
+
+        return load_ray_index(folder, manifest, address=address, verify=verify)
     index = _make(manifest["spec"], int(manifest["dim"]), manifest["metric"], manifest["backend"])
     index.knobs = dict(manifest.get("knobs") or {})
     index._load(folder, manifest["backend_state"], mmap)
