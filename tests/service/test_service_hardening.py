@@ -123,6 +123,29 @@ def test_a_request_over_its_time_limit_gets_503_and_keeps_its_place_until_done(t
             model.release.set()
 
 
+def test_the_photo_wait_ends_at_the_request_deadline_not_a_fresh_limit():
+    """The pool waits until the deadline the request started with (the middleware's), so time spent receiving
+    the body counts: past it, a photo is refused without running; before it, the shorter of the two applies."""
+    import asyncio
+    import time
+
+    from fastapi.exceptions import HTTPException
+
+    from deepmetric.service.workers import WorkerPool
+
+    ran = threading.Event()
+    pool = WorkerPool(workers=1, max_queued=0, timeout=30)
+    try:
+        with pytest.raises(HTTPException) as late:
+            asyncio.run(pool.for_request(time.monotonic() - 1).run(ran.set))
+        assert late.value.status_code == 503 and "timed out" in late.value.detail and not ran.is_set()
+        assert late.value.headers["Retry-After"]
+        assert asyncio.run(pool.for_request(time.monotonic() + 30).run(lambda: 7)) == 7
+        assert asyncio.run(pool.for_request(None).run(lambda: 8)) == 8
+    finally:
+        pool.shutdown()
+
+
 def test_a_client_trickling_its_body_is_cut_off_at_the_time_limit_and_health_keeps_answering(tmp_path):
     """A slow-loris client holds a connection by sending its body a byte at a time; the server answers 408 at
     the request's time limit instead of waiting for ever (uvicorn itself has no limit on reading a body)."""

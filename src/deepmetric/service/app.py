@@ -51,8 +51,8 @@ def create_app(gallery: Gallery, *, api_key: str | None = None, read_key: str | 
         max_files: most images accepted in one enrolment.
         workers: threads decoding and embedding photos (the event loop never does).
         max_queued: photo tasks that may wait for a worker (default: ``workers``); beyond that, 503.
-        request_timeout: seconds a request may take, its body and photos included: then 408 (the body had not
-            all arrived) or 503.
+        request_timeout: seconds a request may take, from its start: then 408 if its body has not all arrived,
+            or 503 if it still waits for its photos.
         keep_photo_metadata: store enrolled photos as uploaded, EXIF and GPS included (default: re-encoded
             upright without metadata).
     """
@@ -83,7 +83,7 @@ def create_app(gallery: Gallery, *, api_key: str | None = None, read_key: str | 
     app.add_middleware(LimitsAndMetricsMiddleware, settings=settings, metrics=app.state.metrics)
     install_error_handlers(app)
     for module in (pages, health, embed, recognition, identities):
-        # Any route can meet a refused Host (400), its time limit (408 while the body arrives, else 503), a body
-        # over the upload limit (413), a bad parameter or body (422) or a crash (500).
-        app.include_router(module.router, responses=error_responses(400, 408, 413, 422, 500, 503))
+        # Any route can meet a refused Host (400), its time limit while the body arrives (408), a body over the
+        # upload limit (413), a bad parameter or body (422) or a crash (500); photo routes add 503 themselves.
+        app.include_router(module.router, responses=error_responses(400, 408, 413, 422, 500))
     return app

@@ -16,8 +16,8 @@ from deepmetric.data.images import check_image_header, load_image
 from deepmetric.faces.detection import NoFaceError
 from deepmetric.gallery.gallery import Gallery, encode_image
 from deepmetric.models.protocol import FaceModel
-from deepmetric.service.settings import API_KEY_HEADER, ServiceSettings
-from deepmetric.service.workers import WorkerPool
+from deepmetric.service.settings import API_KEY_HEADER, DEADLINE_KEY, ServiceSettings
+from deepmetric.service.workers import RequestWorkers
 
 
 def get_gallery(request: Request) -> Gallery:
@@ -28,13 +28,14 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_workers(request: Request) -> WorkerPool:
-    return request.app.state.workers
+def get_workers(request: Request) -> RequestWorkers:
+    """The photo pool, holding this request to the deadline the middleware set when it started."""
+    return request.app.state.workers.for_request(request.scope.get(DEADLINE_KEY))
 
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
-WorkersDep = Annotated[WorkerPool, Depends(get_workers)]
+WorkersDep = Annotated[RequestWorkers, Depends(get_workers)]
 
 # Declared as security schemes so the OpenAPI spec says where the key goes; either header works.
 _KEY_HEADER = APIKeyHeader(name=API_KEY_HEADER, scheme_name="APIKey", auto_error=False,
@@ -149,7 +150,7 @@ class FacesInImage:
     embeddings: np.ndarray
 
 
-async def faces_in(gallery: Gallery, settings: ServiceSettings, workers: WorkerPool, data: bytes, *,
+async def faces_in(gallery: Gallery, settings: ServiceSettings, workers: RequestWorkers, data: bytes, *,
                    all_faces: bool) -> FacesInImage:
     """Decode, detect and embed in the photo workers, so the event loop keeps answering other requests (face
     models serialise their own calls). Whole-image models treat the full picture as the one 'face'."""

@@ -40,7 +40,8 @@ _DESCRIPTIONS = {
     415: "not an image",
     422: "invalid input: the reason names the field",
     500: "internal error",
-    503: "busy (all photo workers taken) or over the request's time limit; retry after Retry-After seconds",
+    503: "busy (all photo workers taken) or the photos took longer than the request's time limit; retry after "
+         "Retry-After seconds",
 }
 
 

@@ -26,6 +26,8 @@ API_KEY_HEADER = "X-API-Key"
 #: Host header values a loopback service answers to: a page on another site that rebinds its own name to
 #: 127.0.0.1 sends that name, and is refused.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+#: Where the middleware puts a request's deadline (``time.monotonic()``) in its ASGI scope.
+DEADLINE_KEY = "deepmetric.deadline"
 #: The most an integer parameter (offset, template id) may be: SQLite's 64-bit integer.
 MAX_INT64 = 2**63 - 1
 

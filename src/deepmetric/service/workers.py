@@ -1,12 +1,15 @@
 """The bounded pool where uploaded photos are decoded, searched for faces and embedded: the event loop only
-waits on it, a full pool answers 503 at once instead of queueing without end, and each task has a time limit."""
+waits on it, a full pool answers 503 at once instead of queueing without end, and a request waits for its photos
+only until its time limit (counted from when the request started)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi.exceptions import HTTPException
@@ -41,7 +44,12 @@ class WorkerPool:
     def retry_after(self) -> str:
         return retry_after(self.timeout)
 
-    async def run(self, function: Callable[..., Result], *args: Any) -> Result:
+    async def run(self, function: Callable[..., Result], *args: Any, deadline: float | None = None) -> Result:
+        """``function(*args)`` in a worker; waits until ``deadline`` (``time.monotonic()``; the request's, so the
+        time spent receiving its body counts) but never longer than ``timeout``."""
+        limit = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
+        if limit <= 0:
+            raise self._timed_out()
         if not self._slots.acquire(blocking=False):
             raise HTTPException(503, f"busy: all {self.workers} photo workers and {self.max_queued} queue places "
                                      f"are taken; retry later", headers={"Retry-After": self.retry_after})
@@ -52,12 +60,29 @@ class WorkerPool:
             raise
         future.add_done_callback(lambda _: self._slots.release())
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit)
         except TimeoutError:
             future.cancel()  # still queued: it never runs; already running: it finishes, then frees its place
-            raise HTTPException(503, f"timed out: the photos took longer than the {self.timeout:g} s limit (an "
-                                     f"enrolment may still complete: check before sending it again)",
-                                headers={"Retry-After": self.retry_after}) from None
+            raise self._timed_out() from None
+
+    def _timed_out(self) -> HTTPException:
+        return HTTPException(503, f"timed out: the request took longer than its {self.timeout:g} s limit (an "
+                                  f"enrolment may still complete: check before sending it again)",
+                             headers={"Retry-After": self.retry_after})
+
+    def for_request(self, deadline: float | None) -> RequestWorkers:
+        return RequestWorkers(self, deadline)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class RequestWorkers:
+    """The pool as one request uses it: every task it runs shares the request's ``deadline``."""
+
+    pool: WorkerPool
+    deadline: float | None
+
+    async def run(self, function: Callable[..., Result], *args: Any) -> Result:
+        return await self.pool.run(function, *args, deadline=self.deadline)
