@@ -181,3 +181,11 @@ def test_every_command_refuses_bad_paths_and_negative_numbers_in_one_line(inputs
         if "error:" in message:
             line = result.output.strip().splitlines()[-1]
             assert line.startswith("error: ") and len(result.output.strip().splitlines()) <= 3, (where, message)
+
+
+def test_an_identity_id_with_a_trailing_newline_is_refused_on_the_command_line(inputs):
+    """Issue 12, item 4: "nl\n" was enrolled beside "nl" (the id pattern ended in $, not a full match)."""
+    result = _run("gallery", "enroll", inputs / "gallery", "someone-else\n", "--embeddings", inputs / "x.npy")
+    assert "identity_id" in _refused(result) and result.output.startswith("error: ")
+    listed = _run("gallery", "list", inputs / "gallery")
+    assert listed.exit_code == 0 and "someone-else" not in listed.output

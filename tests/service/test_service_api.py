@@ -166,6 +166,7 @@ def test_bad_embeddings_and_ids_get_4xx_and_change_nothing(vector_client):
         (_enroll_vectors(vector_client, "bob", np.ones((1, DIM + 2))), 422, "shape"),
         (_enroll_vectors(vector_client, "bob", np.zeros((1, DIM))), 422, "all-zero"),
         (_enroll_vectors(vector_client, "bad id", np.ones((1, DIM))), 422, "identity_id"),
+        (_enroll_vectors(vector_client, "alice\n", np.ones((1, DIM))), 422, "identity_id"),  # issue 12, item 4
         (vector_client.post("/api/identities/embeddings", headers={**KEY, "content-type": "application/json"},
                             content=nan_body), 422, "NaN"),
         (vector_client.post("/api/identify/embedding", json={"embedding": [1.0, 2.0]}), 422, "shape"),
