@@ -350,8 +350,8 @@ def _examples_figure(model: TwoTowerModel, test_set: Any, kinds: Mapping[str, Ma
     images = np.stack([test_set.uint8_item(int(r))[0] if hasattr(test_set, "uint8_item") else test_set[int(r)][0]
                        for r in rows])
     embeddings = model.encode_images(torch.utils.data.Subset(test_set, rows.tolist()))
-    figure, axes = plt.subplots(len(rows), 1 + len(shown), figsize=(4 + 4 * len(shown), 1.3 * len(rows)),
-                                gridspec_kw={"width_ratios": [1] + [4] * len(shown)})
+    figure, axes = plt.subplots(len(rows), 1 + len(shown), figsize=(1.2 + 3.6 * len(shown), 1.1 * len(rows)),
+                                gridspec_kw={"width_ratios": [1] + [3.6] * len(shown)}, squeeze=False)
     for kind_position, kind in enumerate(shown):
         distinct = sorted(set(kinds[kind].values()))
         texts = class_embeddings(model, [[d] for d in distinct])
@@ -359,11 +359,13 @@ def _examples_figure(model: TwoTowerModel, test_set: Any, kinds: Mapping[str, Ma
         for row, item in enumerate(rows):
             top = np.argsort(-scores[row])[:3]
             truth = kinds[kind][int(labels[item])]
-            lines = [("* " if distinct[t] == truth else "  ") + textwrap.shorten(distinct[t], 48) +
+            lines = [("* " if distinct[t] == truth else "  ") + textwrap.shorten(distinct[t], 44) +
                      f"  ({scores[row, t]:.2f})" for t in top]
+            if truth not in [distinct[t] for t in top]:
+                lines.append("  true: " + textwrap.shorten(truth, 38))
             axis = axes[row, 1 + kind_position]
             axis.axis("off")
-            axis.text(0, 0.5, "\n".join(lines), va="center", family="monospace", fontsize=7.5)
+            axis.text(0, 0.5, "\n".join(lines), va="center", family="monospace", fontsize=7)
             if row == 0:
                 axis.set_title(f"top-3 {kind} (* = true)", fontsize=9, loc="left")
     for row in range(len(rows)):
