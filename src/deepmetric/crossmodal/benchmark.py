@@ -219,9 +219,9 @@ def glyph_benchmark(work: Path, minutes: float, *, quick: bool, curve: Sequence[
     test_kinds = class_texts(test_set, GLYPH_KINDS)
     train_texts = describe_classes(train_set, GLYPH_KINDS, ["{}"])
     text = SentenceTextTower(embedding_dim=384, mode="frozen")
-    text.precompute([t for group in train_texts.values() for t in group] +
-                    [t for kind in test_kinds.values() for t in kind.values()], cache_dir=text_cache_dir(),
-                    progress=True)
+    # The same two calls as training makes (train texts, then the held-out ones), so they share cache files.
+    text.precompute([t for group in train_texts.values() for t in group], cache_dir=text_cache_dir(), progress=True)
+    text.precompute([t for kind in test_kinds.values() for t in kind.values()], cache_dir=text_cache_dir())
     timings = {}
     started = time.perf_counter()
     joint = TwoTowerModel.load(train_two_tower(config, overwrite=True).model_dir)
