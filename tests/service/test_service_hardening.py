@@ -230,6 +230,38 @@ def test_no_server_paths_in_answers(tmp_path, image_model):
             assert answer.is_success and "private-user-folder" not in answer.text and "image_path" not in answer.text
 
 
+def _readable_by_others(path, root) -> bool:
+    """Whether a user other than the owner (by group or as anyone) can read ``path``: it grants read, and every
+    folder from ``root`` down to it grants passage."""
+    import stat
+
+    for read, passage in ((stat.S_IRGRP, stat.S_IXGRP), (stat.S_IROTH, stat.S_IXOTH)):
+        folders = [folder for folder in path.parents if folder == root or root in folder.parents]
+        if path.stat().st_mode & read and all(folder.stat().st_mode & passage for folder in folders):
+            return True
+    return False
+
+
+def test_no_file_a_served_gallery_writes_is_readable_by_other_users(tmp_path):
+    """The database, its WAL, the saved index cache (it holds every template) and an export: none is readable by
+    another user of the machine, whatever the umask gives new files (the index cache and exports live in 0700
+    folders)."""
+    gallery = Gallery.create(tmp_path / "g", embedding_dim=DIM, model_stamp="external", exact_limit=5)
+    with TestClient(create_app(gallery, api_key=API_KEY), base_url=LOCAL, headers=KEY) as client:
+        for number in range(12):  # past exact_limit: a saved approximate index
+            vector = np.random.default_rng(number).normal(size=(1, DIM)).tolist()
+            assert client.post("/api/identities/embeddings",
+                               json={"identity_id": f"p{number}", "embeddings": vector}).status_code == 201
+    gallery.index.sync()
+    gallery.export(tmp_path / "export")
+    gallery.close()
+    written = [p for p in (tmp_path / "g").rglob("*") if p.is_file()]
+    assert any(p.parent.name != "g" for p in written), written  # the index cache is among them
+    for root in (tmp_path / "g", tmp_path / "export"):
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            assert not _readable_by_others(path, root), f"{path.relative_to(tmp_path)} is readable by other users"
+
+
 def test_host_header_allow_list(vector_gallery):
     with TestClient(create_app(vector_gallery), base_url=LOCAL) as client:
         for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):
