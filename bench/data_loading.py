@@ -1,16 +1,19 @@
-"""Data benchmark: can 2 DataLoader workers with albumentations keep a small CNN busy, and how long do the
-Glyphs take to render? Everything is measured side by side in one run; the table goes to
-docs/benchmarks/data.md.
+"""Data benchmark: training steps per second when every image is decoded from PNG and augmented one at a time
+(today's per-sample path) against images decoded once into memory as uint8 and augmented a whole batch at a
+time after collation (the trainer's path), side by side in one run, on a CSV table of Glyphs PNGs; and how
+long the Glyphs take to render. The table goes to docs/benchmarks/data.md.
 
-    .venv/bin/python bench/data_loading.py            # full run (renders Glyphs once without cache)
-    .venv/bin/python bench/data_loading.py --quick    # short run for iterating
+    .venv/bin/python bench/data_loading.py            # full run
+    .venv/bin/python bench/data_loading.py --quick    # short run for iterating (nothing written)
+    .venv/bin/python bench/data_loading.py --render   # also time rendering the Glyphs without a cache (minutes)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,134 +25,136 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def loader_throughput(dataset, *, batch_size: int, workers: int, batches: int) -> float:
-    """Images per second delivered by a DataLoader (after a warm-up batch)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         persistent_workers=workers > 0, drop_last=True)
-    iterator = iter(loader)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+class PerSample(torch.utils.data.Dataset):
+    """Today's path: the same data set seen without its batch form, so each item is decoded and augmented
+    on its own (``dataset[i]``: load_image + albumentations)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.labels = dataset.labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def reseed(self, seed: int) -> None:
+        self.dataset.reseed(seed)
 
 
-def train_throughput(model, batch: torch.Tensor, *, steps: int) -> float:
-    """Images per second of forward + backward + AdamW on the small CNN, single process."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    labels = torch.arange(batch.shape[0]) % 16
-
-    def step() -> None:
-        embeddings = model(batch)
-        # A cheap stand-in objective: the cost being measured is the network, not the loss.
-        loss = torch.nn.functional.cross_entropy(embeddings @ embeddings[:16].T, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch.shape[0] / (time.perf_counter() - start)
-
-
-def per_image_augment(preprocessing: dict, images: np.ndarray, repeats: int) -> dict[str, float]:
-    """Microseconds per image: albumentations (used) vs kornia per image and kornia per batch, when installed."""
-    from deepmetric.data.transforms import build_transforms
-
-    transform = build_transforms(preprocessing, train=True, hflip=False)
-    transform(images[0])
-    start = time.perf_counter()
-    for i in range(repeats):
-        transform(images[i % len(images)])
-    out = {"albumentations, per image (used)": (time.perf_counter() - start) / repeats * 1e6}
+def machine() -> str:
     try:
-        import kornia.augmentation as K
-    except ImportError:
-        return out
-    size = tuple(preprocessing["image_size"])
-    pipeline = torch.nn.Sequential(K.RandomResizedCrop(size, scale=(0.7, 1.0)), K.ColorJitter(0.2, 0.2, p=0.8),
-                                   K.Normalize(torch.tensor(preprocessing["mean"]), torch.tensor(preprocessing["std"])))
-    single = torch.from_numpy(images[:1, None].astype(np.float32) / 255)
-    pipeline(single)
-    start = time.perf_counter()
-    for _ in range(max(1, repeats // 10)):
-        pipeline(single)
-    out["kornia, per image"] = (time.perf_counter() - start) / max(1, repeats // 10) * 1e6
-    batch = torch.from_numpy(images[:128, None].astype(np.float32) / 255)
-    start = time.perf_counter()
-    for _ in range(5):
-        pipeline(batch)
-    out["kornia, batch of 128 (per image)"] = (time.perf_counter() - start) / (5 * len(batch)) * 1e6
-    return out
+        flags = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
+                     platform.processor())
+    except OSError:
+        flags, model = "", platform.processor()
+    features = [name for name in ("avx512f", "avx512_bf16", "amx_bf16") if f" {name}" in flags]
+    return f"{model}, {os.cpu_count()} cores, CPU features: {', '.join(features) or 'no AVX-512 / bf16'}"
+
+
+def write_png_table(dataset, folder: Path, *, classes: int) -> Path:
+    """A CSV table of PNG files for the first ``classes`` classes of a uint8 data set."""
+    from PIL import Image
+
+    keep = np.flatnonzero(dataset.labels < classes)
+    lines = ["path,label"]
+    for index in keep:
+        name = f"{dataset.labels[index]}/{index}.png"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(dataset.images[index]).save(folder / name)
+        lines.append(f"{name},{dataset.labels[index]}")
+    (folder / "table.csv").write_text("\n".join(lines) + "\n")
+    return folder / "table.csv"
+
+
+def steps_per_second(dataset, *, workers: int, steps: int, output_dir: Path, threads: int) -> float:
+    """Training steps per second of the real trainer (small CNN width 16, multi-similarity, P x K = 32 x 4),
+    the first 3 steps excluded."""
+    from deepmetric import registry
+    from deepmetric.config import resolve_config
+    from deepmetric.train.pipelines import build_embedder_for
+    from deepmetric.train.trainer import Trainer
+
+    torch.set_num_threads(threads)
+    config = resolve_config({
+        "name": "bench", "seed": 0, "output_dir": str(output_dir), "device": "cpu",
+        "data": {"train": {"name": "digits"}, "num_workers": workers},
+        "model": {"backbone": {"name": "small_cnn", "args": {"width": 16, "stages": 3}}, "embedding_dim": 128},
+        "loss": {"name": "multi_similarity"},
+        "sampler": {"name": "pk", "args": {"classes_per_batch": 32, "samples_per_class": 4}},
+        "train": {"steps": steps + 3, "eval_every": 10**9, "checkpoint_every": 10**9, "log_every": 10**9,
+                  "tensorboard": False, "progress": False}})
+    model = build_embedder_for(config, dataset)
+    loss = registry.build(config["loss"], "loss", embedding_dim=128, num_classes=int(dataset.labels.max()) + 1)
+    sampler = registry.build(config["sampler"], "sampler", labels=dataset.labels, seed=0)
+    times: list[float] = []
+    trainer = Trainer(config, model=model, loss=loss, train_dataset=dataset, batch_sampler=sampler,
+                      step_callbacks=[lambda _: times.append(time.perf_counter())])
+    trainer.fit()
+    return (len(times) - 3) / (times[-1] - times[2])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer batches, CJK limited to 300 characters")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps; nothing is written")
+    parser.add_argument("--render", action="store_true", help="also time rendering the Glyphs without a cache")
+    parser.add_argument("--classes", type=int, default=400, help="Glyphs classes written as PNGs")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks" / "data.md"))
     options = parser.parse_args()
-    from deepmetric import registry
+    from deepmetric.data import CsvDataset
     from deepmetric.data.glyphs import Glyphs
-    from deepmetric.models import build_embedder
 
-    batches = 10 if options.quick else 40
+    steps = 8 if options.quick else 25
+    rounds = 1 if options.quick else 2
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=False,
+                            text=True).stdout.strip()
     lines = ["# Data benchmarks", "",
-             f"Machine: {os.cpu_count()} cores, torch {torch.__version__}, load average "
-             f"{os.getloadavg()[0]:.1f} at start (the machine is shared; ratios are measured side by side).", ""]
-
-    # --- Glyphs rendering and counts
-    glyph_args = {"image_size": 32, "progress": False, **({"max_cjk": 300} if options.quick else {})}
-    with tempfile.TemporaryDirectory() as cache:
-        start = time.perf_counter()
-        train = Glyphs(split="train", cache_dir=cache, **glyph_args)
-        split_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        test = Glyphs(split="test", cache_dir=cache, **glyph_args)
-        cached_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        everything = Glyphs(split="all", min_designs=1, cache_dir=cache, **glyph_args)
-        render_seconds = time.perf_counter() - start
-    lines += ["## Glyphs", "", "| quantity | value |", "|---|---|",
-              f"| font families used (one face each) | {everything.stats['fonts']} |",
-              f"| design groups (split unit) | {everything.stats['design_groups']} "
-              f"({everything.stats['test_design_groups']} held out for test) |",
-              f"| classes with >= 1 typeface | {everything.num_classes} |",
-              f"| renders kept (distinct class x typeface) | {len(everything)} |",
-              f"| train: classes / images / median typefaces per class | {train.num_classes} / {len(train)} / "
-              f"{int(np.median(np.bincount(train.labels)))} |",
-              f"| test: classes / images / median typefaces per class | {test.num_classes} / {len(test)} / "
-              f"{int(np.median(np.bincount(test.labels)))} |",
-              f"| first train split: render the train and test blocks, 2 processes (s) | {split_seconds:.1f} |",
-              f"| then the test split, from the .npz cache (s) | {cached_seconds:.1f} |",
-              f"| split='all': render every class x font, 2 processes (s) | {render_seconds:.1f} |", ""]
-
-    # --- loader vs model
-    torch.set_num_threads(1)  # the model gets one core, the two workers share the machine
-    rows = []
-    datasets = [("glyphs train, 32 px", train)]
-    with contextlib.suppress(FileNotFoundError):  # the Debian data set may be absent
-        datasets.append(("fashion_mnist train, 28 px", registry.build(
-            {"name": "fashion_mnist", "args": {"split": "train"}}, "dataset")))
-    for label, dataset in datasets:
-        model = build_embedder({"backbone": {"name": "small_cnn", "args": {"width": 32, "stages": 3}},
-                                "embedding_dim": 128, "preprocessing": dataset.preprocessing})
-        batch = torch.stack([dataset[i][0] for i in range(128)])
-        model_rate = train_throughput(model, batch, steps=batches // 2)
-        loader_rate = loader_throughput(dataset, batch_size=128, workers=2, batches=batches)
-        rows.append(f"| {label} | {loader_rate:,.0f} | {model_rate:,.0f} | {loader_rate / model_rate:.2f} |")
-    lines += ["## Can 2 loader workers keep a small CNN busy?", "",
-              "Images/s of a DataLoader with 2 worker processes applying the training augmentations "
-              "(random resized crop, jitter, normalise), next to images/s of one small-CNN training step "
-              "(width 32, 3 stages, batch 128, 1 thread). Ratio > 1: the loader is faster than the model.", "",
-              "| data | loader images/s (2 workers) | small CNN train images/s | ratio |", "|---|---|---|---|",
-              *rows, ""]
-
-    augment = per_image_augment(train.preprocessing, train.images[:256], repeats=200 if options.quick else 1000)
-    lines += ["## Augmentation cost per image (32 px, one process)", "", "| implementation | microseconds |",
-              "|---|---|", *[f"| {name} | {value:.0f} |" for name, value in augment.items()], ""]
+             f"Machine: {machine()}; torch {torch.__version__}, commit {commit}, load average "
+             f"{os.getloadavg()[0]:.1f} at start (the machine is shared; ratios are measured side by side, "
+             f"the paths alternating, {rounds} round(s), best of each).", ""]
+    glyphs = Glyphs(split="train", image_size=32, progress=False)
+    with tempfile.TemporaryDirectory() as folder:
+        table = write_png_table(glyphs, Path(folder), classes=options.classes)
+        decoded = time.perf_counter()
+        in_memory = CsvDataset(table=str(table), image_size=32, channels=1, augment=True, hflip=False)
+        decode_seconds = time.perf_counter() - decoded
+        on_disk = CsvDataset(table=str(table), image_size=32, channels=1, augment=True, hflip=False,
+                             in_memory=False)
+        paths = {"today: PNG decoded + albumentations per sample, main process": (PerSample(on_disk), 0),
+                 "today: the same, 2 loader workers (config default)": (PerSample(on_disk), 2),
+                 "new: uint8 in memory, augmented per batch, main process": (in_memory, 0)}
+        rates: dict[str, list[float]] = {name: [] for name in paths}
+        for round_number in range(rounds):
+            for number, (name, (dataset, workers)) in enumerate(paths.items()):
+                out = Path(folder) / f"run-{round_number}-{number}"
+                rates[name].append(steps_per_second(dataset, workers=workers, steps=steps, output_dir=out,
+                                                    threads=1))
+                print(f"{name}: {rates[name][-1]:.2f} steps/s", file=sys.stderr)
+    best = {name: max(values) for name, values in rates.items()}
+    today = best[next(iter(best))]
+    lines += [f"## Training steps per second: {len(in_memory)} Glyphs PNGs ({options.classes} classes), 32 px", "",
+              "The real trainer: small CNN (width 16, 3 stages), multi-similarity loss, P x K = 32 x 4, 1 compute "
+              f"thread, {steps} steps after 3 warm-up steps. Random resized crop (area 0.7-1), brightness/contrast "
+              f"jitter 0.2, normalise; no flips. Decoding the {len(in_memory)} PNGs once into memory took "
+              f"{decode_seconds:.1f} s.", "",
+              "| data path | steps/s | vs today (main process) |", "|---|---|---|",
+              *[f"| {name} | {rate:.2f} | {rate / today:.2f}x |" for name, rate in best.items()], ""]
+    if options.render:
+        glyph_args = {"image_size": 32, "progress": False}
+        with tempfile.TemporaryDirectory() as cache:
+            start = time.perf_counter()
+            train = Glyphs(split="train", cache_dir=cache, **glyph_args)
+            split_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            test = Glyphs(split="test", cache_dir=cache, **glyph_args)
+            cached_seconds = time.perf_counter() - start
+        lines += ["## Glyphs rendering", "", "| quantity | value |", "|---|---|",
+                  f"| train: classes / images | {train.num_classes} / {len(train)} |",
+                  f"| test: classes / images | {test.num_classes} / {len(test)} |",
+                  f"| first train split: render the train and test blocks (s) | {split_seconds:.1f} |",
+                  f"| then the test split, from the .npz cache (s) | {cached_seconds:.1f} |", ""]
     text = "\n".join(lines)
     print(text)
     if not options.quick:

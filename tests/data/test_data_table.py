@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deepmetric import registry
@@ -110,8 +111,43 @@ def test_csv_dataset_relabels_and_reports_corrupt_images(folder):
                                                    "image_size": [6, 4]}}, "dataset")
     assert data.labels.tolist() == [1, 0] and data.class_ids == [3, 7] and data.augment
     assert data[0][0].shape == (1, 6, 4)
-    test = registry.build({"name": "csv", "args": {"table": str(csv), "split": "test"}}, "dataset")
+    # Decoded into memory at construction, a corrupt image is named at once; decoded on use, when it is used.
+    with pytest.raises(ValueError, match=r"cannot decode image .*bob/1.png"):
+        registry.build({"name": "csv", "args": {"table": str(csv), "split": "test"}}, "dataset")
+    test = registry.build({"name": "csv", "args": {"table": str(csv), "split": "test", "in_memory": False}},
+                          "dataset")
     with pytest.raises(ValueError, match=r"cannot decode image .*bob/1.png"):
         test[0]
     with pytest.raises(ValueError, match="no rows with split='val'"):
         registry.build({"name": "csv", "args": {"table": str(csv), "split": "val"}}, "dataset")
+
+
+def test_small_tables_are_decoded_once_into_memory_as_uint8_and_large_ones_on_use(folder, caplog):
+    from deepmetric.data.images import load_image
+    from deepmetric.data.transforms import resize_image
+
+    csv = write_csv(folder / "t.csv", "path,label\nalice/0.png,0\nalice/1.png,0\nbob/0.png,1\nbob/1.png,1")
+    args = {"table": str(csv), "image_size": [6, 4], "channels": 3, "augment": False}
+    with caplog.at_level("INFO", logger="deepmetric.data.table"):
+        memory = registry.build({"name": "csv", "args": args}, "dataset")
+    assert memory.in_memory and memory.images.shape == (4, 6, 4, 3) and memory.images.dtype == np.uint8
+    assert "decoded once into memory as uint8" in caplog.text
+    for index in range(4):  # the stored copy is the decoded, resized image
+        np.testing.assert_array_equal(memory.images[index],
+                                      resize_image(load_image(memory.paths[index]), memory.preprocessing))
+    caplog.clear()
+    # 4 images x 6 x 4 x 3 bytes = 288 bytes: over a limit of 0.0001 MB (105 bytes)
+    with caplog.at_level("INFO", logger="deepmetric.data.table"):
+        on_use = registry.build({"name": "csv", "args": {**args, "memory_limit_mb": 0.0001}}, "dataset")
+    assert not on_use.in_memory and on_use.images is None
+    assert "more than memory_limit_mb" in caplog.text and "decoding each image when it is used" in caplog.text
+    for index in range(4):  # both ways give the same items, before and after the transform
+        image, label = memory.uint8_item(index)
+        other, other_label = on_use.uint8_item(index)
+        assert image.dtype == torch.uint8 and image.shape == (3, 6, 4) and label == other_label
+        assert torch.equal(image, other)
+        torch.testing.assert_close(memory[index][0], on_use[index][0])
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        registry.build({"name": "csv", "args": {**args, "in_memory": True, "memory_limit_mb": 0.0001}}, "dataset")
+    with pytest.raises(TypeError, match="in_memory"):
+        registry.build({"name": "csv", "args": {**args, "in_memory": "yes"}}, "dataset")

@@ -1,5 +1,6 @@
 """The data-set contract shared by every built-in set: items ``(image (C, H, W) float, label int)`` and
-attributes ``labels``, ``num_classes``, ``class_names``, ``preprocessing``."""
+attributes ``labels``, ``num_classes``, ``class_names``, ``preprocessing``; image sets also give the item
+before augmentation (``uint8_item``) and the batch form of their augmentations (``batch_transform``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from deepmetric.data.transforms import build_transforms
+from deepmetric.data.transforms import BatchAugment, build_transforms, match_channels
 from deepmetric.validation import check_choice, check_int, check_positive_int
 
 SPLITS = ("train", "test", "all")
@@ -88,13 +89,33 @@ def limit_per_class(labels: np.ndarray, max_per_class: int | None, seed: int = 0
 
 
 class TransformedDataset(Dataset):
-    """Base of data sets whose items pass through ``self.transform`` (an ``ImageTransform``)."""
+    """Base of data sets whose items pass through ``self.transform`` (an ``ImageTransform``, one image at a
+    time). The trainer instead collates ``uint8_item`` s and runs ``self.batch_transform`` (the same
+    augmentations as a ``BatchAugment``) on the whole batch."""
 
     transform: Any
+    batch_transform: BatchAugment
+    labels: np.ndarray
+    preprocessing: dict[str, Any]
+    in_memory: bool = False
+
+    def _set_transforms(self, *, augment: bool, hflip: bool) -> None:
+        self.augment = bool(augment)
+        self.transform = build_transforms(self.preprocessing, train=self.augment, hflip=hflip)
+        self.batch_transform = BatchAugment(self.preprocessing, train=self.augment, hflip=hflip)
 
     def reseed(self, seed: int) -> None:
         """Seed the augmentations (see ``ImageTransform.reseed``)."""
         self.transform.reseed(seed)
+
+    def uint8_image(self, index: int) -> np.ndarray:  # pragma: no cover - abstract
+        """The image an item is made from, uint8 (h, w, channels), before any augmentation."""
+        raise NotImplementedError
+
+    def uint8_item(self, index: int) -> tuple[torch.Tensor, int]:
+        """``(uint8 image (C, h, w), label)``: the item before augmentation, for batch augmentation."""
+        image = self.uint8_image(index)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(self.labels[index])
 
 
 class LabelledImages(TransformedDataset):
@@ -108,6 +129,8 @@ class LabelledImages(TransformedDataset):
         augment: apply training augmentations.
         hflip: allow horizontal flips when augmenting.
     """
+
+    in_memory = True  # decoded already: the trainer loads its batches in the main process
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, class_names: dict[int, str],
                  preprocessing: dict[str, Any], augment: bool, hflip: bool) -> None:
@@ -124,11 +147,13 @@ class LabelledImages(TransformedDataset):
         self.labels = np.searchsorted(kept, original).astype(np.int64)
         self.num_classes = len(self.class_ids)
         self.preprocessing = preprocessing
-        self.augment = bool(augment)
-        self.transform = build_transforms(preprocessing, train=self.augment, hflip=hflip)
+        self._set_transforms(augment=augment, hflip=hflip)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def uint8_image(self, index: int) -> np.ndarray:
+        return match_channels(self.images[index], self.preprocessing["channels"])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index]), int(self.labels[index])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,10 +20,14 @@ import torch
 
 from deepmetric.data.base import TransformedDataset, as_image_size, check_channels, check_split
 from deepmetric.data.images import load_image
-from deepmetric.data.transforms import build_transforms
+from deepmetric.data.transforms import resize_image
 from deepmetric.io import atomic_write_text
 from deepmetric.registry import register
-from deepmetric.validation import check_in_range
+from deepmetric.validation import check_bool, check_in_range, check_non_negative_float
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_LIMIT_MB = 2048.0
 
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("split", "is_query", "is_gallery", "category")
@@ -226,8 +231,12 @@ def image_folder_to_table(folder: str | os.PathLike, *, extensions: Sequence[str
 
 
 class TableDataset(TransformedDataset):
-    """Images listed in a ``DataTable``, decoded with PIL on access. Labels are relabelled to
-    ``0..num_classes-1`` (``class_ids`` keeps the table's labels).
+    """Images listed in a ``DataTable``. Labels are relabelled to ``0..num_classes-1`` (``class_ids`` keeps
+    the table's labels).
+
+    When the images, decoded and resized to ``image_size``, fit in ``memory_limit_mb`` they are decoded once
+    at construction into one uint8 array (``in_memory``); otherwise each is decoded (``load_image``) when it
+    is used. A log line says which, and why.
 
     Args:
         table: the validated table.
@@ -236,12 +245,19 @@ class TableDataset(TransformedDataset):
         mean, std: normalisation per channel (default 0.5).
         augment: training augmentations.
         hflip: allow horizontal flips when augmenting.
+        in_memory: None (decode into memory when it fits), True (always; an error when it does not fit) or
+            False (never).
+        memory_limit_mb: the most memory the decoded images may take.
     """
 
     def __init__(self, table: DataTable, *, image_size: int | Sequence[int] = 112, channels: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, augment: bool = False,
-                 hflip: bool = True) -> None:
+                 hflip: bool = True, in_memory: bool | None = None,
+                 memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB) -> None:
         channels = check_channels(channels)
+        if in_memory is not None:
+            check_bool("in_memory", in_memory)
+        memory_limit_mb = check_non_negative_float("memory_limit_mb", memory_limit_mb)
         self.table = table
         self.paths = list(table.paths)
         kept = np.unique(table.labels)
@@ -254,20 +270,56 @@ class TableDataset(TransformedDataset):
         self.preprocessing = {"image_size": as_image_size(image_size, 112), "channels": channels,
                               "mean": list(mean) if mean is not None else [0.5] * channels,
                               "std": list(std) if std is not None else [0.5] * channels}
-        self.augment = bool(augment)
-        self.transform = build_transforms(self.preprocessing, train=self.augment, hflip=hflip)
+        self._set_transforms(augment=augment, hflip=hflip)
+        self.images: np.ndarray | None = None
+        self.in_memory = False
+        self._load_into_memory(in_memory, memory_limit_mb)
+
+    def _load_into_memory(self, in_memory: bool | None, memory_limit_mb: float) -> None:
+        height, width = self.preprocessing["image_size"]
+        shape = (len(self.paths), height, width, self.preprocessing["channels"])
+        megabytes = float(np.prod(shape, dtype=np.float64)) / 2**20
+        where = f"{len(self.paths)} images of {self.table.root}"
+        if in_memory is False:
+            log.info("%s: decoding each image when it is used (in_memory=False)", where)
+            return
+        if megabytes > memory_limit_mb:
+            message = (f"{where} at {height}x{width}x{shape[3]} would take {megabytes:,.0f} MB as uint8, more "
+                       f"than memory_limit_mb={memory_limit_mb:,.0f}")
+            if in_memory:
+                raise ValueError(f"{message}; raise memory_limit_mb or set in_memory=false")
+            log.info("%s: decoding each image when it is used (raise memory_limit_mb to keep them in memory)",
+                     message)
+            return
+        from tqdm.auto import tqdm
+
+        images = np.empty(shape, np.uint8)
+        for index in tqdm(range(len(self.paths)), desc="decoding images into memory", unit="image",
+                          disable=len(self.paths) < 2000, leave=False):
+            images[index] = resize_image(load_image(self.paths[index]), self.preprocessing)
+        self.images, self.in_memory = images, True
+        log.info("%s: decoded once into memory as uint8 (%.1f MB of memory_limit_mb=%.0f)", where, megabytes,
+                 memory_limit_mb)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def raw_image(self, index: int) -> np.ndarray:
+        """The image as stored on disk (for grids and inspection)."""
         return load_image(self.paths[index])
 
+    def uint8_image(self, index: int) -> np.ndarray:
+        if self.images is not None:
+            return self.images[index]
+        return resize_image(self.raw_image(index), self.preprocessing)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.raw_image(index)), int(self.labels[index])
+        image = self.images[index] if self.images is not None else self.raw_image(index)
+        return self.transform(image), int(self.labels[index])
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(items={len(self)}, num_classes={self.num_classes}, root={self.table.root})"
+        return (f"{type(self).__name__}(items={len(self)}, num_classes={self.num_classes}, root={self.table.root}, "
+                f"in_memory={self.in_memory})")
 
 
 @register("dataset", "csv", example={"table": "data.csv"})
@@ -281,13 +333,16 @@ class CsvDataset(TableDataset):
         image_size, channels, mean, std: preprocessing.
         augment: training augmentations (default: True for the train split).
         hflip: allow horizontal flips when augmenting.
+        in_memory, memory_limit_mb: decode the images once into memory when they fit (see ``TableDataset``).
     """
 
     def __init__(self, *, table: str, root: str | None = None, split: str | None = None,
                  image_size: int | Sequence[int] = 112, channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, augment: bool | None = None, hflip: bool = True) -> None:
+                 std: Sequence[float] | None = None, augment: bool | None = None, hflip: bool = True,
+                 in_memory: bool | None = None, memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB) -> None:
         super().__init__(read_table(table, root=root).select(split), image_size=image_size, channels=channels,
-                         mean=mean, std=std, augment=split == "train" if augment is None else augment, hflip=hflip)
+                         mean=mean, std=std, augment=split == "train" if augment is None else augment, hflip=hflip,
+                         in_memory=in_memory, memory_limit_mb=memory_limit_mb)
 
 
 @register("dataset", "image_folder", example={"root": "images"})
@@ -302,13 +357,16 @@ class ImageFolderDataset(TableDataset):
         image_size, channels, mean, std: preprocessing.
         augment: training augmentations (default: True for the train split).
         hflip: allow horizontal flips when augmenting.
+        in_memory, memory_limit_mb: decode the images once into memory when they fit (see ``TableDataset``).
     """
 
     def __init__(self, *, root: str, split: str = "all", test_class_fraction: float = 0.3, seed: int = 0,
                  image_size: int | Sequence[int] = 112, channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, augment: bool | None = None, hflip: bool = True) -> None:
+                 std: Sequence[float] | None = None, augment: bool | None = None, hflip: bool = True,
+                 in_memory: bool | None = None, memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB) -> None:
         check_split(split)
         table = image_folder_to_table(root, test_class_fraction=None if split == "all" else test_class_fraction,
                                       seed=seed)
         super().__init__(table.select(None if split == "all" else split), image_size=image_size, channels=channels,
-                         mean=mean, std=std, augment=split == "train" if augment is None else augment, hflip=hflip)
+                         mean=mean, std=std, augment=split == "train" if augment is None else augment, hflip=hflip,
+                         in_memory=in_memory, memory_limit_mb=memory_limit_mb)

@@ -27,10 +27,13 @@ class LossComputation(nn.Module):
     batches of (anchor, positive, negative) images. Both feed one shared network (a Siamese/triplet net).
     A cross-batch-memory miner (one with ``ref_embeddings``) adds ``memory_weight`` times the loss of the
     batch against the memory to the in-batch loss.
+    ``raw_features=True`` gives the loss the embeddings before L2 normalisation (``model.features``), for
+    losses whose formula keeps the feature norm (softmax, center loss, SphereFace).
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, miner: nn.Module | None = None, mode: str = "labels",
-                 mixed_precision: bool = True, world_size: int = 1, memory_weight: float = 1.0) -> None:
+                 mixed_precision: bool = True, world_size: int = 1, memory_weight: float = 1.0,
+                 raw_features: bool = False) -> None:
         super().__init__()
         mode = check_choice("mode", mode, ("labels", "pairs", "triplets"))
         self.model = model
@@ -43,10 +46,11 @@ class LossComputation(nn.Module):
         self.uses_memory = miner is not None and hasattr(miner, "ref_embeddings")
         self.memory_weight = float(memory_weight)
         self.memory_active = True  # the trainer switches it on at train.memory_start_step
+        self.raw_features = bool(raw_features)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         with _autocast(images.device, self.mixed_precision):
-            return self.model(images).float()
+            return (self.model.features(images) if self.raw_features else self.model(images)).float()
 
     def forward(self, *batch: torch.Tensor) -> torch.Tensor:
         if self.mode == "labels":

@@ -29,12 +29,26 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
         torch.set_rng_state(saved[2])
 
 
+def batch_transform_of(dataset: Any) -> Any:
+    """The data set's batch augmentation (``batch_transform(uint8 batch, seed=) -> float batch``) when it can
+    give items before augmentation (``uint8_item``), else None: it is then augmented one item at a time."""
+    transform = getattr(dataset, "batch_transform", None)
+    return transform if transform is not None and callable(getattr(dataset, "uint8_item", None)) else None
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """Wraps a data set so that a batch of items ``(index, seed)`` is loaded under its seed. A data set
-    whose augmentations use a private generator can expose ``reseed(seed)`` to take part."""
+    whose augmentations use a private generator can expose ``reseed(seed)`` to take part.
 
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+    With ``batched=True`` the items are ``(uint8 image, label, seed)`` from ``dataset.uint8_item``: they
+    collate into a uint8 batch that ``batch_transform_of(dataset)`` augments as a whole, under that seed."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, *, batched: bool = False) -> None:
+        if batched and batch_transform_of(dataset) is None:
+            raise ValueError(f"{type(dataset).__name__} cannot be augmented per batch: it has no uint8_item and "
+                             f"batch_transform")
         self.dataset = dataset
+        self.batched = batched
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -46,6 +60,8 @@ class SeededDataset(torch.utils.data.Dataset):
         # A DataLoader hands a whole batch to one worker; seeding once per batch (items carry their batch's
         # seed) keeps the cost of seeding negligible next to loading.
         seed = items[0][1]
+        if self.batched:  # no randomness here: the batch transform draws from the batch seed
+            return [(*self.dataset.uint8_item(index), seed) for index, _ in items]
         with _seeded_rngs(seed):
             reseed = getattr(self.dataset, "reseed", None)
             if callable(reseed):

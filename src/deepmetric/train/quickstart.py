@@ -1,12 +1,12 @@
 """The main job, ``deepmetric quickstart``: in a few CPU minutes, train an embedding model on the seen classes
 of a built-in data set and show on classes it never saw that it beats the same network untrained and a
-plain softmax classifier trained for the same time. Writes the model folder, a 2-D map and a report.
+tuned classification baseline (CosFace) trained for the same time. Writes the model folder, a 2-D map, a
+retrieval grid and a report that says what share of the wall-clock time went into training.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -74,19 +74,20 @@ def load_quickstart_data(dataset: str, seed: int) -> QuickstartData:
 
 
 def _experiment(name: str, output_dir: Path, *, seed: int, loss: dict, sampler: dict, minutes: float,
-                lr: float, class_centre_lr: float | None = None) -> dict[str, Any]:
+                lr: float, class_centre_lr: float | None = None, warmup_steps: int = 50) -> dict[str, Any]:
     from deepmetric.config import resolve_config
 
     return resolve_config({
         "name": name, "seed": seed, "output_dir": str(output_dir), "device": "auto",
-        # Data sets are passed in directly. Loading a batch costs a fraction of a step, so on 2 cores a
+        # Data sets are passed in directly; they are in memory and augmented per batch, so on 2 cores a
         # loader process would only compete with the compute threads.
         "data": {"train": {"name": "digits"}, "num_workers": 0},
         "model": {"backbone": {"name": "small_cnn", "args": {"width": 16, "stages": 3}}, "embedding_dim": 128},
         "loss": loss, "sampler": sampler,
         "optimizer": {"name": "adamw", "args": {"lr": lr, "weight_decay": 1e-4}},
-        "scheduler": {"name": "warmup_cosine", "args": {"warmup_steps": 50}},
-        "train": {"steps": 100_000, "max_minutes": minutes, "class_centre_lr": class_centre_lr,
+        # The trainer sizes the cosine schedule (and shortens the warm-up) to the steps that fit in max_minutes.
+        "scheduler": {"name": "warmup_cosine", "args": {"warmup_steps": warmup_steps}},
+        "train": {"steps": 1_000_000, "max_minutes": minutes, "class_centre_lr": class_centre_lr,
                   "eval_every": 10**9, "checkpoint_every": 10**9, "log_every": 25, "tensorboard": False},
     })
 
@@ -101,33 +102,6 @@ def _trainer(config: dict[str, Any], data: QuickstartData, **options: Any) -> An
     loss = registry.build(config["loss"], "loss", embedding_dim=model.embedding_dim, num_classes=data.train.num_classes)
     sampler = registry.build(config["sampler"], "sampler", labels=data.train.labels, seed=config["seed"])
     return Trainer(config, model=model, loss=loss, train_dataset=data.train, batch_sampler=sampler, **options)
-
-
-def _measure_step_time(config: dict[str, Any], data: QuickstartData, probe_steps: int = 4) -> float:
-    """Seconds per training step on this machine, from a short throw-away run (first step excluded)."""
-    probe = dict(config, output_dir=str(Path(config["output_dir"]).with_name(".probe")),
-                 train=dict(config["train"], steps=probe_steps, progress=False, max_minutes=None))
-    times: list[float] = []
-    trainer = _trainer(probe, data, step_callbacks=[lambda _: times.append(time.perf_counter())])
-    try:
-        trainer.fit()
-    finally:
-        shutil.rmtree(probe["output_dir"], ignore_errors=True)
-    return float(np.median(np.diff(times)))
-
-
-def _choose_threads(config: dict[str, Any], data: QuickstartData) -> int:
-    """Use 2 compute threads on 2 idle cores, 1 when the cores are busy with other work (then two spinning
-    threads run several times slower than one); decided by timing a few steps with each."""
-    if "OMP_NUM_THREADS" in os.environ or (os.cpu_count() or 1) < 2:
-        return torch.get_num_threads()
-    timings = {}
-    for threads in (2, 1):
-        torch.set_num_threads(threads)
-        timings[threads] = _measure_step_time(config, data, probe_steps=3)
-    best = min(timings, key=timings.get)
-    torch.set_num_threads(best)
-    return best
 
 
 def evaluate_unseen(model: torch.nn.Module, dataset: Any, *,
@@ -196,12 +170,77 @@ def _prepare(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+# The recipes, each with the learning rates tuned for it on the Glyphs split (see docs/benchmarks.md).
+METRIC_LOSS = {"name": "multi_similarity", "args": {"alpha": 2.0, "beta": 50.0, "base": 0.5}}
+METRIC_LR = 2e-3
+BASELINE_LOSS = {"name": "cosface", "args": {"margin": 0.2, "scale": 30.0}}
+BASELINE_LR = 2e-3
+BASELINE_CENTRE_LR = 0.05  # each of thousands of class centres is in a batch only every few dozen steps
+
+
+def plot_retrieval_grid(dataset: Any, results: dict[str, np.ndarray], path: Path, *, seed: int,
+                        num_queries: int = 8, k: int = 5) -> Path:
+    """Unseen query images (left) and their top-``k`` neighbours among the other test images, one block of
+    columns per model; a correct neighbour (same class) has a green frame, a wrong one a red frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepmetric.index.topk import knn
+    from deepmetric.io import atomic_path
+
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels)
+    candidates = np.flatnonzero(counts[labels] > k // 2)
+    queries = np.sort(rng.choice(candidates if len(candidates) else np.arange(len(labels)),
+                                 size=min(num_queries, len(labels)), replace=False))
+    neighbours = {name: knn(embeddings[queries], embeddings, k=k + 1, metric="cosine").ids
+                  for name, embeddings in results.items()}
+    columns = 1 + len(results) * k
+    figure, axes = plt.subplots(len(queries), columns, figsize=(columns * 0.9, len(queries) * 0.95 + 0.6),
+                                squeeze=False)
+
+    def show(axis: Any, index: int, colour: str | None) -> None:
+        image = np.asarray(dataset.raw_image(int(index)))
+        axis.imshow(image.squeeze(), cmap="gray" if image.ndim == 2 or image.shape[-1] == 1 else None)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(colour is not None)
+            if colour is not None:
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3)
+
+    for row, query in enumerate(queries):
+        show(axes[row, 0], query, None)
+        for block, (name, ids) in enumerate(neighbours.items()):
+            found = [int(i) for i in ids[row] if int(i) != int(query) and int(i) >= 0][:k]
+            for column, index in enumerate(found):
+                axis = axes[row, 1 + block * k + column]
+                show(axis, index, "#1a9850" if labels[index] == labels[query] else "#d73027")
+                if row == 0 and column == 0:
+                    axis.set_title(name, loc="left", fontsize=9)
+            for column in range(len(found), k):
+                axes[row, 1 + block * k + column].axis("off")
+    axes[0, 0].set_title("query", fontsize=9)
+    figure.suptitle(f"Top-{k} neighbours of unseen queries (green: same class, red: another class)", fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return path
+
+
 def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 4.5, dataset: str = "auto",
                    seed: int = 0, min_steps: int = 100) -> dict[str, Any]:
     """Run the main job and print its report; returns the report (also saved as ``out_dir/report.json``).
 
-    ``minutes`` is the budget of the whole job; each of the two trained models gets an equal share of what
-    data loading and evaluation leave, and at least ``min_steps`` steps."""
+    ``minutes`` is the budget of the whole job. Loading data, evaluating and drawing are timed as they go;
+    each of the two trained models gets an equal share of what they leave, and the trainer sizes its
+    schedule to the steps that fit (at least ``min_steps``). The report gives the share of the wall-clock
+    time spent training."""
     from rich.console import Console
     from rich.table import Table
 
@@ -224,44 +263,45 @@ def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 
     sampler = {"name": "pk", "args": {"classes_per_batch": classes_per_batch,
                                       "samples_per_class": max(4, 128 // classes_per_batch)}}
     seed_everything(seed)
-    metric_config = _experiment("quickstart", out_dir, seed=seed, minutes=1.0, lr=2e-3,
-                                loss={"name": "multi_similarity", "args": {"alpha": 2.0, "beta": 50.0, "base": 0.5}},
+    metric_config = _experiment("quickstart", out_dir, seed=seed, minutes=1.0, lr=METRIC_LR, loss=METRIC_LOSS,
                                 sampler=sampler)
-    softmax_config = _experiment("softmax_baseline", out_dir / "baseline_softmax", seed=seed, minutes=1.0, lr=2e-3,
-                                 loss={"name": "softmax", "args": {}}, class_centre_lr=2e-3, sampler=sampler)
-    threads = _choose_threads(metric_config, data) if device.type == "cpu" else torch.get_num_threads()
+    baseline_config = _experiment("cosface_baseline", out_dir / "baseline_cosface", seed=seed, minutes=1.0,
+                                  lr=BASELINE_LR, loss=BASELINE_LOSS, class_centre_lr=BASELINE_CENTRE_LR,
+                                  sampler=sampler)
     untrained = build_embedder_for(metric_config, data.train).to(device)
     eval_started = time.perf_counter()
     untrained_metrics, untrained_embeddings, test_labels = evaluate_unseen(untrained, data.test, device=device)
     evaluation_seconds = time.perf_counter() - eval_started
 
-    # What is left of the budget, minus two more evaluations and the plot, is split evenly between the
-    # metric model and the softmax baseline; the schedule of each is sized to the steps that fit. On a
-    # machine too slow for that, each still trains ``min_steps`` (the report shows the time it took).
-    remaining = minutes * 60 - (time.perf_counter() - started) - 2.5 * evaluation_seconds - 10
+    # What is left of the budget, minus two more evaluations and the two figures (about one evaluation
+    # each), is split evenly between the metric model and the baseline.
+    remaining = minutes * 60 - (time.perf_counter() - started) - 4.5 * evaluation_seconds - 2
     per_model = max(remaining / 2, 1.0)
     results = {}
-    for key, config in (("metric", metric_config), ("softmax", softmax_config)):
-        step_seconds = _measure_step_time(config, data)
-        steps = max(min_steps, int(per_model / step_seconds * 0.9))
-        budget = max(per_model, 1.2 * min_steps * step_seconds)
-        config = dict(config, train=dict(config["train"], max_minutes=budget / 60))
-        what = "metric-learning model (multi-similarity loss)" if key == "metric" else "softmax baseline"
-        console.print(f"training the {what}: ~{steps} steps of {step_seconds:.2f} s")
-        # The cosine schedule is sized to the steps that fit in the time budget.
-        trainer = _trainer(dict(config, train=dict(config["train"], steps=steps)), data)
+    training_seconds = 0.0
+    for key, config in (("metric", metric_config), ("baseline", baseline_config)):
+        what = ("metric-learning model (multi-similarity loss)" if key == "metric"
+                else "classification baseline (CosFace, its own learning rate for the class centres)")
+        console.print(f"training the {what} for {per_model:.0f} s")
+        train_started = time.perf_counter()
+        trainer = _trainer(dict(config, train=dict(config["train"], max_minutes=per_model / 60)), data,
+                           min_steps=min_steps, choose_threads=device.type == "cpu")
         result = trainer.fit()
-        model = trainer.model
-        metrics, embeddings, _ = evaluate_unseen(model, data.test, device=device)
-        results[key] = {"model": model, "result": result, "metrics": metrics, "embeddings": embeddings}
+        training_seconds += time.perf_counter() - train_started
+        metrics, embeddings, _ = evaluate_unseen(trainer.model, data.test, device=device)
+        results[key] = {"result": result, "metrics": metrics, "embeddings": embeddings,
+                        "threads": trainer.planner.threads if trainer.planner is not None else None}
 
     plot_path = plot_embedding_map({"untrained": untrained_embeddings,
-                                    "softmax baseline": results["softmax"]["embeddings"],
+                                    "CosFace baseline": results["baseline"]["embeddings"],
                                     "metric learning": results["metric"]["embeddings"]}, test_labels,
                                    out_dir / "embedding_map.png", seed=seed)
+    grid_path = plot_retrieval_grid(data.test, {"metric learning": results["metric"]["embeddings"],
+                                                "CosFace baseline": results["baseline"]["embeddings"]},
+                                    out_dir / "retrieval_grid.png", seed=seed)
     rows = [("untrained network", untrained_metrics, 0, 0.0),
-            ("softmax baseline", results["softmax"]["metrics"], results["softmax"]["result"].steps,
-             results["softmax"]["result"].seconds),
+            ("CosFace baseline", results["baseline"]["metrics"], results["baseline"]["result"].steps,
+             results["baseline"]["result"].seconds),
             ("metric learning (ours)", results["metric"]["metrics"], results["metric"]["result"].steps,
              results["metric"]["result"].seconds)]
     table = Table(title=f"Unseen classes of {data.name} ({data.test.num_classes} classes, {len(data.test)} images)")
@@ -275,20 +315,27 @@ def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 
         table.add_row(name, f"{recall:.3f}", f"{map_r:.3f}", f"{accuracy:.3f}", str(steps), f"{seconds:.0f}")
         report_rows.append({"model": name, "recall@1": recall, "map@r": map_r, "verification_accuracy": accuracy,
                             "train_steps": steps, "train_seconds": seconds, "metrics": metrics})
-    ours, softmax, untrained_row = report_rows[2], report_rows[1], report_rows[0]
-    beats = all(ours[k] > other[k] for other in (softmax, untrained_row) for k in ("recall@1", "map@r"))
+    ours, baseline, untrained_row = report_rows[2], report_rows[1], report_rows[0]
+    beats = all(ours[k] > other[k] for other in (baseline, untrained_row) for k in ("recall@1", "map@r"))
     total = time.perf_counter() - started
+    threads = results["metric"]["threads"] or torch.get_num_threads()
     report = {"dataset": data.name, "threads": threads, "description": data.description, "rows": report_rows,
-              "beats_untrained_and_softmax": beats, "total_seconds": total,
-              "model_dir": str(out_dir / "model"), "plot": str(plot_path), "device": str(device)}
+              "beats_untrained_and_baseline": beats, "total_seconds": total, "training_seconds": training_seconds,
+              "training_share": training_seconds / total, "model_dir": str(out_dir / "model"),
+              "plot": str(plot_path), "retrieval_grid": str(grid_path), "device": str(device),
+              "recipes": {"metric": {"loss": METRIC_LOSS, "lr": METRIC_LR},
+                          "baseline": {"loss": BASELINE_LOSS, "lr": BASELINE_LR,
+                                       "class_centre_lr": BASELINE_CENTRE_LR}}}
     write_json(out_dir / REPORT_FILE, report)
     console.print(table)
     verdict = "[green]beats[/]" if beats else "[red]does NOT beat[/]"
-    console.print(f"The metric-learning model {verdict} the untrained network and the softmax baseline on "
+    console.print(f"The metric-learning model {verdict} the untrained network and the CosFace baseline on "
                   f"Recall@1 and MAP@R. Total time {total / 60:.1f} min on {device}"
-                  f"{f' ({threads} threads)' if device.type == 'cpu' else ''}.")
-    console.print(f"  model folder   {out_dir / 'model'}  (deepmetric embed {out_dir / 'model'} IMAGES -o emb.npy)")
-    console.print(f"  embedding map  {plot_path}")
-    console.print(f"  report         {out_dir / REPORT_FILE}")
-    console.print(f"  training logs  {out_dir / 'train_log.csv'}, baseline in {out_dir / 'baseline_softmax'}")
+                  f"{f' ({threads} threads)' if device.type == 'cpu' else ''}, of which training "
+                  f"{training_seconds:.0f} s ({100 * training_seconds / total:.0f}%).")
+    console.print(f"  model folder    {out_dir / 'model'}  (deepmetric embed {out_dir / 'model'} IMAGES -o emb.npy)")
+    console.print(f"  retrieval grid  {grid_path}")
+    console.print(f"  embedding map   {plot_path}")
+    console.print(f"  report          {out_dir / REPORT_FILE}")
+    console.print(f"  training logs   {out_dir / 'train_log.csv'}, baseline in {out_dir / 'baseline_cosface'}")
     return report

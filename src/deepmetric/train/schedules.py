@@ -7,6 +7,7 @@ A config names them with hyper-parameters only; the trainer calls ``create(param
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -84,15 +85,31 @@ class SGDOptimizer(OptimizerFactory):
                                nesterov=self.nesterov)
 
 
-class ScheduleFactory:
-    """A learning-rate multiplier ``factor(step, total_steps)``; ``create`` wraps it in a ``LambdaLR``."""
+@dataclass
+class SchedulePlan:
+    """How long a schedule is: ``total_steps`` and, when set, a warm-up that replaces the configured one. The
+    trainer changes it in place when ``train.max_minutes`` says how many steps fit (``train.budget``)."""
 
-    def factor(self, step: int, total_steps: int) -> float:  # pragma: no cover - abstract
+    total_steps: int
+    warmup_steps: int | None = None
+
+
+class ScheduleFactory:
+    """A learning-rate multiplier ``factor(step, total_steps, warmup_steps=)``; ``create`` wraps it in a
+    ``LambdaLR`` that reads its length from a ``SchedulePlan`` at every step."""
+
+    warmup_steps: int
+
+    def factor(self, step: int, total_steps: int, *,
+               warmup_steps: int | None = None) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def create(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-        check_positive_int("total_steps", total_steps)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step, total_steps))
+    def create(self, optimizer: torch.optim.Optimizer,
+               total_steps: int | SchedulePlan) -> torch.optim.lr_scheduler.LambdaLR:
+        plan = (total_steps if isinstance(total_steps, SchedulePlan)
+                else SchedulePlan(check_positive_int("total_steps", total_steps)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.factor(step, plan.total_steps, warmup_steps=plan.warmup_steps))
 
 
 @register("scheduler", "warmup_cosine", example={"warmup_steps": 10, "min_lr_ratio": 0.01})
@@ -104,8 +121,13 @@ class WarmupCosineSchedule(ScheduleFactory):
         f(t) = \frac{t + 1}{W} \ \text{for } t < W, \qquad
         f(t) = r + (1 - r)\,\tfrac12\bigl(1 + \cos(\pi\,\tfrac{t - W}{T - W})\bigr) \ \text{otherwise},
 
-    where ``W = warmup_steps``, ``T`` the total number of steps and ``r = min_lr_ratio``; the learning rate
-    is ``f(t)`` times each group's base rate.
+    where ``W = warmup_steps`` (or the plan's, when the trainer sizes it to a time budget), ``T`` the total
+    number of steps and ``r = min_lr_ratio``; the learning rate is ``f(t)`` times each group's base rate.
+
+    Example:
+        >>> schedule = WarmupCosineSchedule(warmup_steps=2, min_lr_ratio=0.0)
+        >>> [round(schedule.factor(t, 6), 3) for t in range(6)]
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
 
     Args:
         warmup_steps: steps of linear warm-up (0: start at the full rate).
@@ -116,8 +138,9 @@ class WarmupCosineSchedule(ScheduleFactory):
         self.warmup_steps = check_non_negative_int("warmup_steps", warmup_steps)
         self.min_lr_ratio = check_in_range("min_lr_ratio", min_lr_ratio, 0, 1)
 
-    def factor(self, step: int, total_steps: int) -> float:
-        warmup = min(self.warmup_steps, max(total_steps - 1, 0))
+    def factor(self, step: int, total_steps: int, *, warmup_steps: int | None = None) -> float:
+        warmup = self.warmup_steps if warmup_steps is None else warmup_steps
+        warmup = min(warmup, max(total_steps - 1, 0))
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
@@ -131,5 +154,6 @@ class ConstantSchedule(ScheduleFactory):
     def __init__(self, *, warmup_steps: int = 0) -> None:
         self.warmup_steps = check_non_negative_int("warmup_steps", warmup_steps)
 
-    def factor(self, step: int, total_steps: int) -> float:
-        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+    def factor(self, step: int, total_steps: int, *, warmup_steps: int | None = None) -> float:
+        warmup = self.warmup_steps if warmup_steps is None else warmup_steps
+        return (step + 1) / warmup if step < warmup else 1.0

@@ -3,8 +3,8 @@ periodic evaluation on held-out classes, best/last checkpoints, exact resume, lo
 
 It reads top to bottom: ``fit`` runs ``_train_step`` until the step budget is spent; everything that makes a
 run resumable (sampler position, RNGs, optimizer, scheduler, loss/miner state) lives in ``_state_dict``. What a
-step computes is ``train.computation``, the resumable batches ``train.data``, the logs ``train.logs`` and the
-device and out-of-memory handling ``train.device``.
+step computes is ``train.computation``, the resumable batches ``train.data``, the schedule sized to a time
+budget ``train.budget``, the logs ``train.logs`` and the device and out-of-memory handling ``train.device``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepmetric.train.budget import BudgetPlanner
 from deepmetric.train.checkpoint import (
     MODEL_DIR,
     load_checkpoint_state,
@@ -34,7 +35,7 @@ from deepmetric.train.checkpoint import (
     set_rng_state,
 )
 from deepmetric.train.computation import LossComputation
-from deepmetric.train.data import SeededBatches, SeededDataset
+from deepmetric.train.data import SeededBatches, SeededDataset, batch_transform_of
 from deepmetric.train.device import (
     TrainingOutOfMemory,
     batch_size_of,
@@ -44,6 +45,7 @@ from deepmetric.train.device import (
 )
 from deepmetric.train.distributed import DistributedContext
 from deepmetric.train.logs import CsvLog, tensorboard_writer
+from deepmetric.train.schedules import SchedulePlan
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,15 @@ class Trainer:
         device: where to train; default from ``config["device"]``.
         context: the distributed context (single process by default).
         step_callbacks: called as ``callback(trainer)`` after each optimizer step (tests, custom logs).
+        min_steps: with ``train.max_minutes``, train at least this many steps even if the budget runs out.
+        choose_threads: with ``train.max_minutes`` on a CPU, time a few steps with 2 and with 1 compute threads
+            and keep the faster (see ``train.budget``).
+        raw_features: give the loss the embeddings before L2 normalisation (see ``LossComputation``).
+
+    With ``train.max_minutes`` the schedule is sized to the steps that fit in it (at most ``train.steps``),
+    from the step time measured after a few steps. Image data sets that can (``uint8_item`` and
+    ``batch_transform``) are augmented a whole batch at a time after collation; those already in memory
+    are loaded in the main process.
     """
 
     def __init__(self, config: Mapping[str, Any], *, model: nn.Module, loss: nn.Module,
@@ -104,7 +115,8 @@ class Trainer:
                  eval_dataset: torch.utils.data.Dataset | None = None,
                  evaluate: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None,
                  device: torch.device | None = None, context: DistributedContext | None = None,
-                 step_callbacks: list[Callable[[Trainer], None]] | None = None) -> None:
+                 step_callbacks: list[Callable[[Trainer], None]] | None = None, min_steps: int = 0,
+                 choose_threads: bool = False, raw_features: bool = False) -> None:
         from deepmetric import registry
         from deepmetric.config import dump_config
 
@@ -134,7 +146,7 @@ class Trainer:
         self.computation = LossComputation(self.model, self.loss, miner=self.miner, mode=self.settings["mode"],
                                            mixed_precision=self.mixed_precision,
                                            world_size=self.context.world_size,
-                                           memory_weight=self.settings["memory_weight"])
+                                           memory_weight=self.settings["memory_weight"], raw_features=raw_features)
         self.step_module: nn.Module = self.computation
         if self.context.enabled:
             ids = [self.device.index or 0] if self.on_cuda else None
@@ -143,13 +155,29 @@ class Trainer:
         optimizer_factory = registry.build(config["optimizer"], "optimizer")
         self.optimizer = optimizer_factory.create(self._param_groups(optimizer_factory.lr))
         schedule_factory = registry.build(config["scheduler"], "scheduler")
-        self.scheduler = schedule_factory.create(self.optimizer, int(self.settings["steps"]))
+        self.schedule_plan = SchedulePlan(int(self.settings["steps"]))
+        self.scheduler = schedule_factory.create(self.optimizer, self.schedule_plan)
+        self.planner: BudgetPlanner | None = None
+        if self.settings["max_minutes"] is not None:
+            self.planner = BudgetPlanner(self.schedule_plan, budget_seconds=self.settings["max_minutes"] * 60,
+                                         max_steps=int(self.settings["steps"]),
+                                         configured_warmup=int(getattr(schedule_factory, "warmup_steps", 0)),
+                                         min_steps=min_steps, choose_threads=choose_threads and not self.on_cuda)
+        self.min_steps = int(min_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
 
         self.seeded_batches = SeededBatches(batch_sampler, seed=config["seed"], rank=self.context.rank)
+        self.batch_transform = batch_transform_of(train_dataset) if self.settings["mode"] == "labels" else None
         workers = int(config["data"]["num_workers"])
+        if workers > 0 and self.batch_transform is not None and getattr(train_dataset, "in_memory", False):
+            # Items are slices of one array and augmentation runs on the batch: worker processes would only
+            # take cores from the compute threads.
+            log.info("the training set is in memory and augmented per batch: loading in the main process "
+                     "(data.num_workers=%d not needed)", workers)
+            workers = 0
         self.loader = torch.utils.data.DataLoader(
-            SeededDataset(train_dataset), batch_sampler=self.seeded_batches, num_workers=workers,
+            SeededDataset(train_dataset, batched=self.batch_transform is not None),
+            batch_sampler=self.seeded_batches, num_workers=workers,
             # Workers keep their own copy of the data set: one that redraws itself each epoch (pairs) needs
             # fresh workers every epoch.
             persistent_workers=workers > 0 and not hasattr(train_dataset, "set_epoch"), pin_memory=self.on_cuda,
@@ -182,6 +210,7 @@ class Trainer:
             "step": progress.step, "epoch": progress.epoch, "batch_in_epoch": progress.batch_in_epoch,
             "best_metric": progress.best_metric, "best_step": progress.best_step,
             "elapsed_seconds": progress.elapsed_seconds, "sampler_epoch_state": progress.sampler_epoch_state,
+            "schedule_steps": self.schedule_plan.total_steps, "schedule_warmup": self.schedule_plan.warmup_steps,
             "history": progress.history, "world_size": self.context.world_size,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
@@ -206,6 +235,9 @@ class Trainer:
             best_metric=state["best_metric"], best_step=state["best_step"],
             elapsed_seconds=float(state["elapsed_seconds"]), sampler_epoch_state=state["sampler_epoch_state"],
             history=list(state.get("history", [])))
+        if state.get("schedule_steps") is not None:  # a schedule sized to a time budget keeps its length
+            self.schedule_plan.total_steps = int(state["schedule_steps"])
+            self.schedule_plan.warmup_steps = state.get("schedule_warmup")
         if self.progress.sampler_epoch_state is not None and hasattr(self.batch_sampler, "load_state_dict"):
             self.batch_sampler.load_state_dict(self.progress.sampler_epoch_state)
 
@@ -263,6 +295,11 @@ class Trainer:
             self.progress.batch_in_epoch = 0
 
     def _to_device(self, batch: Any) -> list[torch.Tensor]:
+        if self.batch_transform is not None:  # (uint8 images, labels, seeds) -> (augmented images, labels)
+            images, labels, seeds = batch
+            images = self.batch_transform(torch.as_tensor(images).to(self.device, non_blocking=True),
+                                          seed=int(seeds[0]))
+            batch = (images, labels)
         out = []
         for part in batch:
             tensor = torch.as_tensor(part).to(self.device, non_blocking=True)
@@ -305,6 +342,17 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return total, float(norm)
+
+    def _agree_on_steps(self, total_steps: int) -> int:
+        """Every process trains as many steps as rank 0 planned (their clocks differ)."""
+        if not self.context.enabled:
+            return total_steps
+        value = torch.tensor([total_steps, self.schedule_plan.warmup_steps or 0], dtype=torch.int64,
+                             device=self.device if self.on_cuda else "cpu")
+        torch.distributed.broadcast(value, src=0)
+        self.schedule_plan.total_steps = int(value[0])
+        self.schedule_plan.warmup_steps = int(value[1]) or None
+        return self.schedule_plan.total_steps
 
     def _eval_log(self) -> CsvLog:
         if self.eval_log is None:
@@ -378,7 +426,7 @@ class Trainer:
         """Train until ``train.steps`` (or ``train.max_minutes``) and return where everything is."""
         settings = self.settings
         main = self.context.is_main
-        total_steps = int(settings["steps"])
+        total_steps = self.schedule_plan.total_steps
         budget = settings["max_minutes"] * 60 if settings["max_minutes"] is not None else math.inf
         writer = tensorboard_writer(self.output_dir / "tensorboard") if main and settings["tensorboard"] else None
         progress_bar = None
@@ -398,6 +446,14 @@ class Trainer:
                     self.progress.step += 1
                     self.progress.elapsed_seconds = time.perf_counter() - started
                     step = self.progress.step
+                    if self.planner is not None and main:
+                        self.planner.after_step(step, self.progress.elapsed_seconds)
+                        total_steps = self._agree_on_steps(self.schedule_plan.total_steps)
+                        if progress_bar is not None and progress_bar.total != total_steps:
+                            progress_bar.total = total_steps
+                            progress_bar.refresh()
+                    elif self.planner is not None:
+                        total_steps = self._agree_on_steps(self.schedule_plan.total_steps)
                     running_loss = loss_value if running_loss is None else 0.9 * running_loss + 0.1 * loss_value
                     if main and (step % settings["log_every"] == 0 or step == total_steps):
                         lr = self.optimizer.param_groups[0]["lr"]
@@ -412,7 +468,7 @@ class Trainer:
                         progress_bar.set_postfix(loss=f"{running_loss:.4f}", epoch=self.progress.epoch)
                     for callback in self.step_callbacks:
                         callback(self)
-                    out_of_time = self.progress.elapsed_seconds >= budget
+                    out_of_time = self.progress.elapsed_seconds >= budget and step >= self.min_steps
                     finished = step >= total_steps or out_of_time
                     if main and (step % settings["eval_every"] == 0 or finished or self._stop_requested):
                         metrics = self.evaluate()
