@@ -259,11 +259,11 @@ RECIPES: dict[str, RecipeKind] = {
     "dm_semi_hard_config_old": RecipeKind(_deepmetric, {**_DM, "loss": {"name": "triplet", "args": {
         "margin": 0.2, "distance": "cosine"}}, "miner": {"name": "semi_hard", "args": {"margin": 0.2,
                                                                                      "distance": "cosine"}}},
-        "deepmetric", "the previous semi_hard_triplet_glyphs.yaml: small_cnn 32 avg pool, triplet 0.2 semi-hard"),
+        "deepmetric", "semi_hard_triplet_glyphs.yaml before this benchmark: small_cnn 32 avg pool, triplet 0.2"),
 }
 
 
-# The best deepmetric recipe found by this benchmark (shipped as configs/glyphs_triplet_flatten.yaml): a small
+# The best deepmetric recipe found by this benchmark (shipped as configs/semi_hard_triplet_glyphs.yaml): a small
 # CNN that is cheap enough to take ~2.5x the steps of the plain network in the same CPU time, flattened so
 # that where a stroke is stays in the embedding, a BatchNorm neck, semi-hard triplets, warm-up + cosine over
 # the budget.
