@@ -19,11 +19,15 @@ import pytest
 from deepmetric.index import build_index
 from deepmetric.index.base import IndexFormatError
 from deepmetric.index.factory import load_index
+from deepmetric.index.ray_backend import RayShardedIndex
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
+# Loopback only, so no token: with a token the nodes and the driver would depend on ~/.ray/auth_token,
+# which any other local Ray session may create or replace.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def free_port():
@@ -37,7 +41,7 @@ def start_node(arguments, log):
     return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--num-cpus", "1",
                              "--object-store-memory", str(80 * 1024 * 1024), *arguments],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                            env={**os.environ, **RAY_ENV})
 
 
 def stop_node(process):
@@ -53,6 +57,8 @@ def stop_node(process):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    saved = {name: os.environ.get(name) for name in RAY_ENV}
+    os.environ.update(RAY_ENV)  # the driver's ray.init reads them
     port = free_port()
     address = f"127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("ray_logs")
@@ -61,11 +67,11 @@ def cluster(tmp_path_factory):
     nodes = [start_node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                          "--include-dashboard", "false", "--temp-dir", str(temp_dir)], head_log)]
     try:
-        deadline = time.time() + 90
-        while True:  # the second node joins once the head's GCS answers
-            probe = subprocess.run([RAY, "status", "--address", address], capture_output=True, check=False)
-            if probe.returncode == 0:
-                break
+        deadline = time.time() + 180  # generous: a loaded 2-core machine starts Ray slowly
+        while True:  # the second node joins once the head's GCS listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
             if time.time() > deadline or nodes[0].poll() is not None:
                 raise RuntimeError(f"the Ray head did not start: {(logs / 'head.log').read_text()[-2000:]}")
             time.sleep(1)
@@ -82,6 +88,11 @@ def cluster(tmp_path_factory):
             stop_node(node)
         head_log.close()
         worker_log.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -159,3 +170,33 @@ def test_save_load_and_checksums(cluster, tmp_path):
     shard_file.write_bytes(shard_file.read_bytes()[:-4] + b"\0\0\0\1")
     with pytest.raises(IndexFormatError, match="SHA-256"):
         load_index(tmp_path / "index", address=cluster)
+
+
+def wait_until_answering(actor, timeout=60):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return ray.get(actor.state.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_killed_durable_shard_restarts_without_losing_an_acknowledged_change(cluster, tmp_path):
+    vectors, queries = data()
+    single = build_index("Flat", 16)
+    sharded = RayShardedIndex(spec="Flat", dim=16, shards=2, address=cluster, durable_dir=tmp_path / "log")
+    for part in (vectors[:200], vectors[200:400]):
+        single.add(part)
+        sharded.add(part)
+    sharded.checkpoint()  # a snapshot, then more changes only in the log
+    single.add(vectors[400:])
+    sharded.add(vectors[400:])
+    assert sharded.remove([0, 1, 2, 3]) == single.remove([0, 1, 2, 3]) == 4
+    before = wait_until_answering(sharded._actors[0])["size"]
+    ray.kill(sharded._actors[0], no_restart=False)
+    time.sleep(1)
+    assert wait_until_answering(sharded._actors[0])["size"] == before
+    assert len(sharded) == len(single) == 596
+    np.testing.assert_array_equal(sharded.search(queries, 20).ids, single.search(queries, 20).ids)

@@ -2,6 +2,10 @@
 hnswlib, annoy): ``add`` routes each id to shard ``id mod S``, ``search`` fans out and merges the shards'
 top-k (their ids are the global ids), ``save`` writes one index folder per shard plus a manifest.
 
+With ``durable_dir``, each shard logs every acknowledged ``add`` and ``remove`` to its folder before
+answering, and a shard actor that dies is restarted by Ray and rebuilt from its last snapshot
+(``checkpoint()``) plus the log, so no acknowledged change is lost.
+
 Ties in the merged top-k go to the smaller id, which is the exact engine's order (insertion order)
 whenever ids grow with insertion, as the default ids do. A search that cannot reach a shard raises
 ``ShardUnavailableError`` naming it, unless ``allow_partial=True``: then the answer comes from the
@@ -52,16 +56,74 @@ class ShardedSearchResult(SearchResult):
 
 
 class _Shard:
-    """The Ray actor: one of our indexes, driven through its public verbs."""
+    """The Ray actor: one of our indexes, driven through its public verbs; with ``durable`` a folder of
+    ``snapshot-<seq>/`` index folders and ``log/<seq>.npz`` records of the changes after them."""
 
-    def __init__(self, spec: str, dim: int, metric: str, backend: str, folder: str | None = None) -> None:
+    def __init__(self, spec: str, dim: int, metric: str, backend: str, folder: str | None = None,
+                 durable: str | None = None) -> None:
         from deepmetric.index.factory import build_index, load_index
 
-        self.index = load_index(folder) if folder else build_index(spec, dim, metric, backend)
+        self.durable = None if durable is None else Path(durable)
+        self.sequence = 0
+        snapshots = [] if self.durable is None else sorted(self.durable.glob("snapshot-*"))
+        if snapshots:
+            self.index = load_index(snapshots[-1])
+            self.sequence = int(snapshots[-1].name.split("-")[1])
+        else:
+            self.index = load_index(folder) if folder else build_index(spec, dim, metric, backend)
+        if self.durable is not None:
+            for record in sorted((self.durable / "log").glob("*.npz")):
+                sequence = int(record.stem)
+                if sequence > self.sequence:
+                    with np.load(record, allow_pickle=False) as arrays:
+                        self._apply(str(arrays["verb"]), arrays)
+                    self.sequence = sequence
+
+    def _apply(self, verb: str, arrays: Any) -> Any:
+        if verb == "train":
+            return self.index.train(arrays["x"])
+        if verb == "add":
+            return self.index.add(arrays["x"], arrays["ids"])
+        return self.index.remove(arrays["ids"])
+
+    def _logged(self, verb: str, **arrays: np.ndarray) -> Any:
+        """Apply a change, then make it durable before acknowledging it (a kill in between loses only an
+        unacknowledged change)."""
+        result = self._apply(verb, arrays)
+        if self.durable is not None:
+            from deepmetric.io import atomic_path
+
+            self.sequence += 1
+            with atomic_path(self.durable / "log" / f"{self.sequence:012d}.npz") as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, verb=np.array(verb), **arrays)
+        return result
 
     def call(self, verb: str, *args: Any, **kwargs: Any) -> Any:
+        if verb == "train":
+            self._logged("train", x=np.asarray(args[0], np.float32))
+            return None
+        if verb == "add":
+            self._logged("add", x=np.asarray(args[0], np.float32), ids=np.asarray(args[1], np.int64))
+            return None
+        if verb == "remove":
+            return int(self._logged("remove", ids=np.asarray(args[0], np.int64)))
         result = getattr(self.index, verb)(*args, **kwargs)
         return None if result is self.index else result
+
+    def checkpoint(self) -> None:
+        """Snapshot the index and drop the log records (and older snapshots) it contains."""
+        if self.durable is None:
+            return
+        import shutil
+
+        target = self.durable / f"snapshot-{self.sequence:012d}"
+        self.index.save(target)
+        for old in self.durable.glob("snapshot-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        for record in (self.durable / "log").glob("*.npz"):
+            if int(record.stem) <= self.sequence:
+                record.unlink()
 
     def search(self, q: np.ndarray, k: int, subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         result = self.index.search(q, k, subset=subset)
@@ -107,12 +169,15 @@ class RayShardedIndex(VectorIndex):
             starts a local one.
         shard_backend: the library of each shard (None: chosen from the spec as ``build_index`` does).
         timeout: seconds to wait for a shard before calling it unavailable.
+        durable_dir: a folder reachable from every node: shards log their changes there and Ray restarts
+            a dead shard, which rebuilds itself from it (None: a dead shard stays dead).
     """
 
     backend = "ray"
 
     def __init__(self, *, spec: str, dim: int, metric: str = "cosine", shards: int = 2, address: str | None = None,
-                 shard_backend: str | None = None, timeout: float = 60.0, _folder: Path | None = None) -> None:
+                 shard_backend: str | None = None, timeout: float = 60.0, durable_dir: str | os.PathLike | None = None,
+                 _folder: Path | None = None) -> None:
         from deepmetric.index.factory import _backend_for
 
         super().__init__(spec=spec, dim=dim, metric=metric)
@@ -120,11 +185,13 @@ class RayShardedIndex(VectorIndex):
         self.shard_backend = shard_backend or _backend_for(spec)
         self.timeout = float(timeout)
         self._ray = _connect(address)
+        self.durable_dir = None if durable_dir is None else Path(durable_dir)
         remote = self._ray.remote(num_cpus=0)(_Shard)
         self._actors = [
-            remote.options(scheduling_strategy="SPREAD").remote(
+            remote.options(scheduling_strategy="SPREAD", max_restarts=-1 if self.durable_dir else 0).remote(
                 spec, dim, self.metric, self.shard_backend,
-                None if _folder is None else str(_folder / SHARD_DIR.format(shard)))
+                None if _folder is None else str(_folder / SHARD_DIR.format(shard)),
+                None if self.durable_dir is None else str(self.durable_dir / SHARD_DIR.format(shard)))
             for shard in range(self.num_shards)]
         self._next_id = 0
         if _folder is not None:
@@ -229,6 +296,10 @@ class RayShardedIndex(VectorIndex):
         answers, _ = self._gather({s: self._actors[s].call.remote("remove", ids[rows])
                                    for s, rows in self._split(ids).items()})
         return int(sum(answers.values()))
+
+    def checkpoint(self) -> None:
+        """Every durable shard snapshots its index and truncates its log."""
+        self._gather({s: actor.checkpoint.remote() for s, actor in enumerate(self._actors)})
 
     def compact(self) -> None:
         self._gather({s: actor.call.remote("compact") for s, actor in enumerate(self._actors)})
