@@ -1,5 +1,5 @@
-"""Commands ``deepmetric train``, ``deepmetric embed`` and ``deepmetric quickstart``. Light at import: the
-training stack loads inside the commands."""
+"""Commands ``deepmetric train``, ``deepmetric embed``, ``deepmetric quickstart`` and ``deepmetric figures
+features``. Light at import: the training stack loads inside the commands."""
 
 from __future__ import annotations
 
@@ -130,9 +130,35 @@ def register(app: typer.Typer) -> None:
                                       help="train each model at least this many steps, even past the budget"),
     ) -> None:
         """The main job: train an embedding model on the seen classes of a built-in data set, evaluate
-        retrieval and verification on classes it never saw against the untrained network and a softmax
-        baseline, save the model folder and a 2-D map of the embedding space, and print a report."""
+        retrieval and verification on classes it never saw against the untrained network and a CosFace
+        baseline trained for the same time, save the model folder, a retrieval grid and a 2-D map of the
+        embedding space, and print a report with the share of the time spent training."""
         from deepmetric.train.quickstart import run_quickstart
 
         with user_errors():
             run_quickstart(out_dir=out, minutes=minutes, dataset=dataset, seed=seed, min_steps=min_steps)
+
+    figures = typer.Typer(no_args_is_help=True, help="Figures that explain what the losses do.")
+    app.add_typer(figures, name="figures")
+
+    @figures.command("features")
+    def features_command(
+        output: Path = typer.Option(Path("docs/figures"), "-o", "--output", help="folder for the PNGs and the GIF"),
+        dataset: str = typer.Option("digits", help="digits or fashion_mnist"),
+        losses: list[str] = typer.Option(["softmax", "center", "sphereface", "cosface", "arcface"], "--loss",
+                                         help="losses to draw (repeat the option)"),
+        steps: int = typer.Option(300, min=1, help="training steps per model"),
+        frames: int = typer.Option(15, min=1, help="snapshots of the features in the GIF"),
+        three_d: bool = typer.Option(True, "--3d/--no-3d", help="also train 3-D embeddings, drawn on the sphere"),
+        seed: int = typer.Option(0, min=0, help="random seed"),
+    ) -> None:
+        """Train the small CNN with a 2-D embedding (and a 3-D one) under softmax, center loss, SphereFace,
+        CosFace and ArcFace, and draw the features of test images: a PNG per loss, all side by side, and a
+        GIF of the 2-D features moving during training."""
+        from deepmetric.train.figures import write_feature_figures
+
+        with user_errors():
+            paths = write_feature_figures(output, dataset=dataset, losses=losses, steps=steps, frames=frames,
+                                          seed=seed, three_d=three_d)
+        for name, path in paths.items():
+            typer.echo(f"{name:<16} {path}")
