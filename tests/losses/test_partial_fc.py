@@ -21,6 +21,7 @@ from deepmetric.losses.heads import ClassCentreHead, adacos_dynamic_scale
 from deepmetric.losses.margins import annealed_sphere_psi, arc_margin, combined_margin, cosine_margin
 from deepmetric.losses.partial_fc import ShardedClassCentreHead, kept_classes, load_centres, save_centres, shard_range
 from deepmetric.train.checkpoint import load_checkpoint_state, save_checkpoint
+from deepmetric.train.distributed import exclude_sharded_heads, sum_gradients
 
 DIM, CLASSES, BATCH, SEED = 6, 37, 9, 3
 # Samples per process: uneven, and one process with none.
@@ -157,6 +158,18 @@ class Backbone(torch.nn.Module):
         save_weights(Path(folder) / "model.safetensors", self.state_dict())
 
 
+class Step(torch.nn.Module):
+    """Backbone and sharded head in one module, as a trainer wraps them in DistributedDataParallel."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, features, labels):
+        return self.head(self.backbone(features), labels, row_scale=16.0,
+                         margin=lambda cos, labels: arc_margin(cos, 0.3)).losses
+
+
 def training_parts(group=None):
     backbone = Backbone()
     head = ShardedClassCentreHead(embedding_dim=DIM, num_classes=TRAIN_CLASSES, num_subcenters=2, sample_rate=0.5,
@@ -167,19 +180,19 @@ def training_parts(group=None):
 
 def train(parts, steps, rank, world_size):
     backbone, head, backbone_optimizer, head_optimizer = parts
+    step_module = Step(backbone, head)
+    if world_size > 1:  # DDP on the backbone only, summing: each process has its samples' exact share
+        assert exclude_sharded_heads(step_module) == ["head.weight"]
+        step_module = torch.nn.parallel.DistributedDataParallel(step_module, process_group=head.process_group)
+        sum_gradients(step_module)
     for step in steps:
         generator = torch.Generator().manual_seed(100 + step)
         features = torch.randn(TRAIN_BATCH, 5, generator=generator)
         labels = torch.randint(0, TRAIN_CLASSES, (TRAIN_BATCH,), generator=generator)
         start, stop = shard_range(TRAIN_BATCH, world_size, rank)
-        losses = head(backbone(features[start:stop]), labels[start:stop], row_scale=16.0,
-                      margin=lambda cos, labels: arc_margin(cos, 0.3)).losses
         backbone_optimizer.zero_grad()
         head_optimizer.zero_grad()
-        losses.mean().backward()
-        if world_size > 1:  # each process has the exact gradient of its samples' share: sum them
-            for param in backbone.parameters():
-                dist.all_reduce(param.grad, group=head.process_group)
+        step_module(features[start:stop], labels[start:stop]).mean().backward()
         backbone_optimizer.step()
         head_optimizer.step()
 

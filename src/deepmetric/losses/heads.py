@@ -436,7 +436,8 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             grad_weight.index_add_(0, target_rows, grad_target_rows.to(weight.dtype))
             if sparse:
                 rows = _subcentre_rows(class_index, k).unsqueeze(0)
-                grad_weight = torch.sparse_coo_tensor(rows, grad_weight, weight.shape, is_coalesced=True)
+                grad_weight = torch.sparse_coo_tensor(rows, grad_weight, weight.shape, is_coalesced=True,
+                                                      check_invariants=False)
         if need_bias:
             grad_bias.index_add_(0, labels, grad_target.to(bias.dtype))
         return (grad_inputs, grad_scale, grad_weight, grad_bias) + (None,) * 9

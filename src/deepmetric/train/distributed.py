@@ -1,5 +1,6 @@
-"""Distributed data parallel helpers for ``torchrun``: process-group set-up (gloo on CPU, nccl on GPU) and
-an all-gather that keeps the gradient of the local part, so pair/triplet losses see the global batch.
+"""Distributed data parallel helpers for ``torchrun``: process-group set-up (gloo on CPU, nccl on GPU), an
+all-gather that keeps the gradient of the local part, so pair/triplet losses see the global batch, and the
+two settings DistributedDataParallel needs around a sharded class-centre head (PartialFC).
 
 Nothing here touches CUDA or the process group at import time.
 """
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from deepmetric.losses.partial_fc import ShardedClassCentreHead
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,30 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, tensor.detach().contiguous())
     parts[dist.get_rank()] = tensor
     return torch.cat(parts, dim=0)
+
+
+def exclude_sharded_heads(module: nn.Module) -> list[str]:
+    """Before ``DistributedDataParallel(module)``: leave out the parameters of every
+    ``ShardedClassCentreHead`` inside ``module`` (each process holds different classes, so they must be
+    neither broadcast nor averaged). Returns their names."""
+    sharded = {id(param) for sub in module.modules() if isinstance(sub, ShardedClassCentreHead)
+               for param in sub.parameters()}
+    names = [name for name, param in module.named_parameters() if id(param) in sharded]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    return names
+
+
+def _allreduce_sum(process_group, bucket):  # no annotations: DDP compares them to the real classes, and
+    # ``from __future__ import annotations`` would turn them into strings. (group, GradBucket) -> Future
+    work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
+
+
+def sum_gradients(model: nn.parallel.DistributedDataParallel) -> None:
+    """Make DDP sum the gradients over the processes instead of averaging them: behind a sharded head each
+    process's embeddings already receive the gradient of the global-batch loss, so the backbone's
+    gradient is the sum of the processes' parts."""
+    model.register_comm_hook(model.process_group, _allreduce_sum)
 
 
 def barrier() -> None:
