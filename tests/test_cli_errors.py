@@ -124,6 +124,10 @@ def inputs(tmp_path_factory):
     return folder
 
 
+#: Command groups whose good inputs this fixture builds, so a refusal must name the one bad value; the others
+#: (their inputs are two-tower models, GLDv2 trees, landmark indexes, ...) may refuse a "good" value first, and are
+#: held to a clean one-line refusal only. Give a group its good inputs in GOOD to hold it to the naming too.
+INPUTS_BUILT = {"datasets", "gallery", "index", "train", "embed", "evaluate", "serve", "quickstart"}
 #: Good values that depend on the command: a new identity to enrol, a data set that exists, an output file type.
 GOOD = {"gallery enroll": {"identity_id": "newcomer"}, "datasets show": {"name": "digits"},
         "embed": {"output": "out-embeddings.npy"}}
@@ -153,7 +157,7 @@ def _names_the_problem(message: str, param, bad: str) -> bool:
 BAD_PATHS = {"missing file": "missing/nothing.npy", "folder for a file": "a_folder", "text for .npy": "text.npy"}
 
 
-@pytest.mark.timeout(120)  # a command that started a server or a benchmark on a bad value fails, not stalls
+@pytest.mark.timeout(60)  # a command that started a server or a benchmark on a bad value fails, not stalls
 @pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
 def test_every_command_refuses_bad_paths_and_negative_numbers_in_one_line(inputs, path, command):
     """Every command of the tree, with one bad value at a time: a one-line refusal naming the problem, before
@@ -176,7 +180,7 @@ def test_every_command_refuses_bad_paths_and_negative_numbers_in_one_line(inputs
         where = f"deepmetric {' '.join(map(str, args))} ({case})"
         message = _refused(result, where)
         assert "error:" in message or "Error" in message or "Usage:" in message, (where, message)
-        if param is not None:
+        if param is not None and path[0] in INPUTS_BUILT:
             assert _names_the_problem(message, param, bad), (where, message)
         if "error:" in message:
             line = result.output.strip().splitlines()[-1]
