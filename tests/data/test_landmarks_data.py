@@ -16,6 +16,7 @@ from deepmetric.data.landmarks import (
     class_size_histogram,
     crop_to_box,
     gldv2_image_path,
+    landmarks_like_split,
     load_plain_pickle,
     read_gldv2_image_list,
     read_gldv2_train,
@@ -27,6 +28,7 @@ from deepmetric.data.landmarks import (
     read_revisited_ground_truth,
     write_recognition_submission,
     write_retrieval_submission,
+    zipf_counts,
 )
 
 TRAIN_IDS = {"6e158a47eb2ca3f6": 142820, "202cd79556f30760": 104169, "3ad87684c99c06e1": 142820,
@@ -197,3 +199,37 @@ def test_plain_pickles_and_bad_ground_truth(tmp_path):
 def test_crop_to_box_refuses_an_empty_region():
     with pytest.raises(ValueError, match="leaves nothing"):
         crop_to_box(np.zeros((4, 4, 3), np.uint8), (5, 5, 9, 9))
+
+
+def test_zipf_counts_follow_the_law_within_what_each_class_has():
+    rng = np.random.default_rng(0)
+    available = np.array([10, 10, 10, 10, 3])
+    counts = zipf_counts(available, exponent=1.0, minimum=2, rng=np.random.default_rng(0))
+    ranks = np.empty(5)
+    ranks[np.random.default_rng(0).permutation(5)] = np.arange(1, 6)
+    expected = np.minimum(np.maximum(2, np.round(10 * ranks ** -1.0)), available)
+    np.testing.assert_array_equal(counts, expected)
+    assert zipf_counts(available, exponent=0.0, minimum=1, rng=rng).tolist() == [10, 10, 10, 10, 3]
+
+
+def test_landmarks_like_split_layout():
+    labels = np.repeat(np.arange(40), 6)
+    split = landmarks_like_split(labels, landmark_fraction=0.4, distractor_fraction=0.3, non_landmark_share=0.6,
+                                 exponent=0.5, seed=3)
+    index_classes = set(labels[split.index].tolist())
+    landmark_queries = split.queries[split.query_truth >= 0]
+    assert len(index_classes) == 16 and len(landmark_queries) == 16  # one query per landmark
+    assert split.non_landmark_share == pytest.approx(0.6)
+    np.testing.assert_array_equal(split.query_truth[split.query_truth >= 0], labels[landmark_queries])
+    non_landmark = split.queries[split.query_truth < 0]
+    distractor_classes = set(labels[split.distractors].tolist())
+    assert not set(labels[non_landmark].tolist()) & (index_classes | distractor_classes)  # unseen everywhere
+    assert not distractor_classes & index_classes and len(distractor_classes) == 12
+    assert not set(split.queries.tolist()) & set(split.index.tolist())  # a query is never its own index image
+    sizes = np.bincount(labels[split.index])
+    assert sizes.max() > sizes[sizes > 0].min()  # long-tailed, at most 5 (one typeface kept for the query)
+    assert sizes.max() <= 5
+    with pytest.raises(ValueError, match="non-landmark queries"):
+        landmarks_like_split(labels, non_landmark_share=0.95)
+    with pytest.raises(ValueError, match="leave classes"):
+        landmarks_like_split(labels, landmark_fraction=0.5, distractor_fraction=0.5)

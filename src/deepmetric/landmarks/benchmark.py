@@ -76,12 +76,13 @@ class _Half:
         return self.split.queries[self.split.query_truth >= 0]
 
 
-def _halves(labels: np.ndarray, *, non_landmark_share: float, seed: int) -> tuple[_Half, _Half]:
+def _halves(labels: np.ndarray, *, non_landmark_share: float, exponent: float, seed: int) -> tuple[_Half, _Half]:
     classes = np.random.default_rng(seed).permutation(np.unique(labels))
     out = []
     for part, offset in ((classes[: len(classes) // 2], 1), (classes[len(classes) // 2:], 2)):
         positions = np.flatnonzero(np.isin(labels, part))
-        local = landmarks_like_split(labels[positions], non_landmark_share=non_landmark_share, seed=seed + offset)
+        local = landmarks_like_split(labels[positions], non_landmark_share=non_landmark_share, exponent=exponent,
+                                     seed=seed + offset)
         # positions of the half -> positions of the whole set; the truth is in the set's own labels already
         out.append(_Half(LandmarksLikeSplit(positions[local.index], positions[local.queries],
                                             positions[local.distractors], local.query_truth), labels))
@@ -155,11 +156,13 @@ def _timed_encode(embedder, images, scales) -> tuple[np.ndarray, float]:
 
 
 def run_benchmark(*, out_dir: Path | str = Path("runs/landmarks"), minutes: float = 4.0,
-                  model_dir: Path | str | None = None, non_landmark_share: float = 0.6, seed: int = 0,
-                  docs_path: Path | str | None = None) -> BenchmarkReport:
+                  model_dir: Path | str | None = None, non_landmark_share: float = 0.6, zipf_exponent: float = 0.3,
+                  seed: int = 0, docs_path: Path | str | None = None) -> BenchmarkReport:
     """Train (unless ``model_dir``), lay out the stand-in, tune on one half, score the stages on the other, write
     ``landmarks.json``, ``landmarks.md``, ``landmarks_stages.png`` and ``landmarks_grid.png`` into ``out_dir``
-    (and the markdown to ``docs_path`` with the figures beside it)."""
+    (and the markdown to ``docs_path`` with the figures beside it). ``zipf_exponent``: the long tail of the index
+    images per landmark (Glyphs' test classes have at most ~20 typefaces, so a gentle exponent keeps some
+    landmarks with several index images, as GLDv2's train set has)."""
     from deepmetric.data.glyphs import Glyphs
     from deepmetric.models.embedder import Embedder
 
@@ -172,7 +175,7 @@ def run_benchmark(*, out_dir: Path | str = Path("runs/landmarks"), minutes: floa
     embedder = Embedder.load(model_dir, device="cpu")
     size = int(embedder.preprocessing["image_size"][0])
     glyphs = Glyphs(split="test", image_size=size, augment=False, progress=False)
-    tune, report = _halves(glyphs.labels, non_landmark_share=non_landmark_share, seed=seed)
+    tune, report = _halves(glyphs.labels, non_landmark_share=non_landmark_share, exponent=zipf_exponent, seed=seed)
     images = RawImages(glyphs)
     single, single_ms = _timed_encode(embedder, images, (1.0,))
     multi, multi_ms = _timed_encode(embedder, images, DEFAULT_SCALES)
@@ -217,6 +220,7 @@ def run_benchmark(*, out_dir: Path | str = Path("runs/landmarks"), minutes: floa
     details = {
         "machine": machine_summary(), "model": str(model_dir), "trained_here": trained,
         "train_seconds": round(train_seconds, 1) if trained else None, "minutes": minutes, "seed": seed,
+        "zipf_exponent": zipf_exponent, "non_landmark_share": non_landmark_share,
         "tuned": {"k": k, "suppression_weight": weight, "whitening_shrinkage": shrinkage, "dba_top_n": dba_n,
                   "qe_top_n": qe_n},
         "report_half": _layout(report), "tuning_half": _layout(tune),
@@ -316,6 +320,7 @@ def _plot_grid(glyphs, half: _Half, last, path: Path, *, per_kind: int = 2, top:
     order = np.argsort(-last.confidences[non_landmark])  # the most confident non-landmarks are the hard ones
     rows = [("correct", q) for q in correct[:per_kind]] + [("wrong", q) for q in wrong[:per_kind]] + \
         [("non-landmark", q) for q in non_landmark[order][:per_kind]]
+    top = min(top, last.neighbours.ids.shape[1])  # the voters are all the neighbours there are
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,7 +332,8 @@ def _plot_grid(glyphs, half: _Half, last, path: Path, *, per_kind: int = 2, top:
     for r, (kind, q) in enumerate(rows):
         query_image = glyphs.raw_image(int(half.split.queries[q]))
         ids = last.neighbours.ids[q][:top]
-        panels = [(query_image, f"{kind}\nconf {last.confidences[q]:.2f}", "black")]
+        guess = "none" if last.labels[q] < 0 else glyphs.class_names[int(last.labels[q])].split()[1]
+        panels = [(query_image, f"{kind}: {guess}\nconf {last.confidences[q]:.2f}", "black")]
         for rank, i in enumerate(ids, start=1):
             if i < 0:
                 continue
