@@ -27,7 +27,8 @@ def retry_after(timeout: float) -> str:
 
 class WorkerPool:
     """``workers`` threads and room for ``max_queued`` more tasks waiting; ``run`` refuses a task beyond that
-    with 503 (``Retry-After``), and gives up waiting after ``timeout`` seconds with 503 too.
+    with 503 (``Retry-After``), and gives up waiting with 503 too after ``timeout`` seconds or at the request's
+    deadline, whichever comes first (``for_request`` binds the deadline).
 
     A task that timed out keeps its place until its thread really finishes (a thread cannot be stopped), so the
     CPU spent on photos stays bounded even when clients give up.
