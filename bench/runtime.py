@@ -155,16 +155,35 @@ def time_pair(model, sess, inputs: np.ndarray, budget: float, max_calls: int) ->
             cosine)
 
 
-def export_graph(model, folder: Path) -> Path:
+def export_graph(model, folder: Path, *, decompose_prelu: bool = True) -> Path:
     from deepmetric.deploy.export import contract_metadata, trace_to_onnx, with_metadata
     from deepmetric.models.protocol import model_fingerprint
 
-    traced, digest = with_metadata(trace_to_onnx(model), {})
+    traced, digest = with_metadata(trace_to_onnx(model, decompose_prelu=decompose_prelu), {})
     data, _ = with_metadata(traced, contract_metadata(dict(model.config), model_stamp=model_fingerprint(model),
                                                       graph_sha256=digest))
-    path = folder / "model.onnx"
+    path = folder / ("model.onnx" if decompose_prelu else "model-prelu.onnx")
     path.write_bytes(data)
     return path
+
+
+def prelu_ablation(names: list[str], threads: int, budget: float, max_calls: int) -> str:
+    """Batch 1, PyTorch against onnxruntime on the graph with onnxruntime's own PRelu and on the exported one
+    (PReLU decomposed), interleaved per pair: what the decomposition buys."""
+    lines = [f"### PReLU: onnxruntime's PRelu kernel against the decomposition (batch 1, {threads} thread(s))", "",
+             "| backbone | PyTorch img/s | onnxruntime, PRelu img/s | speed-up | PyTorch img/s | "
+             "onnxruntime, decomposed img/s | speed-up |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        model = build(name)
+        with tempfile.TemporaryDirectory() as folder:
+            cells = []
+            for decompose in (False, True):
+                sess = session(export_graph(model, Path(folder), decompose_prelu=decompose), threads)
+                torch_s, ort_s, _, _ = time_pair(model, sess, example(name, 1), budget, max_calls)
+                cells += [f"{1 / torch_s:.1f}", f"{1 / ort_s:.1f}", f"**{torch_s / ort_s:.2f}x**"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
 
 
 def profile(name: str, threads: int) -> str:
@@ -226,6 +245,8 @@ def main() -> None:
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 rows of the face backbones")
     parser.add_argument("--profile", nargs="*", default=None, help="also profile these backbones at batch 1 "
                         "(default with --output: the face backbones that miss 1.5x)")
+    parser.add_argument("--prelu-ablation", action="store_true", help="only compare onnxruntime's PRelu with the "
+                        "exported decomposition at batch 1 for --backbones (default: the face backbones)")
     parser.add_argument("--output", type=Path, help="write the markdown table here")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,6 +258,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.prelu_ablation:
+        names = args.backbones if args.backbones != list(BACKBONES) else list(FACE_BACKBONES)
+        print(f"load average {os.getloadavg()[0]:.1f}; {cpu_line()}")
+        print(prelu_ablation(names, args.threads, args.budget, args.max_calls))
+        return
     load = os.getloadavg()[0]
     rows, int8_rows = [], []
     started = time.time()

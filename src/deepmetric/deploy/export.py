@@ -95,17 +95,18 @@ def export_friendly(model: Any) -> Any:
     return friendly.eval()
 
 
-def trace_to_onnx(model: Any) -> bytes:
+def trace_to_onnx(model: Any, *, decompose_prelu: bool = True) -> bytes:
     """The ``Embedder``'s forward (L2 normalisation included) as ONNX bytes, batch axis dynamic, opset ``OPSET``.
 
     The TorchScript exporter is used: it exports every shipped backbone with a truly dynamic batch, where the
     dynamo exporter specialises the MLP's batch to the example's (its input checks read the shape) and takes
     10-30 times longer. Parity is what proves the graph right either way. PReLU is traced in a faster equivalent
-    form (``export_friendly``).
+    form (``export_friendly``) unless ``decompose_prelu`` is False (the benchmark's comparison).
     """
     import torch
 
-    model = export_friendly(model.to("cpu").eval())
+    model = model.to("cpu").eval()
+    model = export_friendly(model) if decompose_prelu else model
     if model.input_kind == "vector":
         example = torch.zeros(2, model.input_dim)
     else:
