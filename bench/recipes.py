@@ -379,6 +379,9 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     base_lrs = [group["lr"] for group in parts.optimizer.param_groups]
     curve: list[dict[str, Any]] = []
     used, steps, wall, failure = 0.0, 0, 0.0, None
+    if parts.classes_per_batch > data.num_classes:  # Fashion-MNIST trains on 6 classes: same batch size, K larger
+        parts.samples_per_class = parts.classes_per_batch * parts.samples_per_class // data.num_classes
+        parts.classes_per_batch = data.num_classes
     batches = _batches(data.train_labels, parts.classes_per_batch, parts.samples_per_class, task["seed"])
     for point in points:
         while used < point:
@@ -411,7 +414,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         curve.append(entry)
     return {"dataset": task["dataset"], "recipe": task["recipe"], "seed": task["seed"], "budget": task["budget"],
             "threads": task["threads"], "cpu_seconds": used, "wall_seconds": wall, "steps": steps,
-            "batch_size": parts.classes_per_batch * parts.samples_per_class, "failure": failure, "curve": curve,
+            "batch": f"{parts.classes_per_batch}x{parts.samples_per_class}", "failure": failure, "curve": curve,
             "final": curve[-1] if curve else None, "machine": machine()}
 
 
