@@ -209,10 +209,12 @@ def test_overflowing_rows_of_a_separate_gallery_are_searched_again(monkeypatch, 
     assert not calls  # the second pass sufficed
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_worker_threads_do_not_change_results(threads):
+@pytest.mark.parametrize("threads,fused", [(1, True), (2, True), (3, True), (2, False)])
+def test_worker_threads_do_not_change_results(monkeypatch, threads, fused):
     # each worker multiplies and selects on its own; the symmetric search's workers take block pairs that
-    # share no block with a pair in progress, the one-sided search's take query blocks
+    # share no block with a pair in progress, the one-sided search's take query blocks; a block's rows and
+    # columns are read in one pass (fused) or two
+    monkeypatch.setattr(topk, "_FUSED_SCAN", fused)
     x = near_ties(seed=6, n=400)
     for metric in ("cosine", "euclidean"):
         same = knn(x, k=12, metric=metric, query_block_size=24, gallery_block_size=24, threads=threads)
@@ -246,7 +248,7 @@ def test_worker_threads_restore_torch_threads_and_raise_errors(monkeypatch):
     def fail(*args):
         raise RuntimeError("selection failed")
 
-    monkeypatch.setattr(topk._scan, "scan_columns", fail)
+    monkeypatch.setattr(topk._scan, "scan_rows", fail)
     with pytest.raises(RuntimeError, match="selection failed"):
         knn(x, k=5, query_block_size=16, gallery_block_size=16, threads=2)
     assert torch.get_num_threads() == before

@@ -219,6 +219,44 @@ def _append(row, key, item, cands, count, hist, base, above, kth_coarse, kth_key
                  coarse_shift, k)
 
 
+@njit(inline="always")
+def _scan_row(block, r, first_row, first_item, own, mask, lane, hits, cands, count, hist, base, above, kth_coarse,
+              kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
+    """Row r of ``block`` against items ``first_item + c`` for state row ``first_row + r`` (see ``scan_rows``;
+    ``lane`` and ``hits`` are scratch of the row's group width and its columns)."""
+    columns = block.shape[1]
+    width = lane.shape[0]
+    _prefetch_state(first_row + r, cands, count, hist, base, kth_coarse)
+    row = first_row + r
+    data = block[r]
+    for p in range(width):
+        lane[p] = _key(data[p], mask)
+    for j in range(1, GROUPS):
+        part = data[j * width:(j + 1) * width]  # slices indexed from 0 let the loops vectorise
+        for p in range(part.shape[0]):
+            key = _key(part[p], mask)
+            lane[p] = key if key > lane[p] else lane[p]
+    if kth_key[row] == ACCEPT_ALL and width > k:
+        # np.partition sorts a copy
+        _raise_threshold(row, np.partition(lane, width - k - 1)[width - k - 1], kth_key, threshold,
+                         margin, unit, shift)
+    # first the columns that pass, without branches inside a group; then their appends
+    limit = threshold[row]
+    found = 0
+    for p in range(width):
+        if lane[p] >= limit:
+            for j in range(GROUPS):
+                c = p + j * width
+                hits[found] = c
+                found += (c < columns) and (_key(data[min(c, columns - 1)], mask) >= limit)
+    for i in range(found):
+        c = hits[i]
+        key = _key(data[c], mask)
+        if key >= threshold[row] and first_item + c != own[row]:
+            _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
+                    margin, unit, shift, coarse_shift, overflow, k)
+
+
 @njit(nogil=True, cache=True)
 def scan_rows(block, first_row, first_item, own, mask, cands, count, hist, base, above, kth_coarse,
               kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
@@ -231,46 +269,53 @@ def scan_rows(block, first_row, first_item, own, mask, cands, count, hist, base,
     one of which may be the query itself)."""
     rows, columns = block.shape
     width = (columns + GROUPS - 1) // GROUPS
-    for chunk in range((rows + 15) // 16):
-        lane = np.empty(width, block.dtype)
-        hits = np.empty(width * GROUPS, np.int64)
-        for r in range(chunk * 16, min(chunk * 16 + 16, rows)):
-            _prefetch_state(first_row + r, cands, count, hist, base, kth_coarse)
-            row = first_row + r
-            data = block[r]
-            for p in range(width):
-                lane[p] = _key(data[p], mask)
-            for j in range(1, GROUPS):
-                part = data[j * width:(j + 1) * width]  # slices indexed from 0 let the loops vectorise
-                for p in range(part.shape[0]):
-                    key = _key(part[p], mask)
-                    lane[p] = key if key > lane[p] else lane[p]
-            if kth_key[row] == ACCEPT_ALL and width > k:
-                # np.partition sorts a copy
-                _raise_threshold(row, np.partition(lane, width - k - 1)[width - k - 1], kth_key, threshold,
-                                 margin, unit, shift)
-            # first the columns that pass, without branches inside a group; then their appends
-            limit = threshold[row]
-            found = 0
-            for p in range(width):
-                if lane[p] >= limit:
-                    for j in range(GROUPS):
-                        c = p + j * width
-                        hits[found] = c
-                        found += (c < columns) and (_key(data[min(c, columns - 1)], mask) >= limit)
-            for i in range(found):
-                c = hits[i]
-                key = _key(data[c], mask)
-                if key >= threshold[row] and first_item + c != own[row]:
-                    _append(row, key, first_item + c, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
-                            margin, unit, shift, coarse_shift, overflow, k)
+    lane = np.empty(width, block.dtype)
+    hits = np.empty(width * GROUPS, np.int64)
+    for r in range(rows):
+        _scan_row(block, r, first_row, first_item, own, mask, lane, hits, cands, count, hist, base, above,
+                  kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
+
+
+@njit(inline="always")
+def _column_limits(limit, first_row, start, low, high, cands, count, hist, base, kth_coarse, threshold):
+    """Thresholds of state rows ``first_row + start + c`` clipped to the keys' range, their state prefetched."""
+    for c in range(limit.shape[0]):
+        limit[c] = min(max(threshold[first_row + start + c], low), high)
+        _prefetch_state(first_row + start + c, cands, count, hist, base, kth_coarse)
+
+
+@njit(inline="always")
+def _scan_column_group(block, g, start, first_row, first_item, mask, low, high, top, limit, cands, count, hist, base,
+                       above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k):
+    """Block rows g:g + ROW_GROUP against state rows ``first_row + start + c`` for columns start:start +
+    len(top) (see ``scan_columns``; ``top`` is scratch, ``limit`` the rows' clipped thresholds, kept up to date)."""
+    rows = block.shape[0]
+    stop = start + top.shape[0]
+    part = block[g, start:stop]  # slices indexed from 0 let the loops vectorise
+    for c in range(part.shape[0]):
+        top[c] = _key(part[c], mask)
+    for r in range(g + 1, min(g + ROW_GROUP, rows)):
+        part = block[r, start:stop]
+        for c in range(part.shape[0]):
+            key = _key(part[c], mask)
+            top[c] = key if key > top[c] else top[c]
+    for c in range(stop - start):
+        if top[c] < limit[c]:
+            continue
+        row = first_row + start + c
+        for r in range(g, min(g + ROW_GROUP, rows)):
+            key = _key(block[r, start + c], mask)
+            if key >= threshold[row]:
+                _append(row, key, first_item + r, cands, count, hist, base, above, kth_coarse, kth_key,
+                        threshold, margin, unit, shift, coarse_shift, overflow, k)
+        limit[c] = min(max(threshold[row], low), high)
 
 
 @njit(nogil=True, cache=True)
 def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
                  margin, unit, shift, coarse_shift, overflow, k):
     """The transposed use of a block: column c scores state row ``first_row + c`` against items
-    ``first_item + r`` (row r). Threads own disjoint column ranges; per group of ROW_GROUP rows the column
+    ``first_item + r`` (row r). Per span of COLUMN_SPAN columns and group of ROW_GROUP rows the column
     maxima are taken with vector operations and only columns whose maximum reaches their threshold are read."""
     rows, columns = block.shape
     low, high = -np.int64(mask) - 1, np.int64(mask)  # thresholds clipped to the range of the keys
@@ -279,28 +324,34 @@ def scan_columns(block, first_row, first_item, mask, cands, count, hist, base, a
         stop = min(start + COLUMN_SPAN, columns)
         top = np.empty(stop - start, block.dtype)
         limit = np.empty(stop - start, block.dtype)
-        for c in range(stop - start):
-            limit[c] = min(max(threshold[first_row + start + c], low), high)
-            _prefetch_state(first_row + start + c, cands, count, hist, base, kth_coarse)
+        _column_limits(limit, first_row, start, low, high, cands, count, hist, base, kth_coarse, threshold)
         for g in range(0, rows, ROW_GROUP):
-            part = block[g, start:stop]  # slices indexed from 0 let the loops vectorise
-            for c in range(part.shape[0]):
-                top[c] = _key(part[c], mask)
-            for r in range(g + 1, min(g + ROW_GROUP, rows)):
-                part = block[r, start:stop]
-                for c in range(part.shape[0]):
-                    key = _key(part[c], mask)
-                    top[c] = key if key > top[c] else top[c]
-            for c in range(stop - start):
-                if top[c] < limit[c]:
-                    continue
-                row = first_row + start + c
-                for r in range(g, min(g + ROW_GROUP, rows)):
-                    key = _key(block[r, start + c], mask)
-                    if key >= threshold[row]:
-                        _append(row, key, first_item + r, cands, count, hist, base, above, kth_coarse, kth_key,
-                                threshold, margin, unit, shift, coarse_shift, overflow, k)
-                limit[c] = min(max(threshold[row], low), high)
+            _scan_column_group(block, g, start, first_row, first_item, mask, low, high, top, limit, cands, count,
+                               hist, base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift,
+                               overflow, k)
+
+
+@njit(nogil=True, cache=True)
+def scan_both(block, first_row, first_item, own, mask, cands, count, hist, base, above, kth_coarse, kth_key, threshold,
+              margin, unit, shift, coarse_shift, overflow, k):
+    """``scan_rows`` and ``scan_columns`` of one block in one pass over it: per group of ROW_GROUP block rows,
+    first those rows, then the column side of the same rows while they are in cache. State rows
+    ``first_row``... (the block's rows) and ``first_item``... (its columns) must not overlap."""
+    rows, columns = block.shape
+    width = (columns + GROUPS - 1) // GROUPS
+    lane = np.empty(width, block.dtype)
+    hits = np.empty(width * GROUPS, np.int64)
+    low, high = -np.int64(mask) - 1, np.int64(mask)
+    top = np.empty(columns, block.dtype)
+    limit = np.empty(columns, block.dtype)
+    _column_limits(limit, first_item, 0, low, high, cands, count, hist, base, kth_coarse, threshold)
+    for g in range(0, rows, ROW_GROUP):
+        for r in range(g, min(g + ROW_GROUP, rows)):
+            _scan_row(block, r, first_row, first_item, own, mask, lane, hits, cands, count, hist, base, above,
+                      kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow, k)
+        _scan_column_group(block, g, 0, first_item, first_row, mask, low, high, top, limit, cands, count, hist,
+                           base, above, kth_coarse, kth_key, threshold, margin, unit, shift, coarse_shift, overflow,
+                           k)
 
 
 @njit(nogil=True, cache=True)

@@ -32,6 +32,7 @@ _MIN_EXTRA_CANDIDATES = 128  # a query holds up to k + max(k, this) candidates; 
 # after a compaction (thousands of tied scores) is searched again with 16x that, or exactly
 _LOCALITY_MIN_ITEMS = 16384  # queries = gallery from this size on: items reordered by nearest centre first
 _LOCALITY_MAX_CLUSTERS = 1024
+_FUSED_SCAN = True  # the symmetric search reads the rows and the columns of a block in one pass
 _REPORT_ROWS = 4096  # rows re-scored and sorted per work item of the symmetric search
 _BFLOAT16_MIN_WORK = 1 << 26  # queries x gallery below which the bfloat16 probe is not worth its few milliseconds
 _FLOAT32_UNIT = 2.0 ** -24  # unit roundoff
@@ -363,8 +364,12 @@ def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int
         def handle(pair: tuple[int, ...]) -> None:
             (start, stop), (g_start, g_stop) = bounds[pair[0]], bounds[pair[1]]
             block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            state.rows(block, start, g_start)
-            if pair[0] != pair[1]:
+            if pair[0] == pair[1]:
+                state.rows(block, start, g_start)
+            elif _FUSED_SCAN:
+                state.both(block, start, g_start)
+            else:
+                state.rows(block, start, g_start)
                 state.columns(block, g_start, start)
 
         claims.each(handle)
@@ -417,6 +422,10 @@ class _State:
     def columns(self, block: torch.Tensor, first_row: int, first_item: int) -> None:
         """Columns of ``block`` are state rows first_row..., its rows items first_item...."""
         _scan.scan_columns(self._bits(block), first_row, first_item, self.mask, *self._lists())
+
+    def both(self, block: torch.Tensor, first_row: int, first_item: int) -> None:
+        """``rows`` and ``columns`` of a block in one pass (its rows and columns are different state rows)."""
+        _scan.scan_both(self._bits(block), first_row, first_item, self.own, self.mask, *self._lists())
 
     def finish(self, first: int, last: int) -> None:
         _scan.finish(first, last, *self._lists())
