@@ -536,9 +536,14 @@ class _FastPass:
         fast = gallery_t.to(dtype)
         norms = torch.zeros(3, dtype=torch.float32, device=gallery_t.device)
         for start in range(0, len(gallery_t), 1 << 16):  # a slice at a time to keep memory flat
-            exact, rounded = gallery_t[start:start + (1 << 16)], fast[start:start + (1 << 16)].float()
-            # exact - rounded is exact in float32 (the bits that rounding to bfloat16 dropped)
-            chunk = [exact.norm(dim=1).max(), rounded.norm(dim=1).max(), (exact - rounded).norm(dim=1).max()]
+            exact = gallery_t[start:start + (1 << 16)]
+            if dtype == torch.float32:  # nothing rounded: the rounded norm is the norm, the residual 0
+                norm = exact.norm(dim=1).max()
+                chunk = [norm, norm, torch.zeros_like(norm)]
+            else:
+                rounded = fast[start:start + (1 << 16)].float()
+                # exact - rounded is exact in float32 (the bits that rounding to bfloat16 dropped)
+                chunk = [exact.norm(dim=1).max(), rounded.norm(dim=1).max(), (exact - rounded).norm(dim=1).max()]
             norms = torch.maximum(norms, torch.stack(chunk))
         # float32 norms, made upper bounds: a sum of D non-negative float32 terms is within D u of the exact
         # sum in any order (Higham), the square root adds u; 4 D u and an absolute 2^-60 (squares that
