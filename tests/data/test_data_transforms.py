@@ -98,8 +98,11 @@ def test_batch_augment_without_augmentation_is_the_evaluation_transform():
     expected = torch.stack([build_transforms(GREY, train=False)(image) for image in images])
     out = BatchAugment(GREY, train=False)(torch.from_numpy(images)[:, None], seed=0)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    # A smaller stored image is resized (area) to the model's size first.
-    assert BatchAugment(GREY, train=False)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), seed=0).shape == (2, 1, 16, 16)
+    # A smaller stored image is enlarged to the model's size first, as OpenCV's INTER_AREA does.
+    small = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    expected = torch.stack([build_transforms(GREY, train=False)(image) for image in small])
+    out = BatchAugment(GREY, train=False)(torch.from_numpy(small)[:, None], seed=0)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_batch_augment_is_a_function_of_the_seed_and_draws_per_image():

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from deepmetric.data import Digits
 from deepmetric.train.quickstart import plot_embedding_map, plot_retrieval_grid, run_quickstart
@@ -67,3 +68,14 @@ def test_retrieval_grid_frames_correct_neighbours_green_and_wrong_ones_red(tmp_p
     assert all(np.allclose(f, green) or np.allclose(f, red) for f in frames if f is not None)
     assert any(np.allclose(f, red) for f in frames if f is not None)
     assert any(np.allclose(f, green) for f in frames if f is not None)
+
+
+def test_evaluation_inputs_are_preprocessed_per_batch_as_the_per_item_transform_does():
+    from deepmetric.train.quickstart import preprocessed
+
+    data = Digits(split="test", classes="6-9", augment=False)  # 8x8 images enlarged to 32x32
+    batch = preprocessed(data)
+    expected = torch.stack([data[i][0] for i in range(len(data))])
+    torch.testing.assert_close(batch, expected, atol=1e-5, rtol=0)
+    augmented = Digits(split="test", classes="6-9", augment=True)
+    assert preprocessed(augmented) is augmented  # training augmentations: encode preprocesses each item

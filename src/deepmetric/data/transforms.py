@@ -157,7 +157,7 @@ class BatchAugment:
     position inside it), resampled bilinearly to ``image_size`` (one ``affine_grid`` + ``grid_sample``); a
     horizontal flip with probability 1/2 when ``hflip``; with probability 0.8 brightness ``x b`` and contrast
     ``(x - mean) c + mean``, ``b, c ~ U(1 - j, 1 + j)`` for ``j = color_jitter``; clamp to [0, 1]; then
-    ``(x - mean) / std``. With ``train=False``: resize (area) and normalise only.
+    ``(x - mean) / std``. With ``train=False``: resize (as OpenCV's area interpolation) and normalise only.
 
     Draws come from a ``torch.Generator`` seeded with the batch's seed, so a batch's augmentations depend on
     (run seed, rank, epoch, batch number) only: resume stays exact.
@@ -189,6 +189,8 @@ class BatchAugment:
         x = images.float().div_(255.0)
         if not self.train or batch == 0:
             if tuple(x.shape[2:]) != (height, width):
+                # The per-image transform's OpenCV INTER_AREA: averaging to shrink, repeating pixels to enlarge
+                # by whole factors (what torch's "area" mode does too).
                 x = torch.nn.functional.interpolate(x, size=(height, width), mode="area")
             return self._normalise(x)
         generator = torch.Generator().manual_seed(int(seed) % 2**63)
