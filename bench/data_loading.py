@@ -32,6 +32,7 @@ class PerSample(torch.utils.data.Dataset):
     def __init__(self, dataset) -> None:
         self.dataset = dataset
         self.labels = dataset.labels
+        self.preprocessing = dataset.preprocessing
 
     def __len__(self) -> int:
         return len(self.dataset)
