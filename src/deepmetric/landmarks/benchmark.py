@@ -28,8 +28,8 @@ from deepmetric.landmarks.recognition import Recognizer
 from deepmetric.landmarks.rerank import DatabaseAugmentation, QueryExpansion, retrieve
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "landmarks_glyphs.yaml"
-K_CHOICES = (3, 5, 10, 20)
-WEIGHT_CHOICES = (0.25, 0.5, 1.0, 2.0)
+K_CHOICES = (1, 3, 5, 10, 20)  # 1: voting cannot beat the nearest neighbour
+WEIGHT_CHOICES = (0.0, 0.25, 0.5, 1.0, 2.0)  # 0: suppression off
 SHRINKAGE_CHOICES = (0.01, 0.1, 1.0)
 TOP_N_CHOICES = (1, 2, 3, 5)
 
