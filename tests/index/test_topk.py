@@ -279,3 +279,29 @@ def test_claims_never_hand_out_items_sharing_a_block():
     for worker in workers:
         worker.join()
     assert not clashes and sorted(handled) == sorted(pairs)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_numpy_products_give_the_same_results(monkeypatch, metric):
+    # where numpy's BLAS multiplies float32 faster than torch's, the float32 pass uses it (one BLAS thread per
+    # worker, restored afterwards); the results are the engine's, whoever multiplies
+    from threadpoolctl import threadpool_info
+
+    probe = topk._numpy_products_pay_off.__wrapped__  # uncached
+    monkeypatch.setattr(topk, "_numpy_products_pay_off", lambda: True)
+    monkeypatch.setattr(topk, "_BFLOAT16_MIN_WORK", 0)
+    def blas_threads():
+        return {entry["filepath"]: entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"}
+
+    before = blas_threads()
+    x = near_ties(seed=9, n=300)
+    same = knn(x, k=10, metric=metric, query_block_size=16, gallery_block_size=24, precision="float32", threads=2)
+    ids, scores = exact_order(x, x, 10, metric, exclude_self=True)
+    np.testing.assert_array_equal(same.ids, ids)
+    np.testing.assert_array_equal(same.scores, scores)
+    separate = knn(x[:90], x[90:], k=10, metric=metric, query_block_size=16, precision="float32", threads=2)
+    ids, scores = exact_order(x[:90], x[90:], 10, metric, exclude_self=False)
+    np.testing.assert_array_equal(separate.ids, ids)
+    np.testing.assert_array_equal(separate.scores, scores)
+    assert {path: blas_threads()[path] for path in before} == before
+    assert isinstance(probe(), bool)

@@ -9,6 +9,7 @@ sizes nor on the fast pass's precision.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -173,7 +174,10 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
     queries_np = gallery_np[:num_queries] if same_set else np.ascontiguousarray(queries_t.cpu().numpy())
     threads = torch.get_num_threads() if threads is None else check_positive_int("threads", threads)
     with torch.inference_mode():
-        fast = _FastPass.build(gallery_t, metric, _fast_dtype(metric, device, num_queries * num_gallery, precision))
+        dtype = _fast_dtype(metric, device, num_queries * num_gallery, precision)
+        numpy_products = (dtype == torch.float32 and device.type == "cpu"
+                          and num_queries * num_gallery >= _BFLOAT16_MIN_WORK and _numpy_products_pay_off())
+        fast = _FastPass.build(gallery_t, metric, dtype, numpy_products)
         cap = k + max(k, _MIN_EXTRA_CANDIDATES)
         tile = min(gallery_block_size, _TILE_COLUMNS)
         euclidean = metric == "euclidean"
@@ -216,12 +220,14 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
         # the gallery item each query leaves out of its results (-1: none)
         own = np.arange(num_queries, dtype=np.int64) if exclude_self else np.full(num_queries, -1, np.int64)
         report = reporter(queries_t, queries_np, query_ids, own, cap)
-        if same_set:
-            # square blocks with as many scores as a (query_block_size, tile) block
-            _symmetric_search(fast, queries_t, k, cap, own, math.isqrt(query_block_size * tile), report, threads)
-        else:
-            _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report, threads)
-        report.redo_overflowed()
+        with _blas_threads(1 if fast.numpy_products else None):
+            if same_set:
+                # square blocks with as many scores as a (query_block_size, tile) block
+                _symmetric_search(fast, queries_t, k, cap, own, math.isqrt(query_block_size * tile), report,
+                                  threads)
+            else:
+                _one_sided_search(fast, queries_t, k, cap, own, query_block_size, tile, report, threads)
+            report.redo_overflowed()
     return SearchResult(out_scores, out_ids)
 
 
@@ -240,15 +246,16 @@ def _locality_order(x: torch.Tensor, iterations: int = 1) -> torch.Tensor:
     return torch.argsort((fast @ centres.to(torch.bfloat16).T).argmax(1), stable=True)
 
 
-def _in_workers(threads: int, work) -> None:
+def _in_workers(threads: int, work, own_thread: bool = False) -> None:
     """Run ``work()`` in ``threads`` threads of their own (in this one when ``threads`` is 1) and wait for all.
 
     Each worker multiplies and selects by itself: its torch operations run on one thread (torch's count is
     per thread; the process-wide default is restored afterwards) and the selection kernels are serial and
     release the GIL. Two thread pools taking turns (torch's and numba's OpenMP runtimes, each spinning after
     its parallel regions) would otherwise put twice as many busy threads as cores on the CPU, and a core
-    taken by another process would stall both at every block. The first exception is re-raised."""
-    if threads == 1:
+    taken by another process would stall both at every block. The first exception is re-raised.
+    ``own_thread``: one worker runs in a thread of its own too."""
+    if threads == 1 and not own_thread:
         work()
         return
     errors: list[BaseException] = []
@@ -273,6 +280,43 @@ def _in_workers(threads: int, work) -> None:
         torch.set_num_threads(default)
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def _blas_threads(limit: int | None):
+    """numpy's BLAS on ``limit`` threads inside the block (process-wide while it runs; None: unchanged)."""
+    if limit is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield
+
+
+@functools.cache
+def _numpy_products_pay_off() -> bool:
+    """Whether numpy's BLAS multiplies a float32 block on one thread at least 1.15x faster than torch's (thread
+    CPU time, so that other processes' load does not decide; checked once per process)."""
+    generator = torch.Generator().manual_seed(0)
+    queries, gallery = torch.randn(1024, 128, generator=generator), torch.randn(2048, 128, generator=generator)
+    out = torch.empty(1024, 2048)
+    seconds: dict[str, float] = {}
+
+    def probe() -> None:
+        for name, multiply in (("torch", lambda: torch.matmul(queries, gallery.T, out=out)),
+                               ("numpy", lambda: np.matmul(queries.numpy(), gallery.numpy().T, out=out.numpy()))):
+            multiply()  # warm-up
+            best = math.inf
+            for _ in range(5):
+                begin = time.thread_time()
+                multiply()
+                best = min(best, time.thread_time() - begin)
+            seconds[name] = best
+
+    with _blas_threads(1):
+        _in_workers(1, probe, own_thread=True)
+    return seconds["numpy"] * 1.15 < seconds["torch"]
 
 
 class _Claims:
@@ -528,9 +572,11 @@ class _FastPass:
     rounded_norm: float  # largest norm of a gallery vector rounded to the fast dtype
     residual_norm: float  # largest norm of a rounding residual g - round(g)
     squared_norms: torch.Tensor | None  # euclidean: |g|^2 per gallery item
+    numpy_products: bool = False  # float32 products by numpy's BLAS (CPU), which is faster than torch's on some CPUs
 
     @classmethod
-    def build(cls, gallery_t: torch.Tensor, metric: str, dtype: torch.dtype) -> _FastPass:
+    def build(cls, gallery_t: torch.Tensor, metric: str, dtype: torch.dtype,
+              numpy_products: bool = False) -> _FastPass:
         if metric == "euclidean" and dtype != torch.float32:
             raise ValueError(f"euclidean candidates need float32, got {dtype}")
         fast = gallery_t.to(dtype)
@@ -551,7 +597,8 @@ class _FastPass:
         norm, rounded_norm, residual_norm = (value * (1 + 4 * gallery_t.shape[1] * _FLOAT32_UNIT) + 2.0 ** -60
                                              for value in norms.double().tolist())
         return cls(fast, metric, norm, rounded_norm, residual_norm,
-                   (gallery_t * gallery_t).sum(1) if metric == "euclidean" else None)
+                   (gallery_t * gallery_t).sum(1) if metric == "euclidean" else None,
+                   numpy_products and dtype == torch.float32 and gallery_t.device.type == "cpu")
 
     @property
     def output_unit(self) -> float:
@@ -564,7 +611,12 @@ class _FastPass:
                scratch: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of a query block against gallery items g_start:g_stop, written into ``scratch`` when given."""
         out = None if scratch is None else _view(scratch, (query_fast.shape[0], g_stop - g_start))
-        scores = torch.matmul(query_fast, self.gallery[g_start:g_stop].T, out=out)
+        if self.numpy_products:
+            product = np.matmul(query_fast.numpy(), self.gallery[g_start:g_stop].numpy().T,
+                                out=None if out is None else out.numpy())
+            scores = torch.from_numpy(product) if out is None else out
+        else:
+            scores = torch.matmul(query_fast, self.gallery[g_start:g_stop].T, out=out)
         if self.metric == "euclidean":
             # symmetric in query and gallery, so a transposed block serves the gallery side too
             scores.mul_(2).sub_((query_fast * query_fast).sum(1)[:, None])
