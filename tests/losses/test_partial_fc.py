@@ -112,8 +112,12 @@ def run_scenario(name, rank, world_size, group=None):
     start = sum(counts[:rank])
     local = features[start:start + counts[rank]].clone().requires_grad_(True)
     head = make_head(name, group).double()
+    if name == "arcface":  # inference logits of the global batch over every process's classes
+        extra_logits = {"logits": head.logits(F.normalize(local.detach(), dim=1), row_scale=30.0)}
     head.train()
     losses, extra = head_losses(head, local, labels[start:start + counts[rank]], name)
+    if name == "arcface":
+        extra = {**extra, **extra_logits}
     losses.mean().backward()
     optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
     assert head.weight.grad.is_sparse == (name == "sparse")
@@ -256,7 +260,9 @@ def full_head_reference(name):
     full.double()
     features, labels = global_batch(name)
     features = features.clone().requires_grad_(True)
+    logits = {"logits": full.logits(F.normalize(features.detach(), dim=1), row_scale=30.0)} if name == "arcface" else {}
     losses, extra = head_losses(full, features, labels, name)
+    extra = {**extra, **logits}
     losses.mean().backward()
     result = {"losses": losses.detach(), "input_grad": features.grad, "weight_grad": full.weight.grad.clone()}
     if bias:
@@ -272,7 +278,7 @@ def test_two_processes_equal_the_full_head(distributed_runs, name):
     for rank in range(2):
         got = load_weights(distributed_runs / f"{name}.{rank}.safetensors")
         torch.testing.assert_close(got["losses"], expected["losses"], rtol=1e-9, atol=1e-10)
-        for key in ("rest", "target"):
+        for key in ("rest", "target", "logits"):
             if key in expected:
                 torch.testing.assert_close(got[key], expected[key], rtol=1e-9, atol=1e-10)
     for key in ("input_grad", "weight_grad", "weight", "bias_grad"):

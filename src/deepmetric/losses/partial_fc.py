@@ -47,11 +47,6 @@ from deepmetric.losses.heads import (
     MarginFunction,
     Reductions,
     ShardTargets,
-    _augmented_inputs,
-    _block_t,
-    _chunks,
-    _inverse_norms,
-    _target_products,
     identity_margin,
 )
 from deepmetric.losses.heads import nontarget_logsumexp as _nontarget_logsumexp
@@ -299,19 +294,13 @@ class ShardedClassCentreHead(ClassCentreHead):
         with torch.no_grad():
             inputs, labels, _ = self._global_batch(inputs, labels, 1.0)
             shard, rows = self._shard_targets(labels)
-            values = _target_products(inputs, self.weight, rows, self.num_subcenters, self.normalize_weight)[0]
-            return self.reductions.sum_(values * shard.owned)
+            return self.reductions.sum_(super().target_cosines(inputs, rows) * shard.owned)
 
     def logits(self, inputs: torch.Tensor, *, row_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
         """Margin-free logits of the global batch over all classes (B_global, C), no gradient."""
         with torch.no_grad():
             inputs, _, row_scale = self._global_batch(inputs, inputs.new_zeros(inputs.shape[0]).long(), row_scale)
-            augmented = _augmented_inputs(inputs * row_scale.unsqueeze(1), self.bias is not None, None)
-            inv_norms = _inverse_norms(self.weight).to(inputs.dtype) if self.normalize_weight else None
-            local = torch.cat([_block_t(augmented, chunk, self.num_subcenters).T
-                               for chunk in _chunks(self.weight, self.bias, None, self.num_subcenters,
-                                                    self._resolve_chunk(inputs.shape[0]), inputs.dtype,
-                                                    inv_norms)], dim=1)
+            local = super().logits(inputs, row_scale=row_scale)  # this process's classes
             if self.world_size == 1:
                 return local
             return self.gather(local.T.contiguous()).T
