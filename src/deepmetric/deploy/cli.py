@@ -11,7 +11,7 @@ import typer
 
 
 def export_command(
-    model: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model folder (config.json + model.safetensors)")],
+    model: Annotated[Path, typer.Argument(help="model folder (config.json + model.safetensors)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="the .onnx file to write (or a folder: "
                                                                "FOLDER/model.onnx)")],
     format: Annotated[str, typer.Option("--format", help="export format: onnx")] = "onnx",
@@ -28,9 +28,9 @@ def export_command(
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads for the check (default: PyTorch's)")]
     = None,
 ) -> None:
-    """Export MODEL_DIR to ONNX (dynamic batch, pinned opset, L2 normalisation in the graph, preprocessing and model
-    stamp in the metadata). Parity is checked before writing, at batch sizes 1, 7 and 32: every sample's cosine to
-    PyTorch >= 0.99999, top-10 neighbour overlap >= 0.999 and MAP@R within 1e-4 on the Glyphs test split. When it
+    """Export a model folder to ONNX (dynamic batch, pinned opset, L2 normalisation in the graph, preprocessing and
+    model stamp in the metadata). Parity is checked before writing, at batch sizes 1, 7 and 32: every sample's cosine
+    to PyTorch >= 0.99999, top-10 neighbour overlap >= 0.999 and MAP@R within 1e-4 on the Glyphs test split. When it
     fails the command exits with code 2 and writes nothing."""
     from deepmetric.deploy.export import FORMATS, export_onnx
     from deepmetric.validation import check_choice, check_non_negative_float, check_positive_int
@@ -40,7 +40,7 @@ def export_command(
     check_non_negative_float("--max-map-loss", max_map_loss)
     check_positive_int("--threads", threads, allow_none=True)
     if not (model / "config.json").is_file():
-        raise FileNotFoundError(f"MODEL_DIR must be a model folder (config.json + model.safetensors), got {model}")
+        raise FileNotFoundError(f"MODEL must be a model folder (config.json + model.safetensors), got {model}")
     if quantize is not None:
         from deepmetric.deploy.quantize import QUANTIZATIONS, export_quantized
 
