@@ -26,6 +26,7 @@ from deepmetric.io import atomic_write_text, write_json
 from deepmetric.landmarks.embedding import DEFAULT_SCALES, PCAWhitening, RawImages, multiscale_encode
 from deepmetric.landmarks.recognition import Recognizer
 from deepmetric.landmarks.rerank import DatabaseAugmentation, QueryExpansion, retrieve
+from deepmetric.validation import check_in_range, check_non_negative_float, check_non_negative_int, check_positive_float
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "landmarks_glyphs.yaml"
 K_CHOICES = (1, 3, 5, 10, 20)  # 1: voting cannot beat the nearest neighbour
@@ -166,6 +167,13 @@ def run_benchmark(*, out_dir: Path | str = Path("runs/landmarks"), minutes: floa
     from deepmetric.data.glyphs import Glyphs
     from deepmetric.models.embedder import Embedder
 
+    # every argument checked before minutes of training
+    check_in_range("non_landmark_share", non_landmark_share, 0, 1, low_inclusive=False, high_inclusive=False)
+    check_non_negative_float("zipf_exponent", zipf_exponent)
+    check_positive_float("minutes", minutes)
+    seed = check_non_negative_int("seed", seed)
+    if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"model folder not found (no config.json): {model_dir}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

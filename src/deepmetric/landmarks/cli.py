@@ -159,8 +159,9 @@ def benchmark_command(
     out: Path = typer.Option(Path("runs/landmarks"), help="folder for the model, table, figures and JSON"),
     minutes: float = typer.Option(4.0, min=0.1, help="training budget in minutes (the shipped config's schedule)"),
     model: Path = typer.Option(None, help="skip training: use this model folder"),
-    non_landmark_share: float = typer.Option(0.6, help="share of the queries that show no landmark"),
-    seed: int = typer.Option(0),
+    non_landmark_share: float = typer.Option(0.6, min=0.05, max=0.95,
+                                             help="share of the queries that show no landmark"),
+    seed: int = typer.Option(0, min=0),
 ) -> None:
     """The offline stand-in benchmark (Glyphs laid out like GLDv2): train with configs/landmarks_glyphs.yaml, then
     GAP and mAP@100 for each stage added in turn, with latencies, a bar chart and query grids."""
