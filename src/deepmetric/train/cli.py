@@ -147,8 +147,8 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option("digits", help="digits or fashion_mnist"),
         losses: list[str] = typer.Option(["softmax", "center", "sphereface", "cosface", "arcface"], "--loss",
                                          help="losses to draw (repeat the option)"),
-        steps: int = typer.Option(300, min=1, help="training steps per model"),
-        frames: int = typer.Option(15, min=1, help="snapshots of the features in the GIF"),
+        steps: int = typer.Option(500, min=1, help="training steps per model"),
+        frames: int = typer.Option(12, min=1, help="snapshots of the features in the GIF"),
         three_d: bool = typer.Option(True, "--3d/--no-3d", help="also train 3-D embeddings, drawn on the sphere"),
         seed: int = typer.Option(0, min=0, help="random seed"),
     ) -> None:

@@ -37,7 +37,7 @@ class FeatureLoss:
 FEATURE_LOSSES: dict[str, FeatureLoss] = {
     "softmax": FeatureLoss("softmax", {"name": "softmax", "args": {}}, raw_features=True),
     "center": FeatureLoss("softmax + center loss", {"name": "center", "args": {
-        "center_weight": 0.05, "center_update": "alpha", "alpha": 0.5}}, raw_features=True),
+        "center_weight": 0.5, "center_update": "alpha", "alpha": 0.5}}, raw_features=True),
     "sphereface": FeatureLoss("SphereFace (m = 2)", {"name": "sphereface", "args": {"margin": 2}},
                               raw_features=True),
     "cosface": FeatureLoss("CosFace (m = 0.2)", {"name": "cosface", "args": {"margin": 0.2, "scale": 16.0}},
