@@ -97,7 +97,7 @@ def test_infonce_multi_positive_matches_loop_and_soft_cross_entropy():
 
 def test_infonce_logit_scale_is_clamped_and_learnt():
     loss = InfoNCELoss(temperature=1e-4, max_scale=100.0)
-    assert float(loss.scale) == 100.0
+    assert loss.scale.item() == 100.0
     x, y, li, lt = _batch(6, dtype=torch.float32)
     loss = InfoNCELoss()
     loss(x, y, li, lt).backward()
