@@ -23,12 +23,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget")
     parser.add_argument("--model", default=None, help="skip training and use this model folder")
     parser.add_argument("--non-landmark-share", type=float, default=0.6)
+    parser.add_argument("--zipf-exponent", type=float, default=0.3, help="long tail of the index images per landmark")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks" / "landmarks.md"),
                         help="markdown page to write (figures beside it); '' writes none")
     args = parser.parse_args()
     report = run_benchmark(out_dir=Path(args.out), minutes=args.minutes, model_dir=args.model,
-                           non_landmark_share=args.non_landmark_share, seed=args.seed, docs_path=args.docs or None)
+                           non_landmark_share=args.non_landmark_share,
+                           zipf_exponent=args.zipf_exponent, seed=args.seed, docs_path=args.docs or None)
     print(report.markdown)
 
 

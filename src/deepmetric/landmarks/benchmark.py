@@ -25,7 +25,7 @@ from deepmetric.eval.retrieval import gap_from_predictions, map_at_k_from_predic
 from deepmetric.io import atomic_write_text, write_json
 from deepmetric.landmarks.embedding import DEFAULT_SCALES, PCAWhitening, RawImages, multiscale_encode
 from deepmetric.landmarks.recognition import Recognizer
-from deepmetric.landmarks.rerank import DatabaseAugmentation, QueryExpansion, retrieve
+from deepmetric.landmarks.rerank import DatabaseAugmentation, QueryExpansion, retrieve, search
 from deepmetric.validation import check_in_range, check_non_negative_float, check_non_negative_int, check_positive_float
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "landmarks_glyphs.yaml"
@@ -236,7 +236,7 @@ def run_benchmark(*, out_dir: Path | str = Path("runs/landmarks"), minutes: floa
             report.labels[report.split.index], (1, 2, 3, 5, 10, 20, math.inf))],
     }
     figures = {"stages": _plot_stages(recognition_rows, retrieval_rows, out_dir / "landmarks_stages.png"),
-               "grid": _plot_grid(glyphs, report, results[-1], out_dir / "landmarks_grid.png")}
+               "grid": _plot_grid(glyphs, report, results[-1], whitened, out_dir / "landmarks_grid.png")}
     markdown = _markdown(recognition_rows, retrieval_rows, details, figure_names=[p.name for p in figures.values()])
     write_json(out_dir / "landmarks.json", {"recognition": recognition_rows, "retrieval": retrieval_rows,
                                             **details})
@@ -316,7 +316,8 @@ def _plot_stages(recognition_rows, retrieval_rows, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_grid(glyphs, half: _Half, last, path: Path, *, per_kind: int = 2, top: int = 5) -> Path:
+def _plot_grid(glyphs, half: _Half, last, vectors: _Vectors, path: Path, *, per_kind: int = 2, top: int = 5
+               ) -> Path:
     """Queries and their top index images after the full pipeline: correct ones, wrong ones and the most
     confident non-landmarks; frames green = same landmark, red = other; the title gives the prediction."""
     from deepmetric.eval.plots import _save
@@ -328,7 +329,9 @@ def _plot_grid(glyphs, half: _Half, last, path: Path, *, per_kind: int = 2, top:
     order = np.argsort(-last.confidences[non_landmark])  # the most confident non-landmarks are the hard ones
     rows = [("correct", q) for q in correct[:per_kind]] + [("wrong", q) for q in wrong[:per_kind]] + \
         [("non-landmark", q) for q in non_landmark[order][:per_kind]]
-    top = min(top, last.neighbours.ids.shape[1])  # the voters are all the neighbours there are
+    # the top index images of each query (more than the k that voted, to show what was near)
+    neighbours = search(vectors.queries, vectors.index, min(top, len(vectors.index))).ids
+    top = neighbours.shape[1]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,7 +342,7 @@ def _plot_grid(glyphs, half: _Half, last, path: Path, *, per_kind: int = 2, top:
     index_positions = half.split.index
     for r, (kind, q) in enumerate(rows):
         query_image = glyphs.raw_image(int(half.split.queries[q]))
-        ids = last.neighbours.ids[q][:top]
+        ids = neighbours[q]
         guess = "none" if last.labels[q] < 0 else glyphs.class_names[int(last.labels[q])].split()[1]
         panels = [(query_image, f"{kind}: {guess}\nconf {last.confidences[q]:.2f}", "black")]
         for rank, i in enumerate(ids, start=1):
@@ -361,5 +364,6 @@ def _plot_grid(glyphs, half: _Half, last, path: Path, *, per_kind: int = 2, top:
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(3)
-    fig.suptitle("Query -> top index images after the full pipeline (green: same landmark, red: other)", fontsize=9)
+    fig.suptitle("Query (its prediction, confidence) -> top index images\n(green: same landmark, red: other)",
+                 fontsize=9)
     return _save(fig, path)

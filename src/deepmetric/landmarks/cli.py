@@ -161,6 +161,7 @@ def benchmark_command(
     model: Path = typer.Option(None, help="skip training: use this model folder"),
     non_landmark_share: float = typer.Option(0.6, min=0.05, max=0.95,
                                              help="share of the queries that show no landmark"),
+    zipf_exponent: float = typer.Option(0.3, min=0.0, help="long tail of the index images per landmark"),
     seed: int = typer.Option(0, min=0),
 ) -> None:
     """The offline stand-in benchmark (Glyphs laid out like GLDv2): train with configs/landmarks_glyphs.yaml, then
@@ -168,7 +169,7 @@ def benchmark_command(
     from deepmetric.landmarks.benchmark import run_benchmark
 
     report = run_benchmark(out_dir=out, minutes=minutes, model_dir=model, non_landmark_share=non_landmark_share,
-                           seed=seed)
+                           zipf_exponent=zipf_exponent, seed=seed)
     typer.echo(report.markdown)
 
 
