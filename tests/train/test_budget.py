@@ -59,6 +59,7 @@ def test_planner_keeps_the_faster_thread_count(monkeypatch):
     clock = FakeClock(1.0)
     monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     threads = torch.get_num_threads()
     try:
         planner = BudgetPlanner(SchedulePlan(10**6), budget_seconds=60.0, max_steps=10**6, configured_warmup=10,
@@ -70,6 +71,10 @@ def test_planner_keeps_the_faster_thread_count(monkeypatch):
             clock.tick()
             planner.after_step(step, elapsed_seconds=float(step))
         assert planner.threads == 1 and torch.get_num_threads() == 1 and not planner.sized
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+        kept = BudgetPlanner(SchedulePlan(10), budget_seconds=1.0, max_steps=10, configured_warmup=1,
+                             choose_threads=True)
+        assert kept.threads == torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
 

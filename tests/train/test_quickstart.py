@@ -19,7 +19,7 @@ def test_quickstart_runs_end_to_end_on_digits(tmp_path):
     assert (out / "embedding_map.png").stat().st_size > 10_000
     assert (out / "retrieval_grid.png").stat().st_size > 10_000
     saved = json.loads((out / "report.json").read_text())
-    assert [row["model"] for row in saved["rows"]] == ["untrained network", "CosFace baseline",
+    assert [row["model"] for row in saved["rows"]] == ["untrained network", "normalised-softmax baseline",
                                                        "metric learning (ours)"]
     assert 0 < saved["training_seconds"] < saved["total_seconds"]
     assert saved["training_share"] == pytest.approx(saved["training_seconds"] / saved["total_seconds"])

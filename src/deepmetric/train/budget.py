@@ -61,7 +61,8 @@ class BudgetPlanner:
     a machine that gets busier or quieter (or evaluation pauses) still ends the schedule at the budget.
     With ``choose_threads`` it first times ``THREAD_TRIAL_STEPS`` steps with two compute threads and as many
     with one and keeps the faster (on 2 cores busy with other work, two spinning threads run several times
-    slower than one); those steps train the model too."""
+    slower than one); those steps train the model too. ``OMP_NUM_THREADS`` in the environment keeps the
+    thread count as set."""
 
     plan: SchedulePlan
     budget_seconds: float
@@ -76,7 +77,8 @@ class BudgetPlanner:
     _trial: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.choose_threads and (os.cpu_count() or 1) >= 2:
+        # A thread count the user set (OMP_NUM_THREADS) is kept.
+        if self.choose_threads and (os.cpu_count() or 1) >= 2 and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(2)
             self.threads = 2
         else:
