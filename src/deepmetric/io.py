@@ -14,7 +14,9 @@ import functools
 import glob
 import json
 import os
+import pickle
 import shutil
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -73,6 +75,69 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+# The only globals a plain-data pickle may name: Python 2 and 3 spell sets through one, and protocol 2 pickles
+# written by Python 3 spell bytes as _codecs.encode(text, "latin1") (answered by a shim that does only that).
+_PLAIN_GLOBALS: dict[tuple[str, str], Callable] = {
+    ("builtins", "set"): set, ("__builtin__", "set"): set,
+    ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Builds only what pickle's own opcodes build (dicts, lists, tuples, strings, bytes, numbers, booleans,
+    None) plus sets; any other class or function the file names is refused, so loading cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _PLAIN_GLOBALS.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: this file may hold only built-in "
+                                         "containers, strings, bytes and numbers")
+        return allowed
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refusing a persistent id")
+
+
+def load_plain_pickle(path: str | os.PathLike, *, encoding: str = "latin1") -> Any:
+    """The one way deepmetric reads a pickle it did not write (insightface ``.bin`` pairs, revisited Oxford /
+    Paris ``gnd_*.pkl``): a restricted unpickler that builds built-in containers, strings, bytes, numbers and
+    sets only, and refuses every class or function the file names with a ``ValueError`` naming the file.
+    ``encoding`` says how Python 2 ``str`` objects are read: ``"latin1"`` as text, ``"bytes"`` as bytes.
+
+    Example:
+        >>> import pickle, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "plain.pkl")
+        >>> with open(path, "wb") as handle:
+        ...     pickle.dump({"imlist": ["a", "b"], "ok": {1, 2}}, handle)
+        >>> load_plain_pickle(path)
+        {'imlist': ['a', 'b'], 'ok': {1, 2}}
+        >>> with open(path, "wb") as handle:
+        ...     pickle.dump(os.getcwd, handle)
+        >>> load_plain_pickle(path)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...: refusing to load posix.getcwd: this file may hold only built-in containers, ...numbers
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle not found: {path}")
+    with open(path, "rb") as handle:
+        try:
+            return _PlainDataUnpickler(handle, encoding=encoding).load()
+        except pickle.UnpicklingError as error:
+            reason = str(error) if str(error).startswith("refusing") else f"not a readable pickle: {error}"
+            raise ValueError(f"{path}: {reason}") from error
+        except (EOFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path} is not a readable pickle: {error}") from error
 
 
 def load_array(path: str | os.PathLike, *, what: str = "array", mmap: bool = False) -> Any:

@@ -6,7 +6,6 @@ RecordIO training sets (read without MXNet).
 from __future__ import annotations
 
 import os
-import pickle
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from deepmetric.data.base import TransformedDataset, as_image_size, check_channels
 from deepmetric.data.images import ImageError, load_image
 from deepmetric.data.transforms import build_transforms
+from deepmetric.io import load_plain_pickle
 from deepmetric.registry import register
 
 RECORDIO_MAGIC = 0xCED7230A
@@ -180,41 +180,13 @@ class LFWPairs(PairImages):
                          preprocessing=_face_preprocessing(image_size, channels), class_names=names, paths=paths)
 
 
-def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin1")
-
-
-class _OnlyPlainData(pickle.Unpickler):
-    """Unpickler that resolves no global (except a latin-1 text-to-bytes shim that protocol 2 needs for
-    bytes), so only built-in containers and scalars (bytes, lists, tuples, booleans, numbers) can be
-    built: a pickle naming any other callable is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("_codecs", "encode"):
-            # Protocol 2 pickles written by Python 3 spell bytes as _codecs.encode(text, "latin1").
-            return _latin1_bytes
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: verification .bin files hold only bytes, "
-                                     f"lists and booleans")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refusing a persistent id in a verification .bin file")
-
-
 def read_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     """Read an insightface verification file (lfw.bin, cfp_fp.bin, agedb_30.bin, ...): a pickle of
     ``(encoded_images, issame)`` with ``2 * len(issame)`` JPEG/PNG byte strings. Returns (images, same)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"verification file not found: {path}")
-    with open(path, "rb") as handle:
-        try:
-            content = _OnlyPlainData(handle, encoding="bytes").load()
-        except pickle.UnpicklingError as error:
-            raise ValueError(f"{path}: {error}") from error
-        except (EOFError, ValueError, struct.error, IndexError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a readable pickle: {error}") from error
+    content = load_plain_pickle(path, encoding="bytes")
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise ValueError(f"{path}: expected (images, issame), got a {type(content).__name__}")
     images, issame = content

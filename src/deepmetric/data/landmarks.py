@@ -12,10 +12,8 @@ import io
 import itertools
 import math
 import os
-import pickle
 import re
-import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import numpy as np
 
 from deepmetric.data.base import LabelledImages
 from deepmetric.data.table import DataTable, TableDataset
-from deepmetric.io import atomic_write_text
+from deepmetric.io import atomic_write_text, load_plain_pickle
 from deepmetric.registry import register
 from deepmetric.validation import check_choice, check_in_range, check_non_negative_float, check_positive_int
 
@@ -301,44 +299,6 @@ def class_size_histogram(landmark_ids: Sequence[int] | np.ndarray,
 
 
 # -- revisited Oxford and Paris --------------------------------------------------------------------------
-
-# The only names a plain-data pickle may use: Python 2 and 3 spell sets through a global.
-_PICKLE_GLOBALS: dict[tuple[str, str], Callable] = {("builtins", "set"): set, ("__builtin__", "set"): set,
-                                                    ("builtins", "frozenset"): frozenset,
-                                                    ("__builtin__", "frozenset"): frozenset}
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Builds only what pickle's own opcodes build (dicts, lists, tuples, strings, bytes, numbers, booleans,
-    None) plus sets; any class or function named by the file is refused, so loading cannot run code."""
-
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _PICKLE_GLOBALS.get((module, name))
-        if allowed is None:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: this file may hold only built-in "
-                                         f"containers, strings and numbers")
-        return allowed
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refusing a persistent id")
-
-
-def load_plain_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle a file that holds only built-in containers, strings and numbers, refusing every class or
-    function it names (a ValueError naming the file). Python 2 strings are read as latin-1 text."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pickle not found: {path}")
-    with open(path, "rb") as handle:
-        try:
-            return _PlainDataUnpickler(handle, encoding="latin1").load()
-        except pickle.UnpicklingError as error:
-            reason = str(error) if str(error).startswith("refusing") else f"not a readable pickle: {error}"
-            raise ValueError(f"{path}: {reason}") from error
-        except (EOFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{path} is not a readable pickle: {error}") from error
-
 
 @dataclass(frozen=True)
 class RevisitedGroundTruth:
