@@ -12,7 +12,9 @@ from deepmetric import lazy_exports
 # Which submodule defines each public name, grouped by submodule.
 _BY_MODULE = {
     "retrieval": ("recall_at_k", "precision_at_k", "r_precision", "map_at_r", "mean_average_precision",
-                  "global_average_precision", "revisited_oxford_paris", "search_neighbours"),
+                  "global_average_precision", "gap_from_predictions", "gap_from_solution",
+                  "map_at_k_from_predictions", "revisited_ap", "revisited_from_rankings", "revisited_oxford_paris",
+                  "search_neighbours"),
     "verification": ("roc", "auc", "eer", "tar_at_far", "verification_kfold", "best_threshold", "pair_scores"),
     "identification": ("cmc", "dir_at_far", "distractor_curve", "make_templates"),
     "fewshot": ("fewshot_accuracy",),
