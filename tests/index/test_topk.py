@@ -209,12 +209,14 @@ def test_overflowing_rows_of_a_separate_gallery_are_searched_again(monkeypatch, 
     assert not calls  # the second pass sufficed
 
 
-@pytest.mark.parametrize("threads,fused", [(1, True), (2, True), (3, True), (2, False)])
-def test_worker_threads_do_not_change_results(monkeypatch, threads, fused):
+@pytest.mark.parametrize("threads,fused,strip", [(1, True, 0), (2, True, 0), (3, True, 0), (2, False, 0),
+                                                 (2, True, 7), (1, True, 16)])
+def test_worker_threads_do_not_change_results(monkeypatch, threads, fused, strip):
     # each worker multiplies and selects on its own; the symmetric search's workers take block pairs that
     # share no block with a pair in progress, the one-sided search's take query blocks; a block's rows and
-    # columns are read in one pass (fused) or two
+    # columns are read in one pass (fused) or two, a strip of its rows at a time or all at once
     monkeypatch.setattr(topk, "_FUSED_SCAN", fused)
+    monkeypatch.setattr(topk, "_STRIP_ROWS", strip)
     x = near_ties(seed=6, n=400)
     for metric in ("cosine", "euclidean"):
         same = knn(x, k=12, metric=metric, query_block_size=24, gallery_block_size=24, threads=threads)

@@ -34,6 +34,7 @@ _MIN_EXTRA_CANDIDATES = 128  # a query holds up to k + max(k, this) candidates; 
 _LOCALITY_MIN_ITEMS = 16384  # queries = gallery from this size on: items reordered by nearest centre first
 _LOCALITY_MAX_CLUSTERS = 1024
 _FUSED_SCAN = True  # the symmetric search reads the rows and the columns of a block in one pass
+_STRIP_ROWS = 256  # block rows multiplied and selected at a time in the symmetric search (0: the whole block)
 _REPORT_ROWS = 4096  # rows re-scored and sorted per work item of the symmetric search
 _BFLOAT16_MIN_WORK = 1 << 26  # queries x gallery below which the bfloat16 probe is not worth its few milliseconds
 _FLOAT32_UNIT = 2.0 ** -24  # unit roundoff
@@ -407,14 +408,18 @@ def _symmetric_search(fast: _FastPass, queries_t: torch.Tensor, k: int, cap: int
 
         def handle(pair: tuple[int, ...]) -> None:
             (start, stop), (g_start, g_stop) = bounds[pair[0]], bounds[pair[1]]
-            block = fast.scores(query_fast[start:stop], g_start, g_stop, scratch)
-            if pair[0] == pair[1]:
-                state.rows(block, start, g_start)
-            elif _FUSED_SCAN:
-                state.both(block, start, g_start)
-            else:
-                state.rows(block, start, g_start)
-                state.columns(block, g_start, start)
+            # the product a strip of rows at a time, each selected from while it is in the core's cache
+            strip = _STRIP_ROWS if _FUSED_SCAN and _STRIP_ROWS else stop - start
+            for s_start in range(start, stop, strip):
+                s_stop = min(s_start + strip, stop)
+                block = fast.scores(query_fast[s_start:s_stop], g_start, g_stop, scratch)
+                if pair[0] == pair[1]:
+                    state.rows(block, s_start, g_start)
+                elif _FUSED_SCAN:
+                    state.both(block, s_start, g_start)
+                else:
+                    state.rows(block, s_start, g_start)
+                    state.columns(block, g_start, s_start)
 
         claims.each(handle)
 
