@@ -4,6 +4,7 @@ are enrolled, identified and embedded through onnxruntime, and the answers match
 from __future__ import annotations
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -66,3 +67,30 @@ def test_the_service_runs_on_the_onnxruntime_path(tmp_path, exported_folders):
     gallery.close()
     reference = torch_model.encode([photos[2]])[0]
     assert float(vector @ reference) > 0.99999
+
+
+def test_deepmetric_serve_runtime_onnx_answers_over_http(tmp_path, exported_folders):
+    import httpx
+
+    from deepmetric.service.process import serve_in_subprocess
+
+    model_folder, _ = exported_folders
+    # Both runtimes' files in one folder, but weights PyTorch cannot read: an answer proves --runtime onnx was used.
+    served = tmp_path / "served"
+    shutil.copytree(model_folder, served)
+    export_onnx(model_folder, served / "model.onnx", max_images=40, faces=False)
+    (served / "model.safetensors").write_bytes(b"not weights: only onnxruntime can serve this folder")
+    photos = _photos(2)
+    server = serve_in_subprocess(tmp_path / "gallery", api_key=API_KEY, log_path=tmp_path / "server.log",
+                                 extra_args=("--model", str(served), "--runtime", "onnx"))
+    with server as url, httpx.Client(base_url=url, headers=KEY, timeout=60) as client:
+        enrolled = client.post("/api/identities", data={"identity_id": "someone"},
+                               files=[("images", ("a.png", photos[0], "image/png"))])
+        assert enrolled.status_code == 201, enrolled.text
+        answer = client.post("/api/identify", files={"image": ("p.png", photos[0], "image/png")},
+                             data={"threshold": "0.5"})
+        assert answer.json()["faces"][0]["decision"]["identity_id"] == "someone", answer.text
+    # Enrolled over onnxruntime, then opened with the PyTorch model: the same stamp and answer, no re-embedding.
+    with Gallery.open(tmp_path / "gallery", model=Embedder.load(model_folder, device="cpu")) as gallery:
+        decision = gallery.identify(photos[0], threshold=0.5)
+        assert decision.identity_id == "someone" and decision.score > 0.99999

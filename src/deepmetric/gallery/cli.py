@@ -25,9 +25,10 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def load_gallery_model(spec: str | None, *, faces: bool, detector: str, stored: dict[str, Any]) -> Any:
+def load_gallery_model(spec: str | None, *, faces: bool, detector: str, stored: dict[str, Any],
+                       runtime: str | None = None) -> Any:
     """The model named on the command line, else the one the gallery was created with (recorded in its
-    config under ``loaded_from``)."""
+    config under ``loaded_from``); ``runtime``: see ``deepmetric.models.protocol.load_model``."""
     from deepmetric.models.protocol import load_model
 
     if spec is None:
@@ -35,11 +36,12 @@ def load_gallery_model(spec: str | None, *, faces: bool, detector: str, stored: 
         if not origin.get("model"):
             return None
         spec, faces, detector = origin["model"], bool(origin.get("faces")), origin.get("detector", detector)
-    return load_model(spec, faces=faces, detector=detector)
+    return load_model(spec, faces=faces, detector=detector, runtime=runtime)
 
 
 def open_gallery(folder: Path, *, model: str | None = None, faces: bool = False, detector: str = "hog",
-                 threshold: float | None = None, need_model: bool = True, create: bool = False) -> Any:
+                 threshold: float | None = None, need_model: bool = True, create: bool = False,
+                 runtime: str | None = None) -> Any:
     """Open (or, with ``create``, make when missing) a gallery with its model; errors exit with a message."""
     from deepmetric.gallery import Gallery
     from deepmetric.gallery.gallery import DATABASE_FILE
@@ -48,13 +50,14 @@ def open_gallery(folder: Path, *, model: str | None = None, faces: bool = False,
     try:
         if create and not (folder / DATABASE_FILE).exists():
             return create_gallery(folder, model=model or "dlib-face", faces=faces, detector=detector,
-                                  threshold=threshold)
+                                  threshold=threshold, runtime=runtime)
         stored = {}
         if need_model:
             store = GalleryStore(folder / DATABASE_FILE)
             stored = store.model_config
             store.close()
-        loaded = load_gallery_model(model, faces=faces, detector=detector, stored=stored) if need_model else None
+        loaded = (load_gallery_model(model, faces=faces, detector=detector, stored=stored, runtime=runtime)
+                  if need_model else None)
         return Gallery.open(folder, model=loaded, threshold=threshold)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:  # GalleryError is a ValueError
         _fail(error)
@@ -67,11 +70,11 @@ def _origin(model: str, faces: bool, detector: str) -> dict[str, Any]:
 
 
 def create_gallery(folder: Path, *, model: str, faces: bool, detector: str, threshold: float | None = None,
-                   store_images: bool = True) -> Any:
+                   store_images: bool = True, runtime: str | None = None) -> Any:
     from deepmetric.gallery import Gallery
     from deepmetric.models.protocol import load_model
 
-    loaded = load_model(model, faces=faces, detector=detector)
+    loaded = load_model(model, faces=faces, detector=detector, runtime=runtime)
     gallery = Gallery.create(folder, model=loaded, store_images=store_images, threshold=threshold,
                              model_config={"loaded_from": _origin(model, faces, detector)})
     return gallery

@@ -67,6 +67,9 @@ def serve(
                                                    "(dlib-face for a new gallery)")] = None,
     faces: Annotated[bool, typer.Option("--faces", help="a model folder trained on aligned faces")] = False,
     detector: Annotated[str, typer.Option(help="face detector: hog (fast) or mmod (CNN)")] = "hog",
+    runtime: Annotated[str | None, typer.Option(help="how a model folder runs: torch, or onnx (onnxruntime on the "
+                                                     "model.onnx written by deepmetric export); default: onnx when "
+                                                     "the folder holds model.onnx and no weights")] = None,
     host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port; 0 picks a free one (printed)")] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="DEEPMETRIC_API_KEY",
@@ -110,6 +113,10 @@ def serve(
                    keep_photo_metadata=keep_photo_metadata)
     try:
         check_choice("--detector", detector, DETECTORS)
+        if runtime is not None:
+            from deepmetric.models.embedder import RUNTIMES
+
+            check_choice("--runtime", runtime, RUNTIMES)
         check_choice("--log-level", log_level, tuple(uvicorn.config.LOG_LEVELS))
         ServiceSettings(**options)
     except (TypeError, ValueError) as error:
@@ -117,7 +124,8 @@ def serve(
     if warning:
         typer.echo(warning, err=True)
     listening = bind(host, port)
-    opened = open_gallery(gallery, model=model, faces=faces, detector=detector, threshold=threshold, create=True)
+    opened = open_gallery(gallery, model=model, faces=faces, detector=detector, threshold=threshold, create=True,
+                          runtime=runtime)
     try:
         if generated:
             typer.echo(f"API key (X-API-Key header): {options['api_key']}", err=True)
