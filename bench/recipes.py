@@ -468,11 +468,17 @@ def load_results(path: Path) -> list[dict[str, Any]]:
 
 
 def save_result(path: Path, result: dict[str, Any]) -> None:
+    """Add or replace one run; the read-modify-write holds a lock file, so a training batch and an
+    ``--evaluate`` pass can update the same results file at once."""
+    import fcntl
+
     from deepmetric.io import write_json
 
-    runs = [r for r in load_results(path) if _key(r) != _key(result)] + [result]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"runs": runs})
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = [r for r in load_results(path) if _key(r) != _key(result)] + [result]
+        write_json(path, {"runs": runs})
 
 
 def run_tasks(tasks: list[dict[str, Any]], results_path: Path, jobs: int) -> None:
