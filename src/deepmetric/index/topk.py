@@ -166,16 +166,16 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
     # queries are prepared once (not per block) so their normalised values cannot depend on block sizes
     queries_t = gallery_t[:num_queries] if same_set else _prepare(queries, metric, device)
     item_ids, query_ids = np.arange(num_gallery, dtype=np.int64), np.arange(num_queries, dtype=np.int64)
+    dtype = _fast_dtype(metric, device, num_queries * num_gallery, precision)
     if same_set and num_gallery >= _LOCALITY_MIN_ITEMS:
         # items reordered so that near neighbours share blocks and memory (results are reported by original id)
-        order = _locality_order(gallery_t)
+        order = _locality_order(gallery_t, dtype)
         gallery_t = queries_t = gallery_t[order]
         item_ids = query_ids = order.cpu().numpy()
     gallery_np = np.ascontiguousarray(gallery_t.cpu().numpy())
     queries_np = gallery_np[:num_queries] if same_set else np.ascontiguousarray(queries_t.cpu().numpy())
     threads = torch.get_num_threads() if threads is None else check_positive_int("threads", threads)
     with torch.inference_mode():
-        dtype = _fast_dtype(metric, device, num_queries * num_gallery, precision)
         numpy_products = (dtype == torch.float32 and device.type == "cpu"
                           and num_queries * num_gallery >= _BFLOAT16_MIN_WORK and _numpy_products_pay_off())
         fast = _FastPass.build(gallery_t, metric, dtype, numpy_products)
@@ -232,19 +232,19 @@ def search_prepared(queries: np.ndarray, gallery: np.ndarray | None, *, k: int, 
     return SearchResult(out_scores, out_ids)
 
 
-def _locality_order(x: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+def _locality_order(x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, iterations: int = 1) -> torch.Tensor:
     """A permutation that puts items near each other next to each other: sorted by their nearest of
-    ~N/512 centres (a k-means step on directions in bfloat16, seeded). Only the speed of the search depends
-    on it."""
+    ~N/512 centres (a k-means step on directions in ``dtype``, the candidate pass's: bfloat16 only where the
+    CPU multiplies it natively; seeded). Only the speed of the search depends on it."""
     clusters = int(min(_LOCALITY_MAX_CLUSTERS, max(2, len(x) // 512)))
     generator = torch.Generator(device=x.device).manual_seed(0)
     directions = torch.nn.functional.normalize(x, dim=1)
-    fast = directions.to(torch.bfloat16)
+    fast = directions.to(dtype)
     centres = directions[torch.randperm(len(x), generator=generator, device=x.device)[:clusters]]
     for _ in range(iterations):
-        nearest = (fast @ centres.to(torch.bfloat16).T).argmax(1)
+        nearest = (fast @ centres.to(dtype).T).argmax(1)
         centres = torch.nn.functional.normalize(torch.zeros_like(centres).index_add_(0, nearest, directions), dim=1)
-    return torch.argsort((fast @ centres.to(torch.bfloat16).T).argmax(1), stable=True)
+    return torch.argsort((fast @ centres.to(dtype).T).argmax(1), stable=True)
 
 
 def _in_workers(threads: int, work, own_thread: bool = False) -> None:
