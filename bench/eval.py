@@ -128,8 +128,11 @@ def main() -> None:
         return
     import torch
 
+    from deepmetric.index.bench import cpu_description
+
     lines = ["# Evaluation benchmark", "",
-             f"Machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, no GPU; "
+             f"Machine: {cpu_description()}, torch threads {torch.get_num_threads()}, no GPU; "
+             f"deepmetric's candidate pass: --precision {args.precision}; "
              "shared with other jobs, so absolute times vary; both libraries run back to back on the same "
              "embeddings. Embeddings: unit vectors, 128-d, classes of ~40 items of varying size; every item is "
              "a query against all others (leave-one-out). pytorch-metric-learning 2.9 `AccuracyCalculator` with "

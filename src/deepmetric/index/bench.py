@@ -80,6 +80,22 @@ def default_methods(n: int, *, quick: bool = False) -> list[tuple[str, str, str,
     ]
 
 
+def cpu_description() -> str:
+    """This CPU for a report line: its model name, core count, and whether it has AVX-512 and native bf16."""
+    import platform
+
+    from deepmetric.index.topk import bf16_is_native
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    names = [line.partition(":")[2].strip() for line in info.splitlines() if line.startswith("model name")]
+    avx512 = "AVX-512" if " avx512f" in info else "no AVX-512"
+    bf16 = "native bf16" if bf16_is_native() else "no native bf16"
+    return f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores, {avx512}, {bf16}"
+
+
 def _best_of(runs: int, call) -> float:
     best = math.inf
     for _ in range(runs):
@@ -153,7 +169,8 @@ def compare_flat(database: np.ndarray, queries: np.ndarray, *, k: int = 10, metr
     for precision in precisions:
         same = float((found[precision].ids == faiss_ids).all(axis=1).mean())
         out[precision] = {"seconds": ours[precision], "ratio": theirs / ours[precision], "same_ids": same}
-        log(f"Flat ({precision} candidate pass) {ours[precision]:.2f} s vs faiss {type(flat).__name__} "
+        log(f"[{cpu_description()}, load {os.getloadavg()[0]:.1f}] "
+            f"Flat ({precision} candidate pass) {ours[precision]:.2f} s vs faiss {type(flat).__name__} "
             f"{theirs:.2f} s: faiss / ours = {theirs / ours[precision]:.2f}x; identical top-{k} on {same:.4f}")
     if "bfloat16" not in out:
         out["bfloat16"] = {"skipped": "this CPU has no native bf16 matrix units (AVX512-BF16/AMX)"}
