@@ -94,7 +94,7 @@ def knn(
     there and the selection on the CPU. The first call after an install compiles the kernels (~30-60 s,
     then cached on disk; ``warm_up`` does it ahead).
 
-    Memory: one block of ``query_block_size * min(gallery_block_size, 4096)`` fast scores, and per query in
+    Memory: per worker one block of ``query_block_size * min(gallery_block_size, 4096)`` fast scores, and per query in
     progress (every query, when the queries are the gallery) a list of ``k + max(k, 128)`` candidates of 8
     bytes and a 512-byte histogram, plus the (Q, k) result.
 
