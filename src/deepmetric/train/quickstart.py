@@ -389,7 +389,7 @@ def run_quickstart(*, out_dir: Path = Path("runs/quickstart"), minutes: float = 
     verdict = "[green]beats[/]" if beats else "[red]does NOT beat[/]"
     console.print(f"The metric-learning model {verdict} the untrained network and the {BASELINE_NAME} on "
                   f"Recall@1 and MAP@R. Total time {total / 60:.1f} min on {device}"
-                  f"{f' ({threads} threads)' if device.type == 'cpu' else ''}, of which training "
+                  f"{f' ({threads} compute thread(s))' if device.type == 'cpu' else ''}, of which training "
                   f"{training_seconds:.0f} s ({100 * training_seconds / total:.0f}%); the rest: "
                   + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items() if name != "train") + ".")
     console.print(f"  model folder    {out_dir / 'model'}  (deepmetric embed {out_dir / 'model'} IMAGES -o emb.npy)")
