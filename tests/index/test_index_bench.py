@@ -32,3 +32,14 @@ def test_benchmark_writes_table_plot_and_json(tmp_path):
         recalls = [p["recall"] for p in method["points"]]
         assert max(recalls) >= 0.95 and all(0 <= r <= 1 for r in recalls)
         assert method["wrapper_vs_direct"]["ratio"] > 0
+
+
+def test_cpu_description_names_cores_and_features():
+    import os
+
+    from deepmetric.index.bench import cpu_description
+    from deepmetric.index.topk import bf16_is_native
+
+    text = cpu_description()
+    assert f"{os.cpu_count()} cores" in text and "AVX-512" in text
+    assert ("no native bf16" not in text) == bf16_is_native()
