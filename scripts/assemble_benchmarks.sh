@@ -23,10 +23,17 @@ one run and are the meaningful numbers. Rows measured on the idle machine say so
 | gallery service under load | `bench/load.py` | Load |
 | data loading and glyph rendering | `bench/data_loading.py` | Data |
 | the quick start | `deepmetric quickstart` | Training |
+| recipes vs pytorch-metric-learning's, equal CPU time, unseen classes | `bench/recipes.py` | Recipes |
+| PyTorch eager vs onnxruntime, every shipped backbone | `bench/runtime.py` | Runtime |
+| landmark recognition stages (GAP, mAP@100, latency) | `bench/landmarks.py`, `deepmetric landmarks benchmark` | Landmarks |
+| zero-shot recognition of unseen classes from text | `bench/zeroshot.py`, `deepmetric zeroshot benchmark` | Zero-shot |
+| PartialFC: class centres sharded across processes | `bench/partial_fc.py` | PartialFC |
+| the Ray-sharded index | `bench/ray_index.py` | Ray index |
 HEAD
-for area in losses eval ann load data train; do
+for area in losses eval ann load data train recipes runtime landmarks zeroshot partial_fc ray_index; do
   echo
-  # demote headings one level: the page has one title
-  sed 's/^\(#\{1,5\}\) /#\1 /' "docs/benchmarks/$area.md"
+  # demote headings one level (the page has one title); figures are relative to docs/benchmarks/
+  sed -e 's/^\(#\{1,5\}\) /#\1 /' -e 's/](\([^/):]*\.\(png\|gif\|svg\)\))/](benchmarks\/\1)/g' \
+      -e 's/](\.\.\/\([^)]*\))/](\1)/g' "docs/benchmarks/$area.md"
 done
 } > docs/benchmarks.md
