@@ -119,7 +119,8 @@ def as_ids(ids: Any, count: int | None, argument: str) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks (the manifests' checksums)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -378,7 +379,7 @@ class VectorIndex:
                 "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "backend": self.backend,
                 "spec": self.spec, "dim": self.dim, "metric": self.metric, "knobs": self.knobs,
                 "num_items": int(self._external.shape[0]), "backend_state": extra,
-                "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                           for p in sorted(folder.iterdir()) if p.is_file() and p.name != FOLDER_MARKER},
             }
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -448,7 +449,7 @@ def read_manifest(path: str | os.PathLike, *, verify: bool = True) -> dict[str, 
         size = file.stat().st_size
         if size != info["bytes"]:
             raise IndexFormatError(f"{file} is truncated or altered: {size} bytes, expected {info['bytes']}")
-        if verify and _sha256(file) != info["sha256"]:
+        if verify and file_sha256(file) != info["sha256"]:
             raise IndexFormatError(f"{file} is corrupt: SHA-256 does not match the manifest")
     return manifest
 

@@ -14,7 +14,6 @@ reachable shards and says which were missing (``ShardedSearchResult.missing_shar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from deepmetric.index.base import (
     VectorIndex,
     as_ids,
     as_vectors,
+    file_sha256,
     read_manifest,
 )
 from deepmetric.types import SearchResult
@@ -152,10 +152,6 @@ def _connect(address: str | None):
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return ray
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class RayShardedIndex(VectorIndex):
@@ -372,7 +368,7 @@ class RayShardedIndex(VectorIndex):
                 "spec": self.spec, "dim": self.dim, "metric": self.metric, "knobs": self.knobs,
                 "num_items": len(self),
                 "backend_state": {"shards": self.num_shards, "shard_backend": self.shard_backend,
-                                  "shard_manifests": {SHARD_DIR.format(s): _sha256(folders[s] / MANIFEST)
+                                  "shard_manifests": {SHARD_DIR.format(s): file_sha256(folders[s] / MANIFEST)
                                                       for s in folders}},
                 "files": {},
             }
@@ -387,7 +383,7 @@ def load_ray_index(folder: Path, manifest: dict[str, Any], *, address: str | Non
         shard_manifest = Path(folder) / name / MANIFEST
         if not shard_manifest.is_file():
             raise IndexFormatError(f"{folder} is incomplete: {name}/{MANIFEST} is missing")
-        if _sha256(shard_manifest) != digest:
+        if file_sha256(shard_manifest) != digest:
             raise IndexFormatError(f"{shard_manifest} is corrupt: SHA-256 does not match {folder / MANIFEST}")
         read_manifest(shard_manifest.parent, verify=verify)
     index = RayShardedIndex(spec=manifest["spec"], dim=int(manifest["dim"]), metric=manifest["metric"],
