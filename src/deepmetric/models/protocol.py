@@ -76,12 +76,17 @@ def model_fingerprint(model: Any) -> str:
         return str(model.fingerprint())
     config = dict(getattr(model, "config", None) or {})
     config.pop("calibration", None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
     state_dict = getattr(model, "state_dict", None)
-    if callable(state_dict):
-        for name, tensor in sorted(state_dict().items()):
-            digest.update(name.encode("utf-8"))
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return weights_fingerprint(config, state_dict() if callable(state_dict) else {})
+
+
+def weights_fingerprint(config: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
+    """sha256 of a config (as sorted JSON) and every tensor of a state dict (name and bytes, in name order):
+    the identity of a model that ``model_fingerprint`` and the two-tower model both use."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
+    for name, tensor in sorted(state_dict.items()):
+        digest.update(name.encode("utf-8"))
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
